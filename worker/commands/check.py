@@ -1,0 +1,47 @@
+"""`syncworker check`: validate the configuration and reach Redis, then exit 0 or 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from worker.commands.common import add_config_option, settings_from
+from worker.connection import connect, mask_url
+from worker.registry import handlers_from_settings
+from worker.settle import REDIS_DOWN
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="validate settings and handlers, and ping Redis",
+        description="Exit 0 when the settings are valid, every handler loads and Redis "
+        "answers; otherwise print why and exit 1 (2 for invalid settings).",
+        epilog="example:\n  SYNCWORKER_HANDLERS=projection syncworker check --config worker.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_option(parser)
+    parser.set_defaults(func=check)
+
+
+def check(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    handlers = handlers_from_settings(settings)
+    url = mask_url(settings.redis_url.get_secret_value())
+
+    async def ping() -> None:
+        client = connect(settings)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except REDIS_DOWN as exc:
+        print(f"syncworker: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return 1
+    streams = sorted({s for h in handlers for s in h.streams})
+    print(f"ok: {len(handlers)} handler(s) on {', '.join(streams)}; Redis at {url} answers")
+    return 0

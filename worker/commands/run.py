@@ -1,0 +1,49 @@
+"""`syncworker run`: the worker process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import structlog
+
+from worker.commands.common import add_config_option, settings_from
+from worker.logs import configure_logging
+from worker.registry import handlers_from_settings
+from worker.worker import Worker
+
+EXAMPLE = """example:
+  SYNCWORKER_REDIS_URL=redis://localhost:6379/0 SYNCWORKER_HANDLERS=myapp.handlers:sync_payment \\
+    syncworker run
+  syncworker run --config worker.toml
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="consume the routed streams until SIGTERM",
+        description="Read the routed streams through the consumer group and run the handlers. "
+        "SIGTERM or SIGINT drains gracefully; a second signal exits at once.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings.log_level, settings.log_format)
+    handlers = handlers_from_settings(settings)
+    return asyncio.run(_serve(Worker(settings, handlers)))
+
+
+async def _serve(worker: Worker) -> int:
+    worker.install_signal_handlers()
+    try:
+        await worker.run()
+    except Exception:
+        structlog.get_logger("worker").exception("worker.crashed")
+        return 1
+    return 0

@@ -1,0 +1,143 @@
+"""The read loop: XREADGROUP over every routed stream, with room left for what it reads.
+
+It survives everything but a shutdown: connection errors are retried with capped backoff,
+and a missing group (NOGROUP, after a restart without persistence or a flush) is recreated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from worker.ledger import Ledger
+from worker.message import Message
+from worker.reclaim import ReadGate
+from worker.settings import WorkerSettings
+from worker.settle import REDIS_DOWN
+from worker.stats import Stats
+
+log = structlog.get_logger("worker.consumer")
+
+
+class Consumer:
+    """Reads new entries for this consumer and hands them to `submit`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: WorkerSettings,
+        streams: tuple[str, ...],
+        ledger: Ledger,
+        submit: Callable[[Message], None],
+        gate: ReadGate,
+        stats: Stats,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.streams = streams
+        self.ledger = ledger
+        self.submit = submit
+        self.gate = gate
+        self.stats = stats
+        self.group = settings.group
+        self.consumer = settings.consumer
+        self.connected = False
+        self._offsets: dict[Any, Any] = {stream: ">" for stream in streams}
+
+    async def ensure_groups(self, *, recreated: bool = False) -> None:
+        """Create the group on every stream where it is missing (with the stream itself)."""
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(
+                    stream, self.group, id=self.settings.start_id, mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+                continue
+            if recreated:
+                self.stats.group_recreated[stream] += 1
+                log.warning(
+                    "group.recreated",
+                    stream=stream,
+                    group=self.group,
+                    start_id=self.settings.start_id,
+                    note="the group was missing (Redis restarted without persistence, "
+                    "or was flushed); reading resumes from start_id",
+                )
+            else:
+                log.info(
+                    "group.created",
+                    stream=stream,
+                    group=self.group,
+                    start_id=self.settings.start_id,
+                )
+
+    async def run(self) -> None:
+        delay = 0.1
+        block_ms = max(int(self.settings.block * 1000), 1)
+        batch = self.settings.batch_size
+        per_stream = max(batch // len(self.streams), 1)
+        while True:
+            self.stats.last_read_loop = time.monotonic()
+            await self.gate.wait_open()
+            await self._wait_for_room(batch)
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._recover_group()
+                continue
+            except REDIS_DOWN as exc:
+                self._unavailable(exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if not self.connected:
+                self.connected = True
+                if delay > 0.1:
+                    log.info("redis.available", operation="read")
+            delay = 0.1
+            if reply:
+                self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        group = self.group
+        hold = self.ledger.hold
+        submit = self.submit
+        for stream_name, entries in reply:
+            stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
+            for entry_id, fields in entries:
+                msg = Message(stream, entry_id.decode(), fields or {}, 1, group)
+                hold(msg)
+                submit(msg)
+
+    async def _wait_for_room(self, wanted: int) -> None:
+        # Bounded waits keep the liveness timestamp fresh while slow handlers fill the room.
+        while self.ledger.room() < wanted:
+            try:
+                await asyncio.wait_for(self.ledger.wait_for_room(wanted), self.settings.block)
+            except TimeoutError:
+                self.stats.last_read_loop = time.monotonic()
+
+    async def _recover_group(self) -> None:
+        try:
+            await self.ensure_groups(recreated=True)
+        except REDIS_DOWN as exc:
+            self._unavailable(exc, 0.1)
+            await asyncio.sleep(0.1)
+
+    def _unavailable(self, exc: BaseException, delay: float) -> None:
+        self.stats.redis_errors["read"] += 1
+        if self.connected or delay == 0.1:
+            log.warning("redis.unavailable", operation="read", error=str(exc), retry_in_s=delay)
+        self.connected = False

@@ -1,0 +1,105 @@
+"""Dispatch: route a message to its handlers, run them, and hand the outcome to the settler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import structlog
+
+from worker.errors import Reject
+from worker.handler import Handler
+from worker.message import Message
+from worker.stats import Histogram, Stats
+
+if TYPE_CHECKING:
+    from worker.settle import Settler
+
+log = structlog.get_logger("worker.dispatch")
+
+
+class Route:
+    """One handler on one stream, with its precomputed metric slots."""
+
+    __slots__ = ("handler", "histogram", "name")
+
+    def __init__(self, handler: Handler, histogram: Histogram) -> None:
+        self.handler = handler
+        self.name = handler.name
+        self.histogram = histogram
+
+
+class RouteTable:
+    """stream -> event type -> the handlers to run, in registration order."""
+
+    def __init__(self, handlers: Iterable[Handler], stats: Stats) -> None:
+        self._untyped: dict[str, tuple[Route, ...]] = {}
+        self._typed: dict[str, dict[bytes, tuple[Route, ...]]] = {}
+        self.labels: dict[str, str] = {}
+        per_stream: dict[str, list[Route]] = {}
+        for h in handlers:
+            for stream in h.streams:
+                per_stream.setdefault(stream, []).append(
+                    Route(h, stats.handler_seconds[(stream, h.name)])
+                )
+        for stream, routes in per_stream.items():
+            self._untyped[stream] = tuple(r for r in routes if r.handler.types is None)
+            types = {t for r in routes if r.handler.types is not None for t in r.handler.types}
+            self._typed[stream] = {
+                t.encode(): tuple(
+                    r for r in routes if r.handler.types is None or t in r.handler.types
+                )
+                for t in types
+            }
+        self.streams: tuple[str, ...] = tuple(per_stream)
+
+    def lookup(self, stream: str, event_type: bytes | None) -> tuple[Route, ...]:
+        if event_type is not None:
+            typed = self._typed[stream].get(event_type)
+            if typed is not None:
+                return typed
+        return self._untyped[stream]
+
+    def handler_names(self, stream: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for routes in (self._untyped[stream], *self._typed[stream].values()):
+            for route in routes:
+                seen[route.name] = None
+        return list(seen)
+
+
+class Dispatcher:
+    """Runs the handlers of each message and settles the outcome; never raises."""
+
+    def __init__(self, routes: RouteTable, settler: Settler, handler_timeout: float) -> None:
+        self.routes = routes
+        self.settler = settler
+        self.handler_timeout = handler_timeout or None
+
+    async def process(self, msg: Message) -> None:
+        routes = self.routes.lookup(msg.stream, msg.raw.get(b"type"))
+        if not routes:
+            self.settler.ack(msg, "", skipped=True)
+            return
+        route = routes[0]
+        try:
+            for route in routes:
+                started = perf_counter()
+                if self.handler_timeout is None:
+                    await route.handler.handle(msg)
+                else:
+                    async with asyncio.timeout(self.handler_timeout):
+                        await route.handler.handle(msg)
+                route.histogram.observe(perf_counter() - started)
+        except asyncio.CancelledError:
+            raise
+        except Reject as exc:
+            self.settler.dead_letter(msg, exc, route.name)
+        except Exception as exc:
+            self.settler.failed(msg, exc, route.name)
+        else:
+            self.settler.ack(
+                msg, route.name if len(routes) == 1 else "+".join(r.name for r in routes)
+            )

@@ -1,0 +1,125 @@
+"""Message: one stream entry as a handler sees it, decoded lazily.
+
+Decoding is lazy because most of a message is never looked at by most handlers (a relay copies
+raw fields, a projection reads `data` once); decoding everything up front would cost the hot
+path for nothing. Values that are not UTF-8 never raise here: `fields` replaces bad bytes and
+`raw` keeps the exact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from worker.errors import MalformedMessage
+
+_MISSING: Any = object()
+
+
+class Message:
+    """A stream entry delivered to a handler.
+
+    Attributes:
+        stream: the stream the entry was read from.
+        id: the entry id (``<ms>-<seq>``).
+        raw: the entry's fields exactly as stored, bytes to bytes.
+        attempt: 1-based delivery count, taken from the group's pending list, so it survives
+            restarts and takeovers by other consumers.
+        group: the consumer group the message was delivered through.
+
+    The conventional fields (`type`, `key`, `data`, `event_id`, `version`) are properties;
+    entries that do not follow the convention still arrive, with those properties None.
+    """
+
+    __slots__ = ("_data", "_fields", "attempt", "group", "id", "raw", "stream")
+
+    def __init__(
+        self,
+        stream: str,
+        id: str,
+        raw: Mapping[bytes, bytes],
+        attempt: int = 1,
+        group: str = "",
+    ) -> None:
+        self.stream = stream
+        self.id = id
+        self.raw = raw
+        self.attempt = attempt
+        self.group = group
+        self._fields: dict[str, str] | None = None
+        self._data: Any = _MISSING
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """All fields decoded as UTF-8; undecodable bytes become U+FFFD."""
+        if self._fields is None:
+            self._fields = {_text(k): _text(v) for k, v in self.raw.items()}
+        return self._fields
+
+    @property
+    def type(self) -> str | None:
+        """The event type (`type` field), or None."""
+        return self._optional_text(b"type")
+
+    @property
+    def key(self) -> str | None:
+        """The entity key (`key` field) that orders messages, or None."""
+        return self._optional_text(b"key")
+
+    @property
+    def event_id(self) -> str | None:
+        """The publisher's event id (`event_id` field), or None."""
+        return self._optional_text(b"event_id")
+
+    @property
+    def version(self) -> int | None:
+        """The entity version (`version` field) as an integer, or None.
+
+        Raises:
+            MalformedMessage: the field is present but not an integer.
+        """
+        value = self.raw.get(b"version")
+        if value is None or value == b"":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise MalformedMessage(f"version is not an integer: {_text(value)!r}") from None
+
+    @property
+    def data(self) -> Any:
+        """The `data` field decoded as JSON (None when absent); decoded on first use.
+
+        Raises:
+            MalformedMessage: the field is not valid UTF-8 JSON. Retrying cannot fix that, so
+                the runtime dead-letters the message at once.
+        """
+        if self._data is _MISSING:
+            value = self.raw.get(b"data")
+            if value is None:
+                self._data = None
+            else:
+                try:
+                    self._data = json.loads(value)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise MalformedMessage(f"data is not valid JSON: {exc}") from None
+        return self._data
+
+    @property
+    def timestamp_ms(self) -> int:
+        """Milliseconds since the epoch at which Redis added the entry (from its id)."""
+        return int(self.id.partition("-")[0])
+
+    def _optional_text(self, name: bytes) -> str | None:
+        value = self.raw.get(name)
+        return None if value is None else _text(value)
+
+    def __repr__(self) -> str:
+        return f"Message(stream={self.stream!r}, id={self.id!r}, attempt={self.attempt})"
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, str):
+        return value
+    return value.decode("utf-8", "replace")

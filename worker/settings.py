@@ -1,0 +1,218 @@
+"""WorkerSettings: the one source of configuration, from SYNCWORKER_* variables or a TOML file.
+
+Environment variables win over the file, so a container can override one value of a baked-in
+config without rewriting it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "SYNCWORKER_"
+
+
+def default_consumer_name() -> str:
+    """hostname-pid: unique per process, and readable in `syncworker status`."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Route(BaseModel):
+    """Routes one stream to one handler (entry-point name or `module:attr`), with options.
+
+    When the handler is a factory or class, it is called with `options` as keyword arguments.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    stream: str = Field(min_length=1, description="Stream to read.")
+    handler: str = Field(min_length=1, description="Entry-point name or module:attr.")
+    types: list[str] | None = Field(None, description="Event types to deliver; None for all.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Factory keyword args.")
+
+
+class WorkerSettings(BaseSettings):
+    """Every setting of a worker. Durations are seconds and accept fractions (`0.05`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, toml_file=None
+    )
+
+    # Connection
+    redis_url: SecretStr = Field(
+        SecretStr("redis://localhost:6379/0"),
+        description="redis://[user:password@]host:port/db, rediss:// for TLS, or unix://path.",
+    )
+    redis_username: str | None = Field(None, description="ACL user, if not in the URL.")
+    redis_password: SecretStr | None = Field(None, description="Password, if not in the URL.")
+    redis_tls_ca_file: Path | None = Field(None, description="CA bundle for rediss:// URLs.")
+    redis_tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    redis_tls_key_file: Path | None = Field(None, description="Client key (mutual TLS).")
+    redis_tls_verify: bool = Field(True, description="Verify the server certificate.")
+    redis_timeout: float = Field(10.0, gt=0, description="Seconds before a command times out.")
+
+    # Group membership
+    group: str = Field("syncworker", min_length=1, description="Consumer group, one per fleet.")
+    consumer: str = Field(
+        default_factory=default_consumer_name,
+        min_length=1,
+        description="Consumer name; must be unique per live process (default hostname-pid).",
+    )
+    start_id: str = Field(
+        "0", description="Where a new group starts: 0 for the whole stream, $ for new entries."
+    )
+
+    # Routing
+    handlers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated entry-point names or module:attr of @handler plugins.",
+    )
+    routes: list[Route] = Field(
+        default_factory=list, description="Stream-to-handler routes with options (TOML)."
+    )
+
+    # Throughput
+    concurrency: int = Field(16, ge=1, le=10_000, description="Messages in flight per process.")
+    batch_size: int = Field(256, ge=1, le=10_000, description="Entries per XREADGROUP.")
+    block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    handler_timeout: float = Field(
+        0.0, ge=0, description="Seconds a handler may run before it counts as failed; 0 = none."
+    )
+
+    # Retry and dead letters
+    max_attempts: int = Field(5, ge=1, description="Deliveries before a message is dead-lettered.")
+    retry_base: float = Field(1.0, ge=0, description="Seconds before the first retry.")
+    retry_max: float = Field(300.0, ge=0, description="Cap on the retry delay, seconds.")
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="Fraction of the delay randomised.")
+    dead_letter_suffix: str = Field(
+        ":dlq", min_length=1, description="Dead-letter stream = original stream + this suffix."
+    )
+
+    # Reclaim
+    claim_idle: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a pending entry must be idle before another consumer "
+        "takes it over. Live consumers refresh their entries at a third of this.",
+    )
+    claim_interval: float = Field(
+        1.0, gt=0, description="Seconds between scans for due retries and abandoned entries."
+    )
+    claim_batch: int = Field(100, ge=1, description="Pending entries inspected per scan.")
+
+    # Lifecycle
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="Seconds in-flight handlers get to finish after SIGTERM."
+    )
+
+    # Operations
+    metrics_host: str = Field("0.0.0.0", description="Address of the metrics/health server.")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="Its port; 0 disables it.")
+    stats_interval: float = Field(
+        15.0, gt=0, description="Seconds between refreshes of lag/pending gauges from Redis."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Minimum log level."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json, console, or auto (console on a terminal, else json)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("handlers", mode="before")
+    @classmethod
+    def _split_handlers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        scheme = url.partition("://")[0]
+        if "://" not in url or scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> WorkerSettings:
+        if self.retry_base > self.retry_max:
+            raise ValueError("retry_base must not exceed retry_max")
+        if self.claim_interval > self.claim_idle:
+            raise ValueError("claim_interval must not exceed claim_idle")
+        return self
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between refreshes of this consumer's entries: well inside `claim_idle`."""
+        return self.claim_idle / 3
+
+    def dead_letter_stream(self, stream: str) -> str:
+        """The dead-letter stream of `stream`."""
+        return stream + self.dead_letter_suffix
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> WorkerSettings:
+    """Build the settings from the environment, an optional TOML file, and explicit overrides.
+
+    Raises:
+        ConfigError: a value is missing, malformed or inconsistent; the message names the
+            environment variable (or the config key) and what is wrong.
+    """
+    settings_cls: type[WorkerSettings] = WorkerSettings
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError("--config", f"no such file: {path}")
+
+        class FileSettings(WorkerSettings):
+            model_config = SettingsConfigDict(toml_file=path)
+
+        settings_cls = FileSettings
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise ConfigError(str(config_file or "settings"), str(exc)) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    message = first["msg"].removeprefix("Value error, ")
+    if not location:
+        return ConfigError("settings", message)
+    name = ENV_PREFIX + location[0].upper()
+    if len(location) > 1:
+        name += " (" + ".".join(location[1:]) + ")"
+    return ConfigError(name, message)

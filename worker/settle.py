@@ -1,0 +1,303 @@
+"""Settler: the outcome of each delivery reaches Redis here, batched, and never lost.
+
+Handlers finish in any order; their outcomes are queued and flushed in one pipeline per
+round trip: XACK per stream for successes, a Lua script per dead letter (XADD then XACK),
+and an idle-time reset for failures so that their backoff counts from the failure. A flush
+that fails on a connection error is put back and tried again with backoff: an entry whose
+ack was lost is at worst processed again, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.backoff import Backoff
+from worker.errors import Retry
+from worker.ledger import Ledger
+from worker.message import Message
+from worker.scripts import DEAD_LETTER, TOUCH_OWNED
+from worker.settings import WorkerSettings
+from worker.stats import Stats
+
+log = structlog.get_logger("worker.settle")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors after which a Redis call is worth repeating once the server answers again."""
+
+DEAD_LETTER_PREFIX = "dlq_"
+"""Prefix of the metadata fields a dead letter carries beside the original fields."""
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    msg: Message
+    error_type: str
+    error: str
+    handler: str
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(type name, message) of an exception, for logs and dead letters."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TimeoutError", "handler timed out"
+    return type(exc).__name__, str(exc) or repr(exc)
+
+
+class Settler:
+    """Queues outcomes and flushes them to Redis in batches."""
+
+    def __init__(
+        self, redis: Redis, settings: WorkerSettings, ledger: Ledger, stats: Stats
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.ledger = ledger
+        self.stats = stats
+        self.group = settings.group
+        self.consumer = settings.consumer
+        self.backoff = Backoff(settings.retry_base, settings.retry_max, settings.retry_jitter)
+        self._acks: defaultdict[str, list[Message]] = defaultdict(list)
+        self._ok: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._touches: defaultdict[str, list[str]] = defaultdict(list)
+        self._dead: list[DeadLetter] = []
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._dead_letter = redis.register_script(DEAD_LETTER)
+        self._touch = redis.register_script(TOUCH_OWNED)
+
+    # Outcomes, called by the dispatcher -------------------------------------------------
+
+    def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
+        """The handlers succeeded (or none wanted the entry): acknowledge it."""
+        self._acks[msg.stream].append(msg)
+        self._ok[(msg.stream, handler, "skipped" if skipped else "ok")] += 1
+        self._wake.set()
+
+    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+        """A handler raised: retry after backoff, or dead-letter once attempts are spent."""
+        error_type, error = describe(exc)
+        if msg.attempt >= self.settings.max_attempts:
+            self.dead_letter(msg, exc, handler, reason="attempts exhausted")
+            return
+        if isinstance(exc, Retry) and exc.delay is not None:
+            delay = exc.delay
+        else:
+            delay = self.backoff.delay(msg.attempt, msg.id)
+        log.warning(
+            "message.retry",
+            stream=msg.stream,
+            message_id=msg.id,
+            handler=handler,
+            attempt=msg.attempt,
+            max_attempts=self.settings.max_attempts,
+            retry_in_s=round(delay, 3),
+            error_type=error_type,
+            error=error,
+        )
+        self.stats.messages[(msg.stream, handler, "retry")] += 1
+        self.ledger.wait_for_retry(msg, delay)
+        self._touches[msg.stream].append(msg.id)
+        self._wake.set()
+
+    def dead_letter(
+        self, msg: Message, exc: BaseException, handler: str, *, reason: str = "rejected"
+    ) -> None:
+        """Move the entry to its dead-letter stream, then acknowledge it."""
+        error_type, error = describe(exc)
+        log.warning(
+            "message.dead_lettered",
+            stream=msg.stream,
+            message_id=msg.id,
+            handler=handler,
+            attempt=msg.attempt,
+            reason=reason,
+            error_type=error_type,
+            error=error,
+            dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
+        )
+        self._dead.append(DeadLetter(msg, error_type, error, handler))
+        self._wake.set()
+
+    # Flushing ---------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        return bool(self._acks or self._dead or self._touches)
+
+    async def run(self) -> None:
+        """Flush whenever outcomes are queued; on Redis errors, back off and try again."""
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                delay = 0.05
+            except REDIS_DOWN as exc:
+                self.stats.redis_errors["ack"] += 1
+                log.warning("redis.unavailable", operation="ack", error=str(exc), retry_in_s=delay)
+                self._wake.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def drain(self, timeout: float) -> bool:
+        """Flush everything queued, retrying for up to `timeout` seconds; True if all done."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while self.pending():
+            try:
+                await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0.01))
+            except (TimeoutError, *REDIS_DOWN):
+                if time.monotonic() + delay >= deadline:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return True
+
+    async def flush(self) -> None:
+        """Send every queued outcome in one pipeline; requeue them all if it fails."""
+        acks, self._acks = self._acks, defaultdict(list)
+        ok, self._ok = self._ok, defaultdict(int)
+        touches, self._touches = self._touches, defaultdict(list)
+        dead, self._dead = self._dead, []
+        if not (acks or touches or dead):
+            return
+        try:
+            results = await self._send(acks, touches, dead)
+        except BaseException:
+            self._requeue(acks, ok, touches, dead)
+            raise
+        self._record(acks, ok, touches, dead, results)
+
+    async def _send(
+        self,
+        acks: dict[str, list[Message]],
+        touches: dict[str, list[str]],
+        dead: list[DeadLetter],
+    ) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for letter in dead:
+            msg = letter.msg
+            await self._dead_letter(
+                keys=[self.settings.dead_letter_stream(msg.stream), msg.stream],
+                args=[self.group, msg.id, *self._dead_letter_fields(letter)],
+                client=pipe,
+            )
+        for stream, messages in acks.items():
+            pipe.xack(stream, self.group, *[m.id for m in messages])
+        idle_ms = 0
+        for stream, ids in touches.items():
+            await self._touch(
+                keys=[stream], args=[self.group, self.consumer, idle_ms, *ids], client=pipe
+            )
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _dead_letter_fields(self, letter: DeadLetter) -> list[bytes | str]:
+        msg = letter.msg
+        flat: list[bytes | str] = []
+        name: bytes | str
+        value: bytes | str
+        for name, value in msg.raw.items():
+            flat.append(name)
+            flat.append(value)
+        metadata = {
+            "stream": msg.stream,
+            "id": msg.id,
+            "group": self.group,
+            "consumer": self.consumer,
+            "attempts": str(msg.attempt),
+            "handler": letter.handler,
+            "error_type": letter.error_type,
+            "error": letter.error[:4000],
+            "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        for name, value in metadata.items():
+            flat.append(DEAD_LETTER_PREFIX + name)
+            flat.append(value)
+        return flat
+
+    def _requeue(
+        self,
+        acks: dict[str, list[Message]],
+        ok: dict[tuple[str, str, str], int],
+        touches: dict[str, list[str]],
+        dead: list[DeadLetter],
+    ) -> None:
+        for stream, messages in acks.items():
+            self._acks[stream][:0] = messages
+        for key, n in ok.items():
+            self._ok[key] += n
+        for stream, ids in touches.items():
+            self._touches[stream][:0] = ids
+        self._dead[:0] = dead
+
+    def _record(
+        self,
+        acks: dict[str, list[Message]],
+        ok: dict[tuple[str, str, str], int],
+        touches: dict[str, list[str]],
+        dead: list[DeadLetter],
+        results: list[Any],
+    ) -> None:
+        now_ms = time.time() * 1000.0
+        position = 0
+        for letter in dead:
+            result = results[position]
+            position += 1
+            msg = letter.msg
+            if isinstance(result, Exception):
+                self._dead_letter_failed(letter, result)
+                continue
+            self.stats.messages[(msg.stream, letter.handler, "dead_letter")] += 1
+            self.ledger.drop(msg)
+        for stream, messages in acks.items():
+            result = results[position]
+            position += 1
+            if isinstance(result, Exception):
+                log.warning("ack.failed", stream=stream, count=len(messages), error=str(result))
+                self.stats.redis_errors["ack"] += 1
+            histogram = self.stats.end_to_end_seconds[stream]
+            for msg in messages:
+                histogram.observe(max(now_ms - int(msg.id.partition("-")[0]), 0.0) / 1000.0)
+            self.ledger.drop_many(stream, messages)
+        for key, n in ok.items():
+            self.stats.messages[key] += n
+        touched_at = time.monotonic()
+        for stream, ids in touches.items():
+            result = results[position]
+            position += 1
+            if not isinstance(result, Exception):
+                self.ledger.touched(stream, ids, touched_at)
+            else:
+                # Without the reset the backoff counts from the delivery instead: still safe.
+                self.ledger.touched(stream, ids, touched_at)
+                self.stats.redis_errors["touch"] += 1
+
+    def _dead_letter_failed(self, letter: DeadLetter, error: Exception) -> None:
+        msg = letter.msg
+        self.stats.redis_errors["dead_letter"] += 1
+        log.error(
+            "dead_letter.failed",
+            stream=msg.stream,
+            message_id=msg.id,
+            dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
+            error=str(error),
+            note="the entry stays pending and is tried again",
+        )
+        if isinstance(error, ResponseError) and "NOGROUP" in str(error):
+            self.ledger.drop(msg)  # the group is gone, and with it this entry's pending state
+            return
+        # Stays pending on this consumer; its next claim finds the attempts spent and
+        # dead-letters it again without running the handler.
+        self.ledger.wait_for_retry(msg, self.backoff.delay(msg.attempt, msg.id))
+        self.ledger.touched(msg.stream, [msg.id], time.monotonic())
