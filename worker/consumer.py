@@ -125,7 +125,8 @@ class Consumer:
         # Bounded waits keep the liveness timestamp fresh while slow handlers fill the room.
         while self.ledger.room() < wanted:
             try:
-                await asyncio.wait_for(self.ledger.wait_for_room(wanted), self.settings.block)
+                async with asyncio.timeout(self.settings.block):
+                    await self.ledger.wait_for_room(wanted)
             except TimeoutError:
                 self.stats.last_read_loop = time.monotonic()
 

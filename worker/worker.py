@@ -195,8 +195,11 @@ class Worker:
             self.ledger.drop(msg)
         interrupted = await lanes.wait(self.settings.shutdown_timeout)
         reclaim_task.cancel()
-        settler_task.cancel()
-        await asyncio.gather(self._reader_task, reclaim_task, settler_task, return_exceptions=True)
+        settler.close()
+        background = (self._reader_task, reclaim_task, settler_task)
+        _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
+        if stuck:
+            log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
         flushed = await settler.drain(FINAL_FLUSH_S)
         to_release: list[Message] = unstarted + interrupted
         if to_release:
