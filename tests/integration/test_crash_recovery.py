@@ -170,7 +170,7 @@ class TestGracefulShutdown:
     async def test_sigterm_finishes_in_flight_work_and_hands_over_the_rest(
         self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
     ) -> None:
-        """SIGTERM: running handlers finish and are acked, exit code 0, the rest goes on elsewhere."""
+        """SIGTERM: running handlers finish and are acked, exit 0; the rest goes on elsewhere."""
         stream, group = names["stream"], names["group"]
         ids = await publish_many(redis, stream, 12)
         first = await WorkerProcess(
