@@ -93,9 +93,15 @@ class Consumer:
                     self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
                 )
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._recover_group()
+                if _group_gone(exc):
+                    await self._recover_group()
+                    continue
+                # Anything else (ACL denied, OOM, a replica read-only...) may clear up: say so
+                # loudly and keep trying, rather than stop consuming for good.
+                self.stats.redis_errors["read"] += 1
+                log.error("read.failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 continue
             except REDIS_DOWN as exc:
                 self._unavailable(exc, delay)
@@ -142,3 +148,9 @@ class Consumer:
         if self.connected or delay == 0.1:
             log.warning("redis.unavailable", operation="read", error=str(exc), retry_in_s=delay)
         self.connected = False
+
+
+def _group_gone(exc: ResponseError) -> bool:
+    """NOGROUP, or a blocked read cut short because the stream (and its group) was deleted."""
+    message = str(exc)
+    return message.startswith("NOGROUP") or message.startswith("UNBLOCKED")

@@ -15,7 +15,7 @@ import signal
 
 from redis.asyncio import Redis
 
-from worker import Handler, HandlerContext, Message
+from worker import Handler, HandlerContext, Message, handler
 
 
 class Recorder(Handler):
@@ -47,3 +47,8 @@ def recorder() -> Recorder:
 
 
 recorder_handler = Recorder
+
+
+@handler(stream="plugins:noop")
+async def noop(msg: Message) -> None:
+    """Does nothing: for commands that only need a valid handler reference."""
