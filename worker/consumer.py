@@ -87,7 +87,8 @@ class Consumer:
         while True:
             self.stats.last_read_loop = time.monotonic()
             await self.gate.wait_open()
-            await self._wait_for_room(batch)
+            if not await self._wait_for_room(batch):
+                continue  # the gate closed meanwhile: park before reading more
             try:
                 reply = await self.redis.xreadgroup(
                     self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
@@ -127,14 +128,22 @@ class Consumer:
                 hold(msg)
                 submit(msg)
 
-    async def _wait_for_room(self, wanted: int) -> None:
-        # Bounded waits keep the liveness timestamp fresh while slow handlers fill the room.
+    async def _wait_for_room(self, wanted: int) -> bool:
+        """Wait until `wanted` entries fit; False if the gate closed first.
+
+        Bounded waits keep the liveness timestamp fresh while slow handlers fill the room,
+        and let the reclaimer park this loop even when the room is full of entries waiting
+        for their retry (which only the reclaimer can start).
+        """
         while self.ledger.room() < wanted:
+            if not self.gate.is_open:
+                return False
             try:
                 async with asyncio.timeout(self.settings.block):
                     await self.ledger.wait_for_room(wanted)
             except TimeoutError:
                 self.stats.last_read_loop = time.monotonic()
+        return True
 
     async def _recover_group(self) -> None:
         try:

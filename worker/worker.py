@@ -136,10 +136,12 @@ class Worker:
             settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
             self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
             reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
+            heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
             self.started.set()
             log.info("worker.started", consumer=settings.consumer)
-            await self._until_stopped(self._reader_task, reclaim_task, settler_task)
+            await self._until_stopped(self._reader_task, reclaim_task, heartbeat_task, settler_task)
             await self._drain(lanes, reclaimer, settler, reclaim_task, settler_task)
+            heartbeat_task.cancel()
         finally:
             for h in self.handlers:
                 try:

@@ -207,3 +207,37 @@ class TestGracefulShutdown:
             assert await second.wait() == 0
         # Exactly once each: the first worker's finished messages were acked before it exited.
         assert len(await processed(redis, stream)) == len(ids)
+
+
+class TestTakeoverUnderPressure:
+    async def test_takeover_while_the_room_is_full_of_waiting_retries(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Retries filling every slot do not stall the takeover of a dead consumer's entry."""
+        from tests.helpers import make_settings, running
+        from worker import Message, Retry, handler
+
+        stream, group = names["stream"], names["group"]
+        handled: set[str] = set()
+
+        @handler(stream=stream)
+        async def fails_first(msg: Message) -> None:
+            if msg.attempt == 1 and msg.raw.get(b"who") != b"ghost":
+                raise Retry("first attempt always fails", delay=2.0)
+            handled.add(msg.id)
+
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        ghost_id = (await redis.xadd(stream, {"who": "ghost"})).decode()
+        await redis.xreadgroup(group, "dead-consumer", {stream: ">"}, count=1)
+        ids = await publish_many(redis, stream, 8)
+        settings = make_settings(
+            redis_server.url,
+            group,
+            batch_size=2,
+            concurrency=1,
+            claim_idle=0.5,
+            retry_base=0.2,
+            retry_max=0.2,
+        )
+        async with running(settings, [fails_first]):
+            await eventually(lambda: handled == {*ids, ghost_id}, timeout=20)
