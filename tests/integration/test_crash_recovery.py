@@ -241,3 +241,29 @@ class TestTakeoverUnderPressure:
         )
         async with running(settings, [fails_first]):
             await eventually(lambda: handled == {*ids, ghost_id}, timeout=20)
+
+    async def test_second_signal_exits_at_once(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """A second SIGTERM during the drain exits immediately; the entry stays pending."""
+        stream, group = names["stream"], names["group"]
+        await publish_many(redis, stream, 1)
+        worker = await WorkerProcess(
+            redis_server.url,
+            group,
+            stream,
+            "stubborn",
+            TEST_SLEEP=30,
+            SYNCWORKER_SHUTDOWN_TIMEOUT=60,
+        ).start()
+
+        async def begun() -> bool:
+            return len(await started(redis, stream)) == 1
+
+        await eventually(begun)
+        worker.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=5) == 128 + signal.SIGTERM
+        assert '"event": "worker.killed"' in worker.output()
+        assert await pending_count(redis, stream, group) == 1
