@@ -72,7 +72,7 @@ class Settler:
         self._touches: defaultdict[str, list[str]] = defaultdict(list)
         self._dead: list[DeadLetter] = []
         self._wake = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._closing = False
         self._dead_letter = redis.register_script(DEAD_LETTER)
         self._touch = redis.register_script(TOUCH_OWNED)
 
@@ -134,12 +134,23 @@ class Settler:
     def pending(self) -> bool:
         return bool(self._acks or self._dead or self._touches)
 
+    def close(self) -> None:
+        """Make `run` return after the flush in progress; `drain` sends the rest."""
+        self._closing = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Flush whenever outcomes are queued; on Redis errors, back off and try again."""
+        """Flush whenever outcomes are queued; on Redis errors, back off and try again.
+
+        Shutdown goes through `close()` rather than task cancellation, so that a flush is
+        never abandoned half-way through a pipeline.
+        """
         delay = 0.05
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.flush()
                 delay = 0.05
