@@ -12,7 +12,7 @@ from typing import Protocol
 import structlog
 from redis.asyncio import Redis
 
-from worker.connection import connect
+from worker.connection import connect, mask_url
 from worker.consumer import Consumer
 from worker.dispatch import Dispatcher, RouteTable
 from worker.handler import Handler, HandlerContext
@@ -140,6 +140,9 @@ class Worker:
         )
         log.info(
             "worker.starting",
+            redis_url=mask_url(settings.redis_url.get_secret_value()),
+            group=settings.group,
+            consumer=settings.consumer,
             streams=list(self.streams),
             handlers=[h.name for h in self.handlers],
             settings=effective_settings(settings),
