@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker.connection import connect
+from worker.errors import ConfigError
 from worker.groups import read_group_states
 from worker.health import Verdict, liveness, readiness, stuck_after
 from worker.httpserver import HttpServer, Response
@@ -89,7 +90,13 @@ class OpsServer:
             port,
             {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz},
         )
-        await self._http.start()
+        try:
+            await self._http.start()
+        except OSError as exc:
+            await self._redis.aclose()
+            raise ConfigError(
+                "SYNCWORKER_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self.port = self._http.port
         self._refresher = asyncio.create_task(self._refresh_forever(), name="syncworker-stats")
         log.info(
