@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
 from worker import Message, Reject, handler
 from worker.cli import main
+from worker.commands import dlq as dlq_command
 from worker.prune import delete_if_idle
 from worker.publish import Publisher
 from worker.redis_server import RedisServer
@@ -205,16 +206,27 @@ class TestDeadLetters:
         assert main(["dlq", "purge", names["stream"], "--all"]) == 0
         assert r.xlen(dlq) == 0 and r.exists(dlq)
 
-    def test_replay_all_stops_at_the_dead_letters_it_started_with(
-        self, r: sync_redis.Redis, names: dict[str, str], env: None
+    def test_long_replay_covers_every_page_once_and_shows_progress(
+        self,
+        r: sync_redis.Redis,
+        names: dict[str, str],
+        env: None,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """Pages of a long replay cover every dead letter exactly once."""
+        """Pages of a long replay cover every dead letter exactly once, in order, with progress."""
+        monkeypatch.setattr(dlq_command, "PROGRESS_EVERY_S", 0.0)
         stream, dlq = names["stream"], names["stream"] + ":dlq"
         for n in range(450):  # more than two pages
             r.xadd(dlq, {"n": str(n), "dlq_error": "e"})
         assert main(["dlq", "replay", stream, "--all"]) == 0
         assert r.xlen(dlq) == 0
         assert [f["n"] for _, f in r.xrange(stream)] == [str(n) for n in range(450)]
+        assert capsys.readouterr().err.splitlines() == [
+            "replayed 200/450",
+            "replayed 400/450",
+            "replayed 450/450",
+        ]
 
 
 async def _has_dead_letters(redis: Redis, stream: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -81,6 +82,30 @@ class TestMetrics:
         assert value(found, "syncworker_stream_length", **labels) == 6
         assert attempts["flaky"] == 2 and attempts["poison"] == 3
         assert await pending_count(redis, stream, group) == 0
+
+    async def test_inflight_counts_held_entries(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Entries whose handlers are still running show in syncworker_inflight, then leave it."""
+        stream, group = names["stream"], names["group"]
+        release = asyncio.Event()
+
+        @handler(stream=stream)
+        async def slow(msg: Message) -> None:
+            await release.wait()
+
+        for n in range(3):
+            await Publisher(redis).publish(stream, "t", {}, key=f"k{n}")
+        ops = OpsServer(host="127.0.0.1", port=0)
+        async with running(make_settings(redis_server.url, group), [slow], services=[ops]):
+
+            async def inflight_is(n: int) -> bool:
+                found = samples((await http_get(ops.port, "/metrics"))[1].decode())
+                return value(found, "syncworker_inflight", stream=stream, group=group) == n
+
+            await eventually(lambda: inflight_is(3))
+            release.set()
+            await eventually(lambda: inflight_is(0))
 
 
 class TestProbes:

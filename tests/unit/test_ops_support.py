@@ -7,9 +7,11 @@ import asyncio
 
 import pytest
 
-from worker.commands.support import duration, entry_id, table
+from worker.commands.support import duration, entry_id, routed_streams, table
 from worker.deadletters import DeadLetterEntry, next_id
+from worker.errors import ConfigError
 from worker.httpserver import HttpServer, Response
+from worker.settings import Route, WorkerSettings
 
 
 class TestIds:
@@ -88,3 +90,20 @@ async def _request(port: int, line: str) -> tuple[int, bytes]:
     await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+class TestRoutedStreams:
+    def test_from_routes_and_handlers_or_explicit(self) -> None:
+        """Routes name their stream without importing; handlers are loaded to learn theirs."""
+        settings = WorkerSettings(
+            metrics_port=0,
+            handlers=["tests.integration.plugins:noop"],
+            routes=[Route(stream="orders", handler="not.imported:at_all")],
+        )
+        assert routed_streams(settings, None) == ["orders", "plugins:noop"]
+        assert routed_streams(settings, ["x", "x", "y"]) == ["x", "y"]
+
+    def test_nothing_routed_is_a_config_error(self) -> None:
+        """Without --stream and without routes the command cannot guess."""
+        with pytest.raises(ConfigError, match="no stream given"):
+            routed_streams(WorkerSettings(metrics_port=0), None)
