@@ -275,6 +275,9 @@ class Settler:
             result = results[position]
             position += 1
             if isinstance(result, Exception):
+                # Not a connection problem (those raise and are retried) but a refusal, such
+                # as NOGROUP after the group was lost. The entries stay pending, if anywhere,
+                # and are taken over after claim_idle like any abandoned entry.
                 log.warning("ack.failed", stream=stream, count=len(messages), error=str(result))
                 self.stats.redis_errors["ack"] += 1
             histogram = self.stats.end_to_end_seconds[stream]
@@ -285,14 +288,11 @@ class Settler:
             self.stats.messages[key] += n
         touched_at = time.monotonic()
         for stream, ids in touches.items():
-            result = results[position]
-            position += 1
-            if not isinstance(result, Exception):
-                self.ledger.touched(stream, ids, touched_at)
-            else:
+            if isinstance(results[position], Exception):
                 # Without the reset the backoff counts from the delivery instead: still safe.
-                self.ledger.touched(stream, ids, touched_at)
                 self.stats.redis_errors["touch"] += 1
+            position += 1
+            self.ledger.touched(stream, ids, touched_at)
 
     def _dead_letter_failed(self, letter: DeadLetter, error: Exception) -> None:
         msg = letter.msg

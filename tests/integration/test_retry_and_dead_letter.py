@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
 from worker import Message, Reject, Retry, handler
@@ -158,3 +160,27 @@ class TestDeadLetter:
         assert good == [{"ok": True}]
         assert letter["dlq_error_type"] == "MalformedMessage"
         assert letter["data"] == "{not json"
+
+
+class TestHandlerTimeout:
+    async def test_a_handler_over_its_time_limit_counts_as_failed(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """With handler_timeout set, a hung handler is cancelled and its message retried."""
+        stream, group = names["stream"], names["group"]
+        attempts: list[int] = []
+
+        @handler(stream=stream)
+        async def hangs_once(msg: Message) -> None:
+            attempts.append(msg.attempt)
+            if msg.attempt == 1:
+                await asyncio.sleep(30)
+
+        await Publisher(redis).publish(stream, "order.paid", {"id": 1})
+        settings = make_settings(redis_server.url, group, handler_timeout=0.2)
+        with capture_logs() as logs:
+            async with running(settings, [hangs_once]):
+                await eventually(lambda: attempts == [1, 2])
+                await eventually(lambda: _all_acked(redis, stream, group))
+        [retry] = [e for e in logs if e["event"] == "message.retry"]
+        assert retry["error_type"] == "TimeoutError" and retry["error"] == "handler timed out"
