@@ -168,7 +168,10 @@ class OpsServer:
     async def _refresh_forever(self) -> None:
         worker = self._require_worker()
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a surprise here must not end the refreshes for good
+                log.exception("stats.refresh_failed")
             await asyncio.sleep(worker.settings.stats_interval)
 
     async def refresh(self) -> None:
