@@ -57,7 +57,7 @@ def liveness(
     """Judge the read loop from the worker's state (times are `time.monotonic()`)."""
     if stopping:
         return Verdict(True, "stopping")
-    if not started:
+    if not started or not last_read_loop:  # no turn yet: the task was only just created
         return Verdict(True, "starting")
     if not reader_alive:
         return Verdict(False, "dead", "the read loop has ended")

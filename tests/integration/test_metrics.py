@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -141,6 +142,25 @@ class TestProbes:
                 # Then when it comes back, so does readiness
                 server.start()
                 await eventually(lambda: ready_is(200), timeout=20)
+
+    async def test_liveness_fails_when_the_read_loop_stops_turning(
+        self, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """/healthz turns 503 once the read loop's last turn is older than the deadline."""
+
+        @handler(stream=names["stream"])
+        async def noop(msg: Message) -> None:
+            pass
+
+        ops = OpsServer(host="127.0.0.1", port=0)
+        settings = make_settings(redis_server.url, names["group"], block=5.0)
+        async with running(settings, [noop], services=[ops]) as worker:
+            status, body = await http_get(ops.port, "/healthz")
+            assert (status, json.loads(body)["status"]) == (200, "ok")
+            # The loop now waits in a 5 s XREADGROUP; pretend its last turn was long ago.
+            worker.stats.last_read_loop = time.monotonic() - 3600
+            status, body = await http_get(ops.port, "/healthz")
+            assert (status, json.loads(body)["status"]) == (503, "stuck")
 
     async def test_unknown_path_is_404(
         self, redis_server: RedisServer, names: dict[str, str]

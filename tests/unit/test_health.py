@@ -37,6 +37,7 @@ class TestLiveness:
         [
             ({}, (True, "ok")),
             ({"started": False, "reader_alive": False}, (True, "starting")),
+            ({"last_read_loop": 0.0}, (True, "starting")),
             ({"stopping": True, "reader_alive": False}, (True, "stopping")),
             ({"reader_alive": False}, (False, "dead")),
             ({"last_read_loop": 1000.0 - DEADLINE - 1}, (False, "stuck")),
