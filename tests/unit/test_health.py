@@ -42,7 +42,7 @@ class TestLiveness:
             ({"reader_alive": False}, (False, "dead")),
             ({"last_read_loop": 1000.0 - DEADLINE - 1}, (False, "stuck")),
             ({"last_read_loop": 1000.0 - DEADLINE + 1}, (True, "ok")),
-            ({"gate_open": False, "last_read_loop": 0.0}, (True, "paused")),
+            ({"gate_open": False, "last_read_loop": 1.0}, (True, "paused")),
         ],
     )
     def test_verdicts(self, overrides: dict[str, Any], expected: tuple[bool, str]) -> None:
