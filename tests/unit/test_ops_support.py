@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from worker.cli import main
 from worker.commands.support import duration, entry_id, routed_streams, table
 from worker.deadletters import DeadLetterEntry, next_id
 from worker.errors import ConfigError
@@ -107,3 +108,30 @@ class TestRoutedStreams:
         """Without --stream and without routes the command cannot guess."""
         with pytest.raises(ConfigError, match="no stream given"):
             routed_streams(WorkerSettings(metrics_port=0), None)
+
+
+class TestHelp:
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["status"],
+            ["dlq"],
+            ["dlq", "list"],
+            ["dlq", "show"],
+            ["dlq", "replay"],
+            ["dlq", "purge"],
+            ["publish"],
+            ["consumers"],
+            ["consumers", "prune"],
+            ["trim"],
+        ],
+    )
+    def test_every_command_has_help_with_an_example(
+        self, command: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--help exits 0 and shows at least one example invocation."""
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert "example" in out and f"syncworker {command[0]}" in out
