@@ -6,6 +6,7 @@ import asyncio
 
 from worker import Handler, Message
 
+
 class Noop(Handler):
     """Does nothing: measures the runtime's own cost per message."""
 
@@ -34,4 +35,3 @@ class Sleep1ms(Handler):
 
 
 HANDLERS: dict[str, type[Handler]] = {"noop": Noop, "noop_data": NoopData, "sleep_1ms": Sleep1ms}
-

@@ -113,9 +113,7 @@ def group_done(redis: Redis, stream: str, group: str, last_id: str) -> bool:
     """True once the group has read up to `last_id` and has nothing pending."""
     for info in redis.xinfo_groups(stream):
         if _text(info["name"]) == group:
-            return bool(
-                int(info["pending"]) == 0 and _text(info["last-delivered-id"]) == last_id
-            )
+            return bool(int(info["pending"]) == 0 and _text(info["last-delivered-id"]) == last_id)
     return False
 
 

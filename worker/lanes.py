@@ -1,10 +1,14 @@
 """Lanes: bounded concurrency with per-key order, and no task per message.
 
-Each lane is one long-lived coroutine that runs its queue in order. A message with a key
-always goes to the lane its key hashes to, so two messages of one entity never run at once and
-keep their stream order; messages without a key are spread round-robin. Creating an asyncio
-task per message would cost more than a no-op handler; a lane whose handlers do not suspend
-runs a whole batch in one go.
+Each lane is one long-lived coroutine; creating an asyncio task per message would cost more
+than a no-op handler, and a lane whose handlers do not suspend runs a whole batch in one go.
+
+Lanes share one queue, so a free lane always takes the next message: no lane sits idle while
+another has a backlog, which is what a fixed key-to-lane hash would cause (with 1 ms handlers
+it cost a third of the throughput). Per-key order comes from the *owned keys* instead: the
+first message of a key to be queued owns that key until it has run; later messages of the key
+wait behind it, and the lane that ran the owner runs them next, in stream order. So two
+messages of one entity never run at once and never overtake each other.
 """
 
 from __future__ import annotations
@@ -19,34 +23,12 @@ Process = Callable[[Message], Awaitable[None]]
 
 
 class _Lane:
-    __slots__ = ("closed", "current", "queue", "task", "waiter")
+    __slots__ = ("current", "task", "waiter")
 
     def __init__(self) -> None:
-        self.queue: deque[Message] = deque()
         self.waiter: asyncio.Future[None] | None = None
         self.current: Message | None = None
-        self.closed = False
         self.task: asyncio.Task[None] | None = None
-
-    async def run(self, process: Process) -> None:
-        queue = self.queue
-        loop = asyncio.get_running_loop()
-        while True:
-            while queue:
-                msg = queue.popleft()
-                self.current = msg
-                await process(msg)  # never raises: the dispatcher settles every outcome
-                self.current = None
-            if self.closed:
-                return
-            self.waiter = loop.create_future()
-            await self.waiter
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        self.waiter = None
 
 
 class Lanes:
@@ -59,27 +41,64 @@ class Lanes:
 
     def __init__(self, size: int, process: Process) -> None:
         self._lanes = [_Lane() for _ in range(size)]
+        self._idle: list[_Lane] = []
         self._process = process
-        self._next = 0
+        self._queue: deque[Message] = deque()
+        self._owned: dict[bytes, deque[Message]] = {}
+        """key -> the messages of that key queued behind the one that owns it."""
+        self._closed = False
 
     def start(self) -> None:
         for index, lane in enumerate(self._lanes):
-            lane.task = asyncio.create_task(
-                lane.run(self._process), name=f"syncworker-lane-{index}"
-            )
+            lane.task = asyncio.create_task(self._run(lane), name=f"syncworker-lane-{index}")
 
     def submit(self, msg: Message) -> None:
-        """Queue a message on its key's lane (or the next lane, when it has no key)."""
-        lanes = self._lanes
+        """Queue a message; behind the earlier messages of its key, if any are unfinished."""
+        key = msg.raw.get(b"key")
+        if key is not None:
+            followers = self._owned.get(key)
+            if followers is not None:
+                followers.append(msg)
+                return
+            self._owned[key] = deque()
+        self._queue.append(msg)
+        if self._idle:
+            waiter = self._idle.pop().waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _run(self, lane: _Lane) -> None:
+        queue = self._queue
+        owned = self._owned
+        process = self._process
+        loop = asyncio.get_running_loop()
+        while True:
+            while queue:
+                msg: Message | None = queue.popleft()
+                while msg is not None:
+                    lane.current = msg
+                    await process(msg)  # never raises: the dispatcher settles every outcome
+                    lane.current = None
+                    msg = self._next_of_key(msg, owned)
+            if self._closed:
+                return
+            lane.waiter = loop.create_future()
+            self._idle.append(lane)
+            await lane.waiter
+            lane.waiter = None
+
+    def _next_of_key(self, msg: Message, owned: dict[bytes, deque[Message]]) -> Message | None:
+        """The next message of `msg`'s key, which this lane runs now; or release the key."""
         key = msg.raw.get(b"key")
         if key is None:
-            self._next = index = (self._next + 1) % len(lanes)
-        else:
-            index = hash(key) % len(lanes)
-        lane = lanes[index]
-        lane.queue.append(msg)
-        if lane.waiter is not None:
-            lane.wake()
+            return None
+        followers = owned.get(key)
+        if followers:
+            if not self._closed:
+                return followers.popleft()
+            return None  # close() has handed the followers back
+        owned.pop(key, None)
+        return None
 
     def busy(self) -> int:
         """Messages running right now."""
@@ -87,12 +106,16 @@ class Lanes:
 
     def close(self) -> list[Message]:
         """Stop taking work; return the queued messages that never started."""
-        unstarted: list[Message] = []
-        for lane in self._lanes:
-            lane.closed = True
-            unstarted.extend(lane.queue)
-            lane.queue.clear()
-            lane.wake()
+        self._closed = True
+        unstarted = list(self._queue)
+        self._queue.clear()
+        for followers in self._owned.values():
+            unstarted.extend(followers)
+            followers.clear()
+        for lane in self._idle:
+            if lane.waiter is not None and not lane.waiter.done():
+                lane.waiter.set_result(None)
+        self._idle.clear()
         return unstarted
 
     async def wait(self, timeout: float) -> list[Message]:

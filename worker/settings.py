@@ -88,6 +88,11 @@ class WorkerSettings(BaseSettings):
     concurrency: int = Field(16, ge=1, le=10_000, description="Messages in flight per process.")
     batch_size: int = Field(256, ge=1, le=10_000, description="Entries per XREADGROUP.")
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop of `syncworker run`: uvloop when installed "
+        "(pip install 'syncworker[uvloop]'), else asyncio's (auto); or force one.",
+    )
     handler_timeout: float = Field(
         0.0, ge=0, description="Seconds a handler may run before it counts as failed; 0 = none."
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import structlog
 
 from worker.commands.common import add_config_option, settings_from
 from worker.errors import ConfigError
 from worker.logs import configure_logging
+from worker.loop import run_in_loop
 from worker.registry import handlers_from_settings
 from worker.worker import Worker
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
     handlers = handlers_from_settings(settings)
-    return asyncio.run(_serve(Worker(settings, handlers)))
+    return run_in_loop(_serve(Worker(settings, handlers)), settings.event_loop)
 
 
 async def _serve(worker: Worker) -> int:
