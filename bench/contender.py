@@ -48,9 +48,11 @@ async def raw_loop(args: argparse.Namespace, stop: asyncio.Event, lat: Latencies
     """The practical ceiling: XREADGROUP COUNT 500, json.loads each `data`, one XACK a batch."""
     redis = Redis.from_url(args.url)
     loads = json.loads
-    streams = {args.stream: ">"}
+    streams: Any = {args.stream: ">"}
     while not stop.is_set():
-        reply = await redis.xreadgroup(args.group, args.consumer, streams, count=500, block=100)
+        reply: Any = await redis.xreadgroup(
+            args.group, args.consumer, streams, count=500, block=100
+        )
         for _stream, entries in reply or ():
             ids = []
             for entry_id, fields in entries:
@@ -103,14 +105,14 @@ def _record_acks(lat: Latencies) -> None:
                 lat.record(now, msg.id, msg.raw)
         original(self, acks, *rest)
 
-    Settler._record = record  # type: ignore[method-assign]
+    Settler._record = record  # type: ignore[method-assign,assignment]
 
 
 async def faststream(args: argparse.Namespace, stop: asyncio.Event, lat: Latencies) -> None:
     """FastStream's RedisBroker with a StreamSub in a consumer group (acks after the handler)."""
     from faststream.redis import RedisBroker, StreamSub
 
-    broker = RedisBroker(args.url, logger=None)
+    broker = RedisBroker(args.url, logger=None)  # type: ignore[arg-type]
     sub = StreamSub(
         args.stream,
         group=args.group,
@@ -127,13 +129,13 @@ async def faststream(args: argparse.Namespace, stop: asyncio.Event, lat: Latenci
     # handlers do nothing more: the same work as the raw loop's json.loads.
     if args.batch:
 
-        @broker.subscriber(stream=sub, **options)
+        @broker.subscriber(stream=sub, **options)  # type: ignore[untyped-decorator]
         async def on_batch(body: list[Any]) -> None:
             return None
 
     else:
 
-        @broker.subscriber(stream=sub, **options)
+        @broker.subscriber(stream=sub, **options)  # type: ignore[untyped-decorator]
         async def on_message(body: Any) -> None:
             return None
 

@@ -1,0 +1,145 @@
+"""Tables (Markdown, printed and written to a file) and the concurrency plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, str]:
+    """What the figures came from: CPU, cores, Python, Redis, load at the start."""
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    redis = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    version = next((p.partition("=")[2] for p in redis if p.startswith("v=")), "unknown")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "redis": version,
+        "load": load,
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def throughput_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["contender", "entries", "seconds", "msg/s", "vs raw loop (same event loop)",
+         "CPU µs/msg"],
+        [
+            [r["label"], _rate(r["entries"]), f"{r['seconds']:.2f}", _rate(r["rate"]),
+             _pct(r["ratio"]), f"{r['cpu_s'] / r['entries'] * 1e6:.1f}"]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def concurrency_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["event loop", "concurrency", "entries", "msg/s", "bound min(c/1 ms, no-op)",
+         "vs bound", "asyncio.sleep alone", "vs sleep alone"],
+        [
+            [r["loop"], str(r["concurrency"]), _rate(r["entries"]), _rate(r["rate"]),
+             _rate(r["bound"]), _pct(r["ratio"]), _rate(r["bare_loop"]),
+             _pct(r["rate"] / r["bare_loop"])]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["consumer", "rate", "entries acked", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+         "p50 / p99 / p99.9 ms from producer clock"],
+        [
+            [r["label"], f"{r['rate']:,.0f}/s for {r['seconds']:.0f} s", _rate(r["acked"]),
+             f"{r['id']['p50']:.2f}", f"{r['id']['p99']:.2f}", f"{r['id']['p999']:.2f}",
+             f"{r['id']['max']:.2f}",
+             f"{r['sent']['p50']:.2f} / {r['sent']['p99']:.2f} / {r['sent']['p999']:.2f}"]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["backlog", "seconds to drain (with process start)", "msg/s", "RSS at 25 %", "RSS at end", "peak RSS"],
+        [
+            [_rate(r["backlog"]), f"{r['seconds']:.1f}", _rate(r["backlog"] / r["seconds"]),
+             f"{r['rss_at_quarter_mb']:.0f} MB", f"{r['rss_at_end_mb']:.0f} MB",
+             f"{r['peak_rss_mb']:.0f} MB"]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        ["handler", "entries", "1 process msg/s", "2 processes msg/s", "2 vs 1"],
+        [
+            [r["label"], _rate(r["entries"]), _rate(r["one"]), _rate(r["two"]),
+             f"{r['ratio']:.2f}x"]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Throughput against concurrency for the 1 ms handler, beside the concurrency bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for loop, marker in (("uvloop", "o"), ("asyncio", "s")):
+        mine = [r for r in rows if r["loop"] == loop]
+        if not mine:
+            continue
+        levels = [r["concurrency"] for r in mine]
+        ax.plot(levels, [r["rate"] for r in mine], marker=marker, label=f"syncworker ({loop})")
+        ax.plot(
+            levels, [r["bare_loop"] for r in mine], marker=marker, linestyle=":", alpha=0.6,
+            label=f"asyncio.sleep(0.001) alone, no Redis ({loop})",
+        )  # fmt: skip
+    levels = sorted({r["concurrency"] for r in rows})
+    bound = {r["concurrency"]: r["bound"] for r in rows if r["loop"] == "uvloop"} or {
+        r["concurrency"]: r["bound"] for r in rows
+    }
+    ax.plot(levels, [bound[c] for c in levels], "k--", label="bound: min(c / 1 ms, no-op rate)")
+    ax.plot(levels, [0.7 * bound[c] for c in levels], color="grey", linestyle="-.", alpha=0.6,
+            label="70 % of the bound")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set_xlabel("concurrency (messages in flight)")
+    ax.set_ylabel("messages per second")
+    ax.set_title("1 ms handler: throughput against concurrency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
