@@ -85,7 +85,8 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
 
 def memory_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["backlog", "seconds to drain (with process start)", "msg/s", "RSS at 25 %", "RSS at end", "peak RSS"],
+        ["backlog", "seconds to drain (with process start)", "msg/s", "RSS at 25 %",
+         "RSS at end", "peak RSS"],
         [
             [_rate(r["backlog"]), f"{r['seconds']:.1f}", _rate(r["backlog"] / r["seconds"]),
              f"{r['rss_at_quarter_mb']:.0f} MB", f"{r['rss_at_end_mb']:.0f} MB",

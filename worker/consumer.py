@@ -119,13 +119,15 @@ class Consumer:
 
     def _dispatch(self, reply: Any) -> None:
         group = self.group
-        hold = self.ledger.hold
         submit = self.submit
         for stream_name, entries in reply:
             stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
-            for entry_id, fields in entries:
-                msg = Message(stream, entry_id.decode(), fields or {}, 1, group)
-                hold(msg)
+            messages = [
+                Message(stream, entry_id.decode(), fields or {}, 1, group)
+                for entry_id, fields in entries
+            ]
+            self.ledger.hold_many(stream, messages)  # held before any of them can finish
+            for msg in messages:
                 submit(msg)
 
     async def _wait_for_room(self, wanted: int) -> bool:

@@ -84,14 +84,15 @@ class Dispatcher:
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]
+        timeout = self.handler_timeout
         try:
             for route in routes:
                 msg._handler = route.name  # for msg.log
                 started = perf_counter()
-                if self.handler_timeout is None:
+                if timeout is None:
                     await route.handler.handle(msg)
                 else:
-                    async with asyncio.timeout(self.handler_timeout):
+                    async with asyncio.timeout(timeout):
                         await route.handler.handle(msg)
                 route.histogram.observe(perf_counter() - started)
         except asyncio.CancelledError:

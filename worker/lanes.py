@@ -79,7 +79,8 @@ class Lanes:
                     lane.current = msg
                     await process(msg)  # never raises: the dispatcher settles every outcome
                     lane.current = None
-                    msg = self._next_of_key(msg, owned)
+                    key = msg.raw.get(b"key")
+                    msg = None if key is None else self._next_of_key(key, owned)
             if self._closed:
                 return
             lane.waiter = loop.create_future()
@@ -87,11 +88,8 @@ class Lanes:
             await lane.waiter
             lane.waiter = None
 
-    def _next_of_key(self, msg: Message, owned: dict[bytes, deque[Message]]) -> Message | None:
-        """The next message of `msg`'s key, which this lane runs now; or release the key."""
-        key = msg.raw.get(b"key")
-        if key is None:
-            return None
+    def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message]]) -> Message | None:
+        """The next message of `key`, which this lane runs now; or release the key."""
         followers = owned.get(key)
         if followers:
             if not self._closed:

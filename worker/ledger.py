@@ -78,6 +78,18 @@ class Ledger:
             self._empty.clear()
         streams[msg.id] = msg
 
+    def hold_many(self, stream: str, messages: list[Message]) -> None:
+        """Hold a batch of fresh entries of one stream (the read loop's hot path)."""
+        held = self.held.get(stream)
+        if held is None:
+            held = self.held[stream] = {}
+        before = len(held)
+        for msg in messages:
+            held[msg.id] = msg
+        if len(held) > before:
+            self._count += len(held) - before
+            self._empty.clear()
+
     def is_held(self, stream: str, message_id: str) -> bool:
         held = self.held.get(stream)
         return held is not None and message_id in held

@@ -288,9 +288,9 @@ class Settler:
                 # and are taken over after claim_idle like any abandoned entry.
                 log.warning("ack.failed", stream=stream, count=len(messages), error=str(result))
                 self.stats.redis_errors["ack"] += 1
-            histogram = self.stats.end_to_end_seconds[stream]
-            for msg in messages:
-                histogram.observe(max(now_ms - int(msg.id.partition("-")[0]), 0.0) / 1000.0)
+            self.stats.end_to_end_seconds[stream].observe_many(
+                [max(now_ms - int(msg.id.partition("-")[0]), 0.0) / 1000.0 for msg in messages]
+            )
             self.ledger.drop_many(stream, messages)
         for key, n in ok.items():
             self.stats.messages[key] += n
