@@ -19,6 +19,7 @@ from worker.lanes import Lanes
 from worker.ledger import Ledger
 from worker.message import Message
 from worker.reclaim import ReadGate, Reclaimer
+from worker.redis_safety import check_redis_safety
 from worker.registry import validate
 from worker.settings import WorkerSettings
 from worker.settle import REDIS_DOWN, Settler
@@ -129,6 +130,7 @@ class Worker:
         try:
             if not await self._connect_and_create_groups():
                 return
+            await check_redis_safety(self.redis, stats)
             context = HandlerContext(self.redis, settings.group, settings.consumer, settings)
             for h in self.handlers:
                 await h.on_startup(context)
