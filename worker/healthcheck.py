@@ -35,7 +35,7 @@ def health_url(host: str, port: int) -> str:
 def probe(url: str, timeout: float = TIMEOUT_S) -> tuple[bool, str]:
     """GET `url`; healthy only on HTTP 200. Returns (healthy, one-line reason)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
         return False, f"{url} answered {exc.code}"

@@ -25,7 +25,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
-INSTALL_HINT = "install the deploy checks' tools: pip install -e '.[deploy-check]' (or make install)"
+INSTALL_HINT = "install the deploy checks' tools: pip install -e '.[deploy-check]' (make install)"
 
 CLI_ENV = {"SYNCWORKER_CONFIG"}
 """Variables the command line reads besides WorkerSettings fields (see worker/commands)."""
