@@ -265,3 +265,8 @@ class TestOverlay:
         """The PrometheusRule carries exactly the groups the compose Prometheus loads."""
         rule = load_yaml(BASE / "prometheusrule.yaml")
         assert rule["spec"] == load_yaml(DEPLOY / "prometheus" / "alerts.yml")
+
+    def test_deployment_leaves_the_replica_count_to_the_autoscaler(self) -> None:
+        """No replicas field, so `kubectl apply` does not fight KEDA's HPA over the count."""
+        for name in ("base", "overlay"):
+            assert "replicas" not in one(rendered(name), "Deployment")["spec"]
