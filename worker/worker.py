@@ -138,10 +138,12 @@ class Worker:
             settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
             self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
             reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
+            heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
             self.started.set()
             log.info("worker.started", consumer=settings.consumer)
-            await self._until_stopped(self._reader_task, reclaim_task, settler_task)
+            await self._until_stopped(self._reader_task, reclaim_task, heartbeat_task, settler_task)
             await self._drain(lanes, reclaimer, settler, reclaim_task, settler_task)
+            heartbeat_task.cancel()
         finally:
             for h in self.handlers:
                 try:
@@ -197,8 +199,11 @@ class Worker:
             self.ledger.drop(msg)
         interrupted = await lanes.wait(self.settings.shutdown_timeout)
         reclaim_task.cancel()
-        settler_task.cancel()
-        await asyncio.gather(self._reader_task, reclaim_task, settler_task, return_exceptions=True)
+        settler.close()
+        background = (self._reader_task, reclaim_task, settler_task)
+        _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
+        if stuck:
+            log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
         flushed = await settler.drain(FINAL_FLUSH_S)
         to_release: list[Message] = unstarted + interrupted
         if to_release:
