@@ -30,6 +30,12 @@ INSTALL_HINT = "install the deploy checks' tools: pip install -e '.[deploy-check
 CLI_ENV = {"SYNCWORKER_CONFIG"}
 """Variables the command line reads besides WorkerSettings fields (see worker/commands)."""
 
+HANDLER_ENV = {"SYNCWORKER_POSTGRES_DSN": ("handlers.sql", "DSN_ENV")}
+"""Variables built-in handlers read, by the module constant that names them."""
+
+EXTRA_ENV = CLI_ENV | set(HANDLER_ENV)
+"""Every SYNCWORKER_* variable that is legitimately not a WorkerSettings field."""
+
 
 def require_module(name: str) -> None:
     """Fail (never skip) when a checking tool is missing, saying how to install it."""

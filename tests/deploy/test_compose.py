@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
 import json
 import re
 from importlib import resources
@@ -14,12 +17,15 @@ from tests.deploy.support import (
     CLI_ENV,
     COMPOSE,
     DEPLOY,
+    EXTRA_ENV,
+    HANDLER_ENV,
     ROOT,
     example_config,
     load_yaml,
     require_module,
 )
 from worker.cli import build_parser
+from worker.commands import common
 from worker.settings import ENV_PREFIX, WorkerSettings
 from worker.worker import FINAL_FLUSH_S
 
@@ -88,7 +94,8 @@ class TestCompose:
         env = env_of(compose["services"][name])
         fields = {ENV_PREFIX + f.upper() for f in WorkerSettings.model_fields}
         ours = {k for k in env if k.startswith(ENV_PREFIX)}
-        assert not ours - fields - CLI_ENV, f"unknown settings: {sorted(ours - fields - CLI_ENV)}"
+        unknown = ours - fields - EXTRA_ENV
+        assert not unknown, f"unknown settings: {sorted(unknown)}"
         values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items() if k in fields}
         WorkerSettings(**values)
 
@@ -142,3 +149,19 @@ class TestCompose:
         if config is None:
             pytest.skip("examples/ is not in this tree yet")
         assert ROOT / path.removeprefix("/app/") == config
+
+
+class TestExtraEnvironmentNames:
+    def test_cli_reads_the_config_variable(self) -> None:
+        """SYNCWORKER_CONFIG, allowed beside the settings, is what --config defaults to."""
+        source = inspect.getsource(common)
+        for name in CLI_ENV:
+            assert f'"{name}"' in source
+
+    @pytest.mark.parametrize("name", sorted(HANDLER_ENV))
+    def test_handler_variables_are_the_ones_the_handlers_read(self, name: str) -> None:
+        """Each allowed handler variable is the name the built-in handler's constant holds."""
+        module_name, constant = HANDLER_ENV[name]
+        if importlib.util.find_spec(module_name) is None:
+            pytest.skip(f"{module_name} is not in this tree yet")
+        assert getattr(importlib.import_module(module_name), constant) == name

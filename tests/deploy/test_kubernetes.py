@@ -11,9 +11,9 @@ import pytest
 from tests.deploy import dockerfile
 from tests.deploy.support import (
     BASE,
-    CLI_ENV,
     DEPLOY,
     DOCKERFILE,
+    EXTRA_ENV,
     OVERLAY,
     SCHEMAS,
     by_kind,
@@ -119,10 +119,10 @@ class TestDeployment:
         env = env_list_to_dict(container.get("env", []))
         names = set(data) | {n for n in env if n.startswith(ENV_PREFIX)}
         fields = {ENV_PREFIX + f.upper() for f in WorkerSettings.model_fields}
-        unknown = names - fields - CLI_ENV
+        unknown = names - fields - EXTRA_ENV
         assert not unknown, f"settings the worker does not read: {sorted(unknown)}"
         values = {
-            k.removeprefix(ENV_PREFIX).lower(): v for k, v in data.items() if k not in CLI_ENV
+            k.removeprefix(ENV_PREFIX).lower(): v for k, v in data.items() if k not in EXTRA_ENV
         }
         WorkerSettings(**values, redis_url="redis://redis:6379/0")
 
@@ -221,7 +221,7 @@ class TestAutoscaling:
             **{
                 k.removeprefix(ENV_PREFIX).lower(): v
                 for k, v in settings_data(docs).items()
-                if k not in CLI_ENV
+                if k not in EXTRA_ENV
             }
         )
         held = 2 * settings.batch_size + settings.concurrency
