@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,7 +182,7 @@ class TestExportedNames:
         spec = importlib.util.find_spec("worker.metrics")
         if spec is None or spec.origin is None:
             pytest.skip("worker.metrics is not in this tree yet")
-        source = open(spec.origin).read()
+        source = Path(spec.origin).read_text()
         exprs = [r["expr"] for r in alert_rules()] + [
             e for exprs in dashboard_exprs().values() for e in exprs
         ]
