@@ -31,9 +31,11 @@ def make_settings(url: str, group: str, **overrides: Any) -> WorkerSettings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: WorkerSettings, handlers: Sequence[Handler]) -> AsyncIterator[Worker]:
+async def running(
+    settings: WorkerSettings, handlers: Sequence[Handler], **worker_options: Any
+) -> AsyncIterator[Worker]:
     """Run a worker in a task for the duration of the block, then stop it and wait."""
-    worker = Worker(settings, handlers)
+    worker = Worker(settings, handlers, **worker_options)
     task = asyncio.create_task(worker.run())
     started = asyncio.create_task(worker.started.wait())
     done, _ = await asyncio.wait({task, started}, timeout=10, return_when="FIRST_COMPLETED")

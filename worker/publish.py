@@ -64,7 +64,9 @@ class Publisher:
         fields = event_fields(type, data, key=key, event_id=event_id, version=version)
         entry_id = await self.redis.xadd(
             stream,
-            dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly maxlen=self.maxlen, approximate=self.maxlen is not None
+            dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly
+            maxlen=self.maxlen,
+            approximate=self.maxlen is not None,
         )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 

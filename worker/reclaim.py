@@ -194,6 +194,7 @@ class Reclaimer:
                         "retry.lost",
                         stream=stream,
                         message_id=entry.msg.id,
+                        attempt=entry.msg.attempt,
                         note="deleted, or taken over by another consumer",
                     )
                     continue

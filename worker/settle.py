@@ -301,6 +301,8 @@ class Settler:
             "dead_letter.failed",
             stream=msg.stream,
             message_id=msg.id,
+            handler=letter.handler,
+            attempt=msg.attempt,
             dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
             error=str(error),
             note="the entry stays pending and is tried again",

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from worker.dispatch import Dispatcher, RouteTable
 from worker.handler import Handler, HandlerContext
 from worker.lanes import Lanes
 from worker.ledger import Ledger
+from worker.logs import effective_settings
 from worker.message import Message
 from worker.reclaim import ReadGate, Reclaimer
 from worker.redis_safety import check_redis_safety
@@ -31,6 +33,25 @@ FINAL_FLUSH_S = 5.0
 """Seconds the last acks get after the handlers stopped, on top of `shutdown_timeout`."""
 
 
+class Service(Protocol):
+    """Something that runs beside the worker, such as the metrics and health server."""
+
+    async def start(self, worker: Worker) -> None:
+        """Called before the worker connects to Redis."""
+
+    async def stop(self) -> None:
+        """Called after the worker drained and its handlers shut down."""
+
+
+def default_services(settings: WorkerSettings) -> list[Service]:
+    """The metrics and health server, unless `metrics_port` is 0."""
+    if settings.metrics_port == 0:
+        return []
+    from worker.ops import OpsServer  # imported late: it imports this module for typing
+
+    return [OpsServer()]
+
+
 class Worker:
     """One consumer process: reads, dispatches, settles and reclaims until stopped.
 
@@ -38,6 +59,8 @@ class Worker:
         settings: the worker's settings.
         handlers: handler plugins, each bound to its streams.
         stats: where to count; pass one in to read it from outside (metrics, tests).
+        services: run beside the worker (started first, stopped last); None for the
+            defaults of the settings (the metrics and health server on `metrics_port`).
     """
 
     def __init__(
@@ -46,11 +69,13 @@ class Worker:
         handlers: Sequence[Handler],
         *,
         stats: Stats | None = None,
+        services: Sequence[Service] | None = None,
     ) -> None:
         validate(handlers)
         self.settings = settings
         self.handlers = list(handlers)
         self.stats = stats or Stats()
+        self.services = list(default_services(settings) if services is None else services)
         self.routes = RouteTable(self.handlers, self.stats)
         self.streams = self.routes.streams
         self.ledger = Ledger(2 * settings.batch_size + settings.concurrency)
@@ -121,13 +146,13 @@ class Worker:
             consumer=settings.consumer,
             streams=list(self.streams),
             handlers=[h.name for h in self.handlers],
-            concurrency=settings.concurrency,
-            batch_size=settings.batch_size,
-            max_attempts=settings.max_attempts,
-            claim_idle_s=settings.claim_idle,
-            shutdown_timeout_s=settings.shutdown_timeout,
+            settings=effective_settings(settings),
         )
+        started: list[Service] = []
         try:
+            for service in self.services:
+                await service.start(self)
+                started.append(service)
             if not await self._connect_and_create_groups():
                 return
             await check_redis_safety(self.redis, stats)
@@ -152,6 +177,8 @@ class Worker:
                     log.exception("handler.shutdown_failed", handler=h.name)
             await self.redis.aclose()
             await reader_redis.aclose()
+            for service in reversed(started):
+                await service.stop()
         log.info("worker.stopped", consumer=settings.consumer)
 
     async def _connect_and_create_groups(self) -> bool:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from worker.commands import check, run
+from worker.commands import check, consumers, dlq, publish, run, status, trim
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-COMMANDS: list[Register] = [run.register, check.register]
+COMMANDS: list[Register] = [
+    run.register,
+    check.register,
+    status.register,
+    dlq.register,
+    publish.register,
+    consumers.register,
+    trim.register,
+]
