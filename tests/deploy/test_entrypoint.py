@@ -8,11 +8,13 @@ ENTRYPOINT + CMD from there, outside the repository so nothing resolves to the s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 
 from tests.deploy import dockerfile
 from tests.deploy.support import DOCKERFILE, ROOT
-from worker.redis_server import RedisServer
+from worker.redis_server import RedisServer, free_port
 
 PLUGIN = '''
 from worker import Message, handler
@@ -86,6 +88,21 @@ def image_env(venv: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def _read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
+    """stderr lines of `process` up to the one containing `marker` (or EOF, or timeout)."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            break
+    return lines
+
+
 def run(venv: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(venv / "bin" / "syncworker"), *args],
@@ -146,38 +163,50 @@ class TestEntrypoint:
         assert result.returncode != 0
         assert "cannot reach Redis" in result.stderr
 
-    def test_run_drains_and_exits_zero_on_sigterm(
+    def test_run_serves_health_and_drains_on_sigterm(
         self, venv: Path, redis_server: RedisServer
     ) -> None:
-        """`syncworker run` (ENTRYPOINT + CMD) drains and exits 0 on SIGTERM (docker stop)."""
+        """`syncworker run` (ENTRYPOINT + CMD) passes the HEALTHCHECK, exports the Redis safety
+        flags, then drains and exits 0 on SIGTERM (what docker stop sends)."""
+        port = free_port()
+        settings = {
+            "SYNCWORKER_REDIS_URL": redis_server.url,
+            "SYNCWORKER_HANDLERS": "plugin:noop",
+            "SYNCWORKER_GROUP": f"deploy-check-{os.getpid()}",
+            "SYNCWORKER_METRICS_HOST": "127.0.0.1",
+            "SYNCWORKER_METRICS_PORT": str(port),
+            "SYNCWORKER_LOG_FORMAT": "json",
+            "SYNCWORKER_BLOCK": "0.1",
+        }
         process = subprocess.Popen(
             [str(venv / "bin" / "syncworker"), "run"],
             cwd=venv.parent,
-            env=image_env(
-                venv,
-                SYNCWORKER_REDIS_URL=redis_server.url,
-                SYNCWORKER_HANDLERS="plugin:noop",
-                SYNCWORKER_GROUP=f"deploy-check-{os.getpid()}",
-                SYNCWORKER_METRICS_PORT="0",
-                SYNCWORKER_LOG_FORMAT="json",
-                SYNCWORKER_BLOCK="0.1",
-            ),
+            env=image_env(venv, **settings),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
-            deadline = time.monotonic() + 30
-            lines: list[str] = []
-            assert process.stderr is not None
-            while time.monotonic() < deadline:
-                line = process.stderr.readline()
-                if not line:
-                    break
-                lines.append(line)
-                if '"worker.started"' in line:
-                    break
+            lines = _read_until(process, '"worker.started"', timeout=30)
             assert any('"worker.started"' in line for line in lines), "".join(lines)
+            # Given a started worker, when Docker runs the HEALTHCHECK command, then it passes.
+            health = subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "worker.healthcheck"],
+                cwd=venv.parent,
+                env=image_env(venv, **settings),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert health.returncode == 0, health.stdout + health.stderr
+            # The test server runs without persistence and with noeviction.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+                metrics = page.read().decode()
+            assert re.search(
+                r'syncworker_redis_unsafe\{[^}]*reason="no_persistence"[^}]*\} 1', metrics
+            )
+            assert re.search(r'syncworker_redis_unsafe\{[^}]*reason="eviction"[^}]*\} 0', metrics)
             process.send_signal(signal.SIGTERM)
             _, rest = process.communicate(timeout=30)
         finally:
