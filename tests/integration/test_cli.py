@@ -122,7 +122,7 @@ class TestPublish:
         assert fields == {
             "type": "order.created",
             "key": "o-1",
-            "data": '{"total": "9.90"}',
+            "data": '{"total":"9.90"}',  # re-encoded compactly
             "event_id": "e-1",
             "version": "3",
         }

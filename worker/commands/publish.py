@@ -53,7 +53,7 @@ def publish(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     raw = sys.stdin.read() if args.data == "-" else args.data
     try:
-        json.loads(raw)  # validated here; written as typed (event_fields keeps str data as is)
+        document = json.loads(raw)
     except ValueError as exc:
         print(f"syncworker: error: --data is not valid JSON: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +67,7 @@ def publish(args: argparse.Namespace) -> int:
             entry_id = await publisher.publish(
                 args.stream,
                 args.type,
-                raw.strip(),
+                document,
                 key=args.key,
                 event_id=args.event_id,
                 version=args.version,
