@@ -239,15 +239,18 @@ class TestAutoscaling:
             name = trigger["metadata"].get("passwordFromEnv")
             assert name is None or name in env
 
-    def test_triggers_cover_the_example_streams(self) -> None:
-        """The ScaledObject watches exactly the streams the example config routes."""
+    def test_triggers_cover_the_example_streams_and_group(self) -> None:
+        """The ScaledObject watches exactly the streams and the group of the example config."""
         config = example_config()
         if config is None:
             pytest.skip("examples/ is not in this tree yet: stream names not cross-checked")
         settings = load_settings(config)
         routed = {r.stream for r in settings.routes}
-        scaled = one(rendered("base"), "ScaledObject")
-        assert {t["metadata"]["stream"] for t in scaled["spec"]["triggers"]} == routed
+        docs = rendered("base")
+        triggers = [t["metadata"] for t in one(docs, "ScaledObject")["spec"]["triggers"]]
+        assert {m["stream"] for m in triggers} == routed
+        assert {m["consumerGroup"] for m in triggers} == {settings.group}
+        assert settings_data(docs)["SYNCWORKER_GROUP"] == settings.group
 
 
 class TestOverlay:
