@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, help="producer duration (default 20)")
     parser.add_argument("--latency-rate", type=float, help="producer rate (default 2000/s)")
     parser.add_argument("--backlog", type=int, help="largest memory backlog (default 1,000,000)")
+    parser.add_argument(
+        "--appendonly", action="store_true", help="run redis-server with AOF (fsync everysec)"
+    )
     args = parser.parse_args(argv)
     sizes = sections.Sizes.quick() if args.quick else sections.Sizes()
     if args.latency_seconds:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run(wanted, sizes, out)
+    results = run(wanted, sizes, out, appendonly=args.appendonly)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     text = render(results, " ".join(["python -m bench", *(argv or sys.argv[1:])]))
     (out / "results.md").write_text(text)
@@ -52,10 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(wanted: list[str], sizes: sections.Sizes, out: Path) -> dict[str, Any]:
+def run(
+    wanted: list[str], sizes: sections.Sizes, out: Path, *, appendonly: bool = False
+) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": report.machine(), "sizes": vars(sizes)}
+    results["machine"]["persistence"] = "AOF, fsync everysec" if appendonly else "none"
     started = time.time()
-    with RedisServer() as server:
+    with RedisServer(appendonly=appendonly) as server:
         redis = Redis.from_url(server.url)
         streams = Streams(redis)
         ceiling = {"asyncio": 0.0, "uvloop": 0.0}
@@ -93,7 +99,8 @@ def render(results: dict[str, Any], command: str) -> str:
     m = results["machine"]
     parts = [
         f"Command: `{command}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Redis {m['redis']}; "
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Redis {m['redis']} "
+        f"(persistence: {m.get('persistence', 'none')}); "
         f"load average {m['load']} at the start, {m.get('load_at_end', '?')} at the end; "
         f"{results.get('minutes', 0):.1f} minutes.",
     ]

@@ -72,14 +72,14 @@ async def syncworker(args: argparse.Namespace, stop: asyncio.Event, lat: Latenci
     from worker import Worker, WorkerSettings
     from worker.logs import configure_logging
 
-    configure_logging("WARNING", "json")
+    configure_logging("ERROR", "json")  # e.g. no warning about the bench server's persistence
     settings = WorkerSettings(
         redis_url=args.url,
         group=args.group,
         consumer=args.consumer,
         concurrency=args.concurrency,
         metrics_port=0,
-        log_level="WARNING",
+        log_level="ERROR",
         **({"batch_size": args.batch_size} if args.batch_size else {}),
     )
     handler = HANDLERS[args.handler]().bind([args.stream])

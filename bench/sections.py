@@ -252,7 +252,7 @@ def _run_cli_worker(redis: Redis, stream: str, last_id: str) -> dict[str, Any]:
         config = Path(tmp) / "worker.toml"
         config.write_text(
             f'redis_url = "{_url(redis)}"\ngroup = "{group}"\nmetrics_port = 0\n'
-            'log_level = "WARNING"\nlog_format = "json"\n'
+            'log_level = "ERROR"\nlog_format = "json"\n'
             f'[[routes]]\nstream = "{stream}"\nhandler = "bench.handlers:Noop"\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWORKER_")}
