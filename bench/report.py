@@ -115,15 +115,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for loop, marker in (("uvloop", "o"), ("asyncio", "s")):
+    for loop, marker, color in (("uvloop", "o", "tab:blue"), ("asyncio", "s", "tab:green")):
         mine = [r for r in rows if r["loop"] == loop]
         if not mine:
             continue
         levels = [r["concurrency"] for r in mine]
-        ax.plot(levels, [r["rate"] for r in mine], marker=marker, label=f"syncworker ({loop})")
         ax.plot(
-            levels, [r["bare_loop"] for r in mine], marker=marker, linestyle=":", alpha=0.6,
-            label=f"asyncio.sleep(0.001) alone, no Redis ({loop})",
+            levels,
+            [r["rate"] for r in mine],
+            marker=marker,
+            color=color,
+            label=f"syncworker ({loop})",
+        )
+        ax.plot(
+            levels, [r["bare_loop"] for r in mine], marker=marker, linestyle=":", alpha=0.5,
+            color=color, label=f"asyncio.sleep(0.001) alone, no Redis ({loop})",
         )  # fmt: skip
     levels = sorted({r["concurrency"] for r in rows})
     bound = {r["concurrency"]: r["bound"] for r in rows if r["loop"] == "uvloop"} or {
