@@ -124,6 +124,7 @@ def render(results: dict[str, Any], command: str) -> str:
         parts += ["", "### Memory", "", report.memory_table(results["memory"])]
     if "scaling" in results:
         parts += ["", "### Scaling (2 cores)", "", report.scaling_table(results["scaling"])]
+    parts += ["", "### Against the targets", "", report.targets_table(results)]
     return "\n".join(parts) + "\n"
 
 

@@ -107,6 +107,63 @@ def scaling_table(rows: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def targets_table(results: dict[str, Any]) -> str:
+    """Each target of the performance issue, with the figure from this run beside it."""
+    rows: list[list[str]] = []
+    by_label = {r["label"]: r for r in results.get("throughput", [])}
+    for loop in ("uvloop", "asyncio"):
+        row = by_label.get(f"syncworker, no-op ({loop})")
+        if row:
+            rows.append(
+                [
+                    f"no-op throughput >= 70 % of the raw loop ({loop})",
+                    _pct(row["ratio"]),
+                    _verdict(row["ratio"] >= 0.7),
+                ]
+            )
+    fast = [r for r in results.get("throughput", []) if r["label"].startswith("FastStream")]
+    sync = by_label.get("syncworker, no-op (uvloop)")
+    if fast and sync:
+        best = max(fast, key=lambda r: r["rate"])
+        worst = min(fast, key=lambda r: r["rate"])
+        for other in (best, worst):
+            ratio = sync["rate"] / other["rate"]
+            label = f"ahead of {other['label']} (syncworker no-op, uvloop)"
+            rows.append([label, f"{ratio:.1f}x", _verdict(ratio > 1.0)])
+    for r in results.get("concurrency", []):
+        rows.append(
+            [
+                f"1 ms handler, concurrency {r['concurrency']} ({r['loop']}) >= 70 % "
+                "of min(c / 1 ms, no-op)",
+                _pct(r["ratio"]),
+                _verdict(r["ratio"] >= 0.7),
+            ]
+        )
+    for r in results.get("latency", []):
+        if r["label"].startswith("syncworker"):
+            p99 = r["id"]["p99"]
+            rows.append(
+                [
+                    f"p99 end-to-end <= 5 ms at {r['rate']:,.0f} msg/s, {r['label']}",
+                    f"{p99:.2f} ms",
+                    _verdict(p99 <= 5.0),
+                ]
+            )
+    for r in results.get("memory", []):
+        rows.append(
+            [
+                f"peak RSS < 150 MB, backlog {r['backlog']:,}",
+                f"{r['peak_rss_mb']:.0f} MB",
+                _verdict(r["peak_rss_mb"] < 150),
+            ]
+        )
+    return _table(["target", "this run", "met"], rows)  # fmt: skip
+
+
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Throughput against concurrency for the 1 ms handler, beside the concurrency bound."""
     import matplotlib
