@@ -85,7 +85,7 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
 
 def memory_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["backlog", "seconds to drain (with process start)", "msg/s", "RSS at 25 %",
+        ["backlog", "seconds to drain (with process start)", "msg/s", "RSS a quarter of the way",
          "RSS at end", "peak RSS"],
         [
             [_rate(r["backlog"]), f"{r['seconds']:.1f}", _rate(r["backlog"] / r["seconds"]),

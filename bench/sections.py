@@ -174,6 +174,7 @@ def latency(redis: Redis, sizes: Sizes) -> list[dict[str, Any]]:
     """A producer at a fixed rate; per-entry time from append to acknowledgement."""
     rows = []
     for label, args in (
+        ("raw redis.asyncio loop (asyncio)", ["raw", "--loop", "asyncio"]),
         ("raw redis.asyncio loop (uvloop)", ["raw", "--loop", "uvloop"]),
         ("syncworker, no-op (asyncio)", ["syncworker", "--loop", "asyncio"]),
         ("syncworker, no-op (uvloop)", ["syncworker", "--loop", "uvloop"]),
