@@ -44,8 +44,9 @@ class Lanes:
         self._idle: list[_Lane] = []
         self._process = process
         self._queue: deque[Message] = deque()
-        self._owned: dict[bytes, deque[Message]] = {}
-        """key -> the messages of that key queued behind the one that owns it."""
+        self._owned: dict[bytes, deque[Message] | None] = {}
+        """key -> the messages of that key queued behind the one that owns it (None: none
+        yet; most keys never get a follower, so the deque is made only when one arrives)."""
         self._closed = False
 
     def start(self) -> None:
@@ -56,11 +57,14 @@ class Lanes:
         """Queue a message; behind the earlier messages of its key, if any are unfinished."""
         key = msg.raw.get(b"key")
         if key is not None:
-            followers = self._owned.get(key)
-            if followers is not None:
+            owned = self._owned
+            if key in owned:
+                followers = owned[key]
+                if followers is None:
+                    followers = owned[key] = deque()
                 followers.append(msg)
                 return
-            self._owned[key] = deque()
+            owned[key] = None
         self._queue.append(msg)
         if self._idle:
             waiter = self._idle.pop().waiter
@@ -88,7 +92,7 @@ class Lanes:
             await lane.waiter
             lane.waiter = None
 
-    def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message]]) -> Message | None:
+    def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message] | None]) -> Message | None:
         """The next message of `key`, which this lane runs now; or release the key."""
         followers = owned.get(key)
         if followers:
@@ -108,8 +112,9 @@ class Lanes:
         unstarted = list(self._queue)
         self._queue.clear()
         for followers in self._owned.values():
-            unstarted.extend(followers)
-            followers.clear()
+            if followers:
+                unstarted.extend(followers)
+                followers.clear()
         for lane in self._idle:
             if lane.waiter is not None and not lane.waiter.done():
                 lane.waiter.set_result(None)
