@@ -1,10 +1,10 @@
 """The event loop a worker runs on: uvloop when installed, unless told otherwise.
 
-uvloop runs the same code with timers, sockets and task switches in C. The hot path spends
-much of its time there once the Redis replies are parsed (hiredis) and acks are batched, so
-it is worth about a quarter more throughput with handlers that await I/O. It stays optional
-(`syncworker[uvloop]`) and switchable (SYNCWORKER_EVENT_LOOP), since some environments or
-libraries insist on asyncio's own loop.
+uvloop runs the same code with timers, sockets and task switches in C, and its timers fire
+closer to their deadline than asyncio's, whose waits round up to whole milliseconds. With
+handlers that await I/O that is worth a third to a half more throughput (docs/performance.md).
+It stays optional (`syncworker[uvloop]`) and switchable (SYNCWORKER_EVENT_LOOP), since some
+environments or libraries insist on asyncio's own loop.
 """
 
 from __future__ import annotations
