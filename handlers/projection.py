@@ -144,6 +144,8 @@ class Projection(Handler):
         ValueError: invalid options (the runtime reports them as a configuration error).
     """
 
+    name = "projection"
+
     def __init__(
         self,
         *,

@@ -135,6 +135,8 @@ class Relay(Handler):
         ValueError: invalid options.
     """
 
+    name = "relay"
+
     def __init__(
         self,
         *,

@@ -3,14 +3,14 @@
 Needs the `postgres` extra: `pip install 'syncworker[postgres]'` (psycopg 3 and psycopg_pool).
 
 Each event upserts the row of its entity (key column = the event's key) with the configured
-column mapping, in ONE transaction with:
+column mapping, in ONE transaction (a single statement, so one round trip) with:
 
-1. an inbox row keyed by (group, stream, message id): `INSERT ... ON CONFLICT DO NOTHING`. If
+1. an inbox row keyed by (group, stream, message id), `INSERT ... ON CONFLICT DO NOTHING`. If
    the row is already there, this delivery is a redelivery of a message whose effect has
-   committed: the transaction does nothing more and the handler returns, so the runtime acks;
-2. the upsert, guarded by the version column: `ON CONFLICT (key) DO UPDATE ... WHERE
-   row.version < new.version`, so duplicates and late, older events change nothing;
-3. the outcome (`applied` or `stale`) recorded on the inbox row.
+   committed: nothing else is written and the handler returns, so the runtime acks;
+2. the upsert, only when the inbox row is new, guarded by the version column: `ON CONFLICT
+   (key) DO UPDATE ... WHERE row.version < new.version`, so duplicates and late, older
+   events change nothing (counted as `stale`).
 
 Why exactly once without the ack in the transaction. The acknowledgement lives in Redis and
 the effect in PostgreSQL; no transaction spans both. So the order is: commit, then ack (the
@@ -97,6 +97,8 @@ class SqlSink(Handler):
         ValueError: invalid options, or no DSN at all.
     """
 
+    name = "sql"
+
     def __init__(
         self,
         *,
@@ -146,6 +148,10 @@ class SqlSink(Handler):
     # Lifecycle --------------------------------------------------------------------------
 
     async def on_startup(self, ctx: HandlerContext) -> None:
+        await self.open()
+
+    async def open(self) -> None:
+        """Open the connection pool without waiting for PostgreSQL (`on_startup` calls it)."""
         try:
             from psycopg_pool import AsyncConnectionPool
         except ImportError:
@@ -158,7 +164,7 @@ class SqlSink(Handler):
             max_size=self.pool_size,
             timeout=self.connect_timeout,
             check=AsyncConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(int(self.connect_timeout), 1)},
+            kwargs={"connect_timeout": max(int(self.connect_timeout), 1), "autocommit": True},
             name=f"syncworker-sql-{self.table}",
             open=False,
         )
@@ -180,7 +186,7 @@ class SqlSink(Handler):
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} ("
                     " consumer_group text NOT NULL, stream text NOT NULL,"
-                    " message_id text NOT NULL, outcome text NOT NULL,"
+                    " message_id text NOT NULL,"
                     " handled_at timestamptz NOT NULL DEFAULT now(),"
                     " PRIMARY KEY (consumer_group, stream, message_id))"
                 ).format(_name(self.inbox_table))
@@ -194,14 +200,13 @@ class SqlSink(Handler):
     async def handle(self, msg: Message) -> None:
         key = entity_key(msg, self.key_field)
         version = msg.version
-        row = {c: _adapt(v) for c, v in pick(data_object(msg), self.columns).items()}
+        row = pick(data_object(msg), self.columns)
         row.update(self.values.get(msg.type or "", {}))
         assert self._pool is not None, "on_startup was not called"
         async with self._pool.connection() as conn:
             if not self._ready:
                 await self._prepare(conn)
-            async with conn.transaction():
-                outcome = await self._apply(conn, msg, key, version, row)
+            outcome = await self._apply(conn, msg, key, version, row)
         self.counts[outcome] += 1
 
     async def _apply(
@@ -212,83 +217,71 @@ class SqlSink(Handler):
         version: int | None,
         row: dict[str, Any],
     ) -> str:
+        """Inbox row, guarded upsert and outcome in ONE statement: atomic by itself (the
+        connection is in autocommit mode), and one round trip."""
+        from psycopg.types.json import Jsonb
+
         versioned = version is not None and self.version_column is not None
-        inbox, upsert, record = self._sql(tuple(row), versioned)
-        cursor = await conn.execute(inbox, [msg.group, msg.stream, msg.id])
-        if cursor.rowcount == 0:
-            return "duplicate"
-        params: list[Any] = [key, *row.values()]
+        record = {self.key_column: key, **row}
         if versioned:
-            params.append(version)
-        cursor = await conn.execute(upsert, params)
-        outcome = "applied" if cursor.rowcount else "stale"
-        await conn.execute(record, [outcome, msg.group, msg.stream, msg.id])
-        return outcome
+            record[self.version_column or ""] = version
+        statement = self._sql(tuple(record), versioned)
+        cursor = await conn.execute(statement, [msg.group, msg.stream, msg.id, Jsonb(record)])
+        result = await cursor.fetchone()
+        fresh, applied = result if result else (False, False)
+        if not fresh:
+            return "duplicate"
+        return "applied" if applied else "stale"
 
     def _sql(self, columns: tuple[str, ...], versioned: bool) -> Any:
-        """The three statements for this column set, built once and cached."""
+        """The statement for this set of columns, built once and cached."""
         cache_key = (*columns, "\0versioned" if versioned else "\0unversioned")
         cached = self._statements.get(cache_key)
         if cached is None:
             cached = self._statements[cache_key] = self._build(columns, versioned)
         return cached
 
-    def _build(self, columns: tuple[str, ...], versioned: bool) -> Any:
+    def _build(self, names: tuple[str, ...], versioned: bool) -> Any:
+        """WITH fresh AS (inbox insert), upsert AS (guarded upsert, only if fresh) SELECT both.
+
+        `jsonb_populate_record(NULL::table, ...)` turns the event's JSON values into the
+        columns' own types (timestamps, numerics, jsonb, ...), as INSERT ... VALUES would.
+        """
         from psycopg import sql
 
         table, inbox = _name(self.table), _name(self.inbox_table)
-        names = [self.key_column, *columns]
-        if versioned:
-            names.append(self.version_column or "")
-        updates = [n for n in names if n != self.key_column]
-        update_sql: sql.Composable = (
-            sql.SQL(", ").join(
-                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
-                for n in updates
-            )
-            if updates
-            else sql.SQL("{} = EXCLUDED.{}").format(
-                sql.Identifier(self.key_column), sql.Identifier(self.key_column)
-            )
-        )
+        updates = [n for n in names if n != self.key_column] or [self.key_column]
         guard: sql.Composable = sql.SQL("")
         if versioned:
             guard = sql.SQL(" WHERE {t}.{v} IS NULL OR {t}.{v} < EXCLUDED.{v}").format(
                 t=table, v=sql.Identifier(self.version_column or "")
             )
-        placeholders = sql.SQL(", ").join(sql.Placeholder() * len(names))
-        upsert = sql.SQL(
-            "INSERT INTO {table} ({cols}) VALUES ({vals}) "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates}{guard}"
+        statement = sql.SQL(
+            "WITH fresh AS ("
+            "INSERT INTO {inbox} (consumer_group, stream, message_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING 1), "
+            "upsert AS ("
+            "INSERT INTO {table} ({cols}) SELECT {picked} "
+            "FROM jsonb_populate_record(NULL::{table}, %s::jsonb) AS r "
+            "WHERE EXISTS (SELECT 1 FROM fresh) "
+            "ON CONFLICT ({key}) DO UPDATE SET {updates}{guard} RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM fresh), EXISTS (SELECT 1 FROM upsert)"
         ).format(
+            inbox=inbox,
             table=table,
             cols=sql.SQL(", ").join(map(sql.Identifier, names)),
-            vals=placeholders,
+            picked=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(n)) for n in names),
             key=sql.Identifier(self.key_column),
-            updates=update_sql,
+            updates=sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
+                for n in updates
+            ),
             guard=guard,
         )
-        insert_inbox = sql.SQL(
-            "INSERT INTO {} (consumer_group, stream, message_id, outcome) "
-            "VALUES (%s, %s, %s, 'pending') ON CONFLICT DO NOTHING"
-        ).format(inbox)
-        record = sql.SQL(
-            "UPDATE {} SET outcome = %s WHERE consumer_group = %s AND stream = %s "
-            "AND message_id = %s"
-        ).format(inbox)
-        return insert_inbox, upsert, record
+        return statement
 
 
 def _name(dotted: str) -> Any:
     from psycopg import sql
 
     return sql.Identifier(*dotted.split("."))
-
-
-def _adapt(value: Any) -> Any:
-    """JSON objects and arrays go to json/jsonb columns; scalars pass through."""
-    if isinstance(value, dict | list):
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value)
-    return value
