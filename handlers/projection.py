@@ -4,6 +4,9 @@ Each event type maps to an action on the hash `<prefix><key>`:
 
 - `set`: replace the entity with the selected fields of `data`;
 - `merge`: write the selected fields, keep the others;
+
+A field whose value is JSON null is left out (`set`) or removed (`merge`). Strings are stored
+as they are, anything else as compact JSON (`12.5`, `true`, `{"a":1}`).
 - `delete`: remove the entity.
 
 Versions. Every entity remembers the version it last applied (in the hash `<state>:versions`,
@@ -57,7 +60,8 @@ PROJECT = """
 -- KEYS[1] entity hash, KEYS[2] versions hash, KEYS[3] counts hash, KEYS[4] source stream,
 -- KEYS[5] dedup marker (used when the event has no version)
 -- ARGV[1] entity key, ARGV[2] version or '', ARGV[3] action, ARGV[4] group, ARGV[5] entry id,
--- ARGV[6] '1' to XACK, ARGV[7] marker TTL ms, ARGV[8..] field/value pairs
+-- ARGV[6] '1' to XACK, ARGV[7] marker TTL ms, ARGV[8] n = number of field/value items,
+-- ARGV[9 .. 8+n] field/value pairs to write, ARGV[9+n ..] fields to remove (null in data)
 -- Redis does not roll a script back when a command fails half-way, so everything that can
 -- fail is checked before the first write.
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -77,8 +81,12 @@ if not outcome then
   if ARGV[3] ~= 'merge' then
     redis.call('DEL', KEYS[1])
   end
-  if ARGV[3] ~= 'delete' and #ARGV >= 9 then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  local n = tonumber(ARGV[8])
+  if ARGV[3] ~= 'delete' and n > 0 then
+    redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + n))
+  end
+  if ARGV[3] == 'merge' and #ARGV > 8 + n then
+    redis.call('HDEL', KEYS[1], unpack(ARGV, 9 + n))
   end
   if ARGV[2] ~= '' then
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -194,9 +202,13 @@ class Projection(Handler):
         key = entity_key(msg, self.key_field)
         version = msg.version
         pairs: list[str] = []
+        removed: list[str] = []
         if rule.action != "delete":
             for name, value in pick(data_object(msg), rule.fields).items():
-                pairs += (name, encode(value))
+                if value is None:
+                    removed.append(name)
+                else:
+                    pairs += (name, encode(value))
             for name, value in rule.values.items():
                 pairs += (name, value)
         marker = f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}"
@@ -211,7 +223,9 @@ class Projection(Handler):
                 msg.id,
                 "1" if self.acks_atomically else "0",
                 self.dedup_ms,
+                len(pairs),
                 *pairs,
+                *removed,
             ],
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)

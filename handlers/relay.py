@@ -130,6 +130,9 @@ class Relay(Handler):
         state_prefix: where markers and counters live; default `syncworker:relay`.
         ack: acknowledge inside the script (must then be alone on the stream).
         dedup_ttl: seconds the per-message marker is kept.
+        dedup: `id` deduplicates redeliveries of one entry (source stream + entry id);
+            `event_id` also drops an event the producer published twice (same `event_id`
+            field, different entries), falling back to the entry id when it has none.
 
     Raises:
         ValueError: invalid options.
@@ -148,7 +151,10 @@ class Relay(Handler):
         state_prefix: str = "syncworker:relay",
         ack: bool = True,
         dedup_ttl: float = 86400.0,
+        dedup: str = "id",
     ) -> None:
+        if dedup not in ("id", "event_id"):
+            raise ValueError(f"dedup must be 'id' or 'event_id', not {dedup!r}")
         specs: Sequence[str | Mapping[str, Any]] = [to] if isinstance(to, str) else list(to)
         if not specs:
             raise ValueError("to must name at least one target stream")
@@ -165,6 +171,7 @@ class Relay(Handler):
         self.state = state_prefix
         self.acks_atomically = ack
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
+        self.dedup = dedup
         self.counts: Counter[str] = Counter()
         self._script: Any = None
 
@@ -193,6 +200,12 @@ class Relay(Handler):
         flat += ("source_stream", msg.stream, "source_id", msg.id)
         return flat
 
+    def marker(self, msg: Message) -> str:
+        """The dedup marker key of `msg`."""
+        if self.dedup == "event_id" and msg.event_id:
+            return f"{self.state}:event:{msg.group}:{msg.stream}:{msg.event_id}"
+        return f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}"
+
     async def handle(self, msg: Message) -> None:
         targets = [t for t in self.targets if t.wants(msg.type)]
         if not targets:
@@ -210,7 +223,7 @@ class Relay(Handler):
             args.append(len(fields))
             args.extend(fields)
         keys = [
-            f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}",
+            self.marker(msg),
             msg.stream,
             f"{self.state}:counts:{msg.stream}",
             *(t.stream for t in targets),
