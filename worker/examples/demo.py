@@ -102,7 +102,7 @@ async def find_postgres(stack: AsyncExitStack, run: str) -> tuple[str | None, st
 
     stack.push_async_callback(drop)
     params["dbname"] = database
-    return make_conninfo("", **params), f"{shown} (answered; database {database} made for this run)"
+    return make_conninfo("", **params), f"{shown} (answered; a database made for this run)"
 
 
 async def delete_run_keys(redis: Redis, run: str) -> None:
@@ -186,7 +186,6 @@ async def run_worker(
 
 async def run(orders: int, seed: int, postgres: bool, out: TextIO, err: TextIO) -> int:
     """The whole demo; returns the exit code (0 when every copy matches the truth)."""
-    configure_logging("ERROR", "console")
     run_id = uuid.uuid4().hex[:8]
     names = Names.isolated(run_id)
     scenario: History = history(orders, seed)
@@ -232,6 +231,8 @@ async def run(orders: int, seed: int, postgres: bool, out: TextIO, err: TextIO) 
 
 def main(orders: int, seed: int, postgres: bool) -> int:
     """Entry point of `syncworker demo`."""
+    configure_logging("ERROR", "console")  # the report says what matters; warnings would
+    # only interleave with the progress bar (the dead letter is shown at the end)
     try:
         return asyncio.run(run(orders, seed, postgres, sys.stdout, sys.stderr))
     except RuntimeError as exc:
