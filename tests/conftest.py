@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from tests.helpers import WorkerProcess
 from worker.redis_server import RedisServer
 
 
@@ -27,6 +28,14 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def reap_workers() -> AsyncIterator[None]:
+    """Kill (by pid) any worker subprocess a failed test left running."""
+    yield
+    while WorkerProcess.started:
+        await WorkerProcess.started.pop().kill()
 
 
 @pytest.fixture

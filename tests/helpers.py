@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 
@@ -32,10 +32,10 @@ def make_settings(url: str, group: str, **overrides: Any) -> WorkerSettings:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: WorkerSettings, handlers: Sequence[Handler]
+    settings: WorkerSettings, handlers: Sequence[Handler], **worker_options: Any
 ) -> AsyncIterator[Worker]:
     """Run a worker in a task for the duration of the block, then stop it and wait."""
-    worker = Worker(settings, handlers)
+    worker = Worker(settings, handlers, **worker_options)
     task = asyncio.create_task(worker.run())
     started = asyncio.create_task(worker.started.wait())
     done, _ = await asyncio.wait({task, started}, timeout=10, return_when="FIRST_COMPLETED")
@@ -78,3 +78,67 @@ async def dead_letters(redis: Redis, stream: str) -> list[dict[str, str]]:
         {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
         for _, fields in entries
     ]
+
+
+class WorkerProcess:
+    """`syncworker run` in a subprocess, for tests that kill or signal it."""
+
+    started: ClassVar[list[WorkerProcess]] = []
+    """Every process a test started; the `reap_workers` fixture kills the survivors."""
+
+    def __init__(self, url: str, group: str, stream: str, consumer: str, **env: Any) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "SYNCWORKER_REDIS_URL": url,
+            "SYNCWORKER_GROUP": group,
+            "SYNCWORKER_CONSUMER": consumer,
+            "SYNCWORKER_ROUTES": (
+                f'[{{"stream": "{stream}", "handler": "tests.integration.plugins:Recorder"}}]'
+            ),
+            "SYNCWORKER_METRICS_PORT": "0",
+            "SYNCWORKER_LOG_FORMAT": "json",
+            "TEST_STREAM": stream,
+        }
+        for key, value in FAST.items():
+            self.env[f"SYNCWORKER_{key.upper()}"] = str(value)
+        for key, value in env.items():
+            self.env[key] = str(value)
+        self.args = [sys.executable, "-m", "worker", "run"]
+        self.process: asyncio.subprocess.Process | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"syncworker-{consumer}.log"
+
+    async def start(self) -> WorkerProcess:
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args, env=self.env, stdout=self.log, stderr=self.log
+        )
+        WorkerProcess.started.append(self)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        finally:
+            self.log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if not self.log.closed:
+            self.log.close()

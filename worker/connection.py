@@ -10,10 +10,12 @@ from redis.asyncio import Redis
 from worker.settings import WorkerSettings
 
 _CREDENTIALS = re.compile(r"^(?P<scheme>[a-z]+://)(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, safe to log."""
+    """The URL with its password (userinfo or `?password=`) replaced by `***`, safe to log."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     match = _CREDENTIALS.match(url)
     if not match or match.group("password") is None:
         return url

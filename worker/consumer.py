@@ -87,15 +87,22 @@ class Consumer:
         while True:
             self.stats.last_read_loop = time.monotonic()
             await self.gate.wait_open()
-            await self._wait_for_room(batch)
+            if not await self._wait_for_room(batch):
+                continue  # the gate closed meanwhile: park before reading more
             try:
                 reply = await self.redis.xreadgroup(
                     self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
                 )
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._recover_group()
+                if _group_gone(exc):
+                    await self._recover_group()
+                    continue
+                # Anything else (ACL denied, OOM, a replica read-only...) may clear up: say so
+                # loudly and keep trying, rather than stop consuming for good.
+                self.stats.redis_errors["read"] += 1
+                log.error("read.failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 continue
             except REDIS_DOWN as exc:
                 self._unavailable(exc, delay)
@@ -121,13 +128,22 @@ class Consumer:
                 hold(msg)
                 submit(msg)
 
-    async def _wait_for_room(self, wanted: int) -> None:
-        # Bounded waits keep the liveness timestamp fresh while slow handlers fill the room.
+    async def _wait_for_room(self, wanted: int) -> bool:
+        """Wait until `wanted` entries fit; False if the gate closed first.
+
+        Bounded waits keep the liveness timestamp fresh while slow handlers fill the room,
+        and let the reclaimer park this loop even when the room is full of entries waiting
+        for their retry (which only the reclaimer can start).
+        """
         while self.ledger.room() < wanted:
+            if not self.gate.is_open:
+                return False
             try:
-                await asyncio.wait_for(self.ledger.wait_for_room(wanted), self.settings.block)
+                async with asyncio.timeout(self.settings.block):
+                    await self.ledger.wait_for_room(wanted)
             except TimeoutError:
                 self.stats.last_read_loop = time.monotonic()
+        return True
 
     async def _recover_group(self) -> None:
         try:
@@ -141,3 +157,9 @@ class Consumer:
         if self.connected or delay == 0.1:
             log.warning("redis.unavailable", operation="read", error=str(exc), retry_in_s=delay)
         self.connected = False
+
+
+def _group_gone(exc: ResponseError) -> bool:
+    """NOGROUP, or a blocked read cut short because the stream (and its group) was deleted."""
+    message = str(exc)
+    return message.startswith("NOGROUP") or message.startswith("UNBLOCKED")

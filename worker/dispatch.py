@@ -86,6 +86,7 @@ class Dispatcher:
         route = routes[0]
         try:
             for route in routes:
+                msg._handler = route.name  # for msg.log
                 started = perf_counter()
                 if self.handler_timeout is None:
                     await route.handler.handle(msg)

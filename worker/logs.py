@@ -1,12 +1,23 @@
-"""structlog configuration: JSON lines for machines, console output for people."""
+"""structlog configuration: JSON lines for machines, console output for people.
+
+Also what the start-up line shows of the settings: everything that shapes behaviour, with
+passwords masked, so that an operator can tell from one log line how a worker was configured.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
+
+from worker.connection import mask_url
+from worker.settings import WorkerSettings
+
+SECRET_WORDS = ("password", "secret", "token", "credential", "apikey", "api_key")
+"""Option keys whose values are never logged."""
 
 
 def configure_logging(
@@ -18,21 +29,57 @@ def configure_logging(
         level: minimum level name.
         fmt: `json`, `console`, or `auto`: console when stderr is a terminal, else JSON.
     """
-    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
-    )
+    console = use_console(fmt)
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+
+def use_console(fmt: str, *, isatty: bool | None = None) -> bool:
+    """Whether `fmt` means console output here: `auto` follows whether stderr is a terminal."""
+    if fmt == "auto":
+        return sys.stderr.isatty() if isatty is None else isatty
+    return fmt == "console"
+
+
+def effective_settings(settings: WorkerSettings) -> dict[str, Any]:
+    """The settings as the start-up line shows them: every field, secrets masked."""
+    values = settings.model_dump(mode="json")
+    values["redis_url"] = mask_url(settings.redis_url.get_secret_value())
+    if settings.redis_password is not None:
+        values["redis_password"] = "***"
+    values["routes"] = [
+        {**route, "options": mask_secrets(route.get("options") or {})}
+        for route in values.get("routes", [])
+    ]
+    values["pid"] = os.getpid()
+    return values
+
+
+def mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
+    """Handler options fit to log: secret-looking keys hidden, passwords in URLs masked."""
+    masked: dict[str, Any] = {}
+    for key, value in options.items():
+        if any(word in key.lower() for word in SECRET_WORDS):
+            masked[key] = "***"
+        elif isinstance(value, str):
+            masked[key] = mask_url(value)
+        elif isinstance(value, dict):
+            masked[key] = mask_secrets(value)
+        else:
+            masked[key] = value
+    return masked

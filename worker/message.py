@@ -12,6 +12,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
+from structlog.typing import FilteringBoundLogger
+
 from worker.errors import MalformedMessage
 
 _MISSING: Any = object()
@@ -32,7 +35,11 @@ class Message:
     entries that do not follow the convention still arrive, with those properties None.
     """
 
-    __slots__ = ("_data", "_fields", "attempt", "group", "id", "raw", "stream")
+    # `_handler` (set by the dispatcher before each handler call) and `_log` stay unset until
+    # used, so a message whose handler never logs costs nothing extra.
+    __slots__ = ("_data", "_fields", "_handler", "_log", "attempt", "group", "id", "raw", "stream")
+    _handler: str
+    _log: tuple[str, FilteringBoundLogger]
 
     def __init__(
         self,
@@ -105,6 +112,29 @@ class Message:
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise MalformedMessage(f"data is not valid JSON: {exc}") from None
         return self._data
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """A logger bound to this message: stream, message_id, handler, attempt and group.
+
+        Example:
+            ```python
+            msg.log.info("payment.synced", amount=msg.data["amount"])
+            ```
+        """
+        handler: str = getattr(self, "_handler", "")
+        cached: tuple[str, FilteringBoundLogger] | None = getattr(self, "_log", None)
+        if cached is not None and cached[0] == handler:
+            return cached[1]
+        logger: FilteringBoundLogger = structlog.get_logger("handler").bind(
+            stream=self.stream,
+            message_id=self.id,
+            handler=handler,
+            attempt=self.attempt,
+            group=self.group,
+        )
+        self._log = (handler, logger)
+        return logger
 
     @property
     def timestamp_ms(self) -> int:

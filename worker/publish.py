@@ -26,7 +26,8 @@ def event_fields(
     fields: dict[str, str] = {"type": type}
     if key is not None:
         fields["key"] = key
-    fields["data"] = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    # Always encoded, so a str becomes a JSON string: consumers can rely on `data` being JSON.
+    fields["data"] = json.dumps(data, separators=(",", ":"))
     if event_id is not None:
         fields["event_id"] = event_id
     if version is not None:
@@ -64,7 +65,9 @@ class Publisher:
         fields = event_fields(type, data, key=key, event_id=event_id, version=version)
         entry_id = await self.redis.xadd(
             stream,
-            dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly maxlen=self.maxlen, approximate=self.maxlen is not None
+            dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly
+            maxlen=self.maxlen,
+            approximate=self.maxlen is not None,
         )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 

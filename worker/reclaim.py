@@ -117,15 +117,19 @@ class Reclaimer:
         self._stopping = True
 
     async def run(self) -> None:
-        next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+        """Due retries and takeovers, every `claim_interval`."""
         await self._guard("recover", self._recover_own)
         while not self._stopping:
             await asyncio.sleep(self.settings.claim_interval)
-            if time.monotonic() >= next_heartbeat:
-                await self._guard("heartbeat", self.heartbeat)
-                next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
             await self._guard("retry", self._retry_due)
             await self._guard("claim", self._take_over)
+
+    async def beat(self) -> None:
+        """Heartbeats, on a task of their own: a suspect running alone in `run` may take
+        longer than `claim_idle`, and must not lose its entry meanwhile."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self._guard("heartbeat", self.heartbeat)
 
     async def _guard(self, operation: str, step: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -190,6 +194,7 @@ class Reclaimer:
                         "retry.lost",
                         stream=stream,
                         message_id=entry.msg.id,
+                        attempt=entry.msg.attempt,
                         note="deleted, or taken over by another consumer",
                     )
                     continue

@@ -72,7 +72,7 @@ class Settler:
         self._touches: defaultdict[str, list[str]] = defaultdict(list)
         self._dead: list[DeadLetter] = []
         self._wake = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._closing = False
         self._dead_letter = redis.register_script(DEAD_LETTER)
         self._touch = redis.register_script(TOUCH_OWNED)
 
@@ -134,12 +134,23 @@ class Settler:
     def pending(self) -> bool:
         return bool(self._acks or self._dead or self._touches)
 
+    def close(self) -> None:
+        """Make `run` return after the flush in progress; `drain` sends the rest."""
+        self._closing = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Flush whenever outcomes are queued; on Redis errors, back off and try again."""
+        """Flush whenever outcomes are queued; on Redis errors, back off and try again.
+
+        Shutdown goes through `close()` rather than task cancellation, so that a flush is
+        never abandoned half-way through a pipeline.
+        """
         delay = 0.05
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.flush()
                 delay = 0.05
@@ -264,6 +275,9 @@ class Settler:
             result = results[position]
             position += 1
             if isinstance(result, Exception):
+                # Not a connection problem (those raise and are retried) but a refusal, such
+                # as NOGROUP after the group was lost. The entries stay pending, if anywhere,
+                # and are taken over after claim_idle like any abandoned entry.
                 log.warning("ack.failed", stream=stream, count=len(messages), error=str(result))
                 self.stats.redis_errors["ack"] += 1
             histogram = self.stats.end_to_end_seconds[stream]
@@ -274,14 +288,11 @@ class Settler:
             self.stats.messages[key] += n
         touched_at = time.monotonic()
         for stream, ids in touches.items():
-            result = results[position]
-            position += 1
-            if not isinstance(result, Exception):
-                self.ledger.touched(stream, ids, touched_at)
-            else:
+            if isinstance(results[position], Exception):
                 # Without the reset the backoff counts from the delivery instead: still safe.
-                self.ledger.touched(stream, ids, touched_at)
                 self.stats.redis_errors["touch"] += 1
+            position += 1
+            self.ledger.touched(stream, ids, touched_at)
 
     def _dead_letter_failed(self, letter: DeadLetter, error: Exception) -> None:
         msg = letter.msg
@@ -290,6 +301,8 @@ class Settler:
             "dead_letter.failed",
             stream=msg.stream,
             message_id=msg.id,
+            handler=letter.handler,
+            attempt=msg.attempt,
             dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
             error=str(error),
             note="the entry stays pending and is tried again",

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from worker.dispatch import Dispatcher, RouteTable
 from worker.handler import Handler, HandlerContext
 from worker.lanes import Lanes
 from worker.ledger import Ledger
+from worker.logs import effective_settings
 from worker.message import Message
 from worker.reclaim import ReadGate, Reclaimer
 from worker.registry import validate
@@ -30,6 +32,25 @@ FINAL_FLUSH_S = 5.0
 """Seconds the last acks get after the handlers stopped, on top of `shutdown_timeout`."""
 
 
+class Service(Protocol):
+    """Something that runs beside the worker, such as the metrics and health server."""
+
+    async def start(self, worker: Worker) -> None:
+        """Called before the worker connects to Redis."""
+
+    async def stop(self) -> None:
+        """Called after the worker drained and its handlers shut down."""
+
+
+def default_services(settings: WorkerSettings) -> list[Service]:
+    """The metrics and health server, unless `metrics_port` is 0."""
+    if settings.metrics_port == 0:
+        return []
+    from worker.ops import OpsServer  # imported late: it imports this module for typing
+
+    return [OpsServer()]
+
+
 class Worker:
     """One consumer process: reads, dispatches, settles and reclaims until stopped.
 
@@ -37,6 +58,8 @@ class Worker:
         settings: the worker's settings.
         handlers: handler plugins, each bound to its streams.
         stats: where to count; pass one in to read it from outside (metrics, tests).
+        services: run beside the worker (started first, stopped last); None for the
+            defaults of the settings (the metrics and health server on `metrics_port`).
     """
 
     def __init__(
@@ -45,11 +68,13 @@ class Worker:
         handlers: Sequence[Handler],
         *,
         stats: Stats | None = None,
+        services: Sequence[Service] | None = None,
     ) -> None:
         validate(handlers)
         self.settings = settings
         self.handlers = list(handlers)
         self.stats = stats or Stats()
+        self.services = list(default_services(settings) if services is None else services)
         self.routes = RouteTable(self.handlers, self.stats)
         self.streams = self.routes.streams
         self.ledger = Ledger(2 * settings.batch_size + settings.concurrency)
@@ -120,13 +145,13 @@ class Worker:
             consumer=settings.consumer,
             streams=list(self.streams),
             handlers=[h.name for h in self.handlers],
-            concurrency=settings.concurrency,
-            batch_size=settings.batch_size,
-            max_attempts=settings.max_attempts,
-            claim_idle_s=settings.claim_idle,
-            shutdown_timeout_s=settings.shutdown_timeout,
+            settings=effective_settings(settings),
         )
+        started: list[Service] = []
         try:
+            for service in self.services:
+                await service.start(self)
+                started.append(service)
             if not await self._connect_and_create_groups():
                 return
             context = HandlerContext(self.redis, settings.group, settings.consumer, settings)
@@ -136,10 +161,12 @@ class Worker:
             settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
             self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
             reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
+            heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
             self.started.set()
             log.info("worker.started", consumer=settings.consumer)
-            await self._until_stopped(self._reader_task, reclaim_task, settler_task)
+            await self._until_stopped(self._reader_task, reclaim_task, heartbeat_task, settler_task)
             await self._drain(lanes, reclaimer, settler, reclaim_task, settler_task)
+            heartbeat_task.cancel()
         finally:
             for h in self.handlers:
                 try:
@@ -148,6 +175,8 @@ class Worker:
                     log.exception("handler.shutdown_failed", handler=h.name)
             await self.redis.aclose()
             await reader_redis.aclose()
+            for service in reversed(started):
+                await service.stop()
         log.info("worker.stopped", consumer=settings.consumer)
 
     async def _connect_and_create_groups(self) -> bool:
@@ -195,8 +224,11 @@ class Worker:
             self.ledger.drop(msg)
         interrupted = await lanes.wait(self.settings.shutdown_timeout)
         reclaim_task.cancel()
-        settler_task.cancel()
-        await asyncio.gather(self._reader_task, reclaim_task, settler_task, return_exceptions=True)
+        settler.close()
+        background = (self._reader_task, reclaim_task, settler_task)
+        _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
+        if stuck:
+            log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
         flushed = await settler.drain(FINAL_FLUSH_S)
         to_release: list[Message] = unstarted + interrupted
         if to_release:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from tests.helpers import eventually, make_settings, pending_count, running
 from worker import Message, handler
 from worker.publish import Publisher
 from worker.redis_server import RedisServer
-from tests.helpers import eventually, make_settings, pending_count, running
 
 pytestmark = pytest.mark.redis
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from worker.commands import check, demo, run
+from worker.commands import check, consumers, demo, dlq, publish, run, status, trim
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-COMMANDS: list[Register] = [run.register, check.register, demo.register]
+COMMANDS: list[Register] = [
+    run.register,
+    check.register,
+    status.register,
+    dlq.register,
+    publish.register,
+    consumers.register,
+    trim.register,
+    demo.register,
+]

@@ -8,6 +8,7 @@ import asyncio
 import structlog
 
 from worker.commands.common import add_config_option, settings_from
+from worker.errors import ConfigError
 from worker.logs import configure_logging
 from worker.registry import handlers_from_settings
 from worker.worker import Worker
@@ -43,6 +44,8 @@ async def _serve(worker: Worker) -> int:
     worker.install_signal_handlers()
     try:
         await worker.run()
+    except ConfigError:
+        raise  # e.g. the metrics port is taken: one line and exit code 2
     except Exception:
         structlog.get_logger("worker").exception("worker.crashed")
         return 1

@@ -1,0 +1,54 @@
+"""Handlers that worker subprocesses load by `module:attr`, configured by environment.
+
+Every handled message is recorded in Redis (`<stream>:processed`, a list of ids), so a test
+can count deliveries across processes that were killed.
+
+TEST_SLEEP: seconds each message takes (default 0).
+A message whose data has `"poison": true` kills the process with SIGKILL, every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from redis.asyncio import Redis
+
+from worker import Handler, HandlerContext, Message, handler
+
+
+class Recorder(Handler):
+    """Records each message id after an optional delay."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.redis: Redis | None = None
+        self.streams = (os.environ["TEST_STREAM"],)
+        self.sleep = float(os.environ.get("TEST_SLEEP", "0"))
+
+    async def on_startup(self, ctx: HandlerContext) -> None:
+        self.redis = ctx.redis
+
+    async def handle(self, msg: Message) -> None:
+        assert self.redis is not None
+        await self.redis.rpush(f"{msg.stream}:started", msg.id)
+        data = msg.data
+        if isinstance(data, dict) and data.get("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.sleep:
+            await asyncio.sleep(self.sleep)
+        await self.redis.rpush(f"{msg.stream}:processed", msg.id)
+
+
+def recorder() -> Recorder:
+    return Recorder()
+
+
+recorder_handler = Recorder
+
+
+@handler(stream="plugins:noop")
+async def noop(msg: Message) -> None:
+    """Does nothing: for commands that only need a valid handler reference."""

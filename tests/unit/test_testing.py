@@ -1,0 +1,35 @@
+"""worker.testing gives handler authors the runtime's outcomes without Redis."""
+
+from __future__ import annotations
+
+from worker import Message, Reject, Retry, handler
+from worker.testing import deliver, make_message
+
+
+@handler(stream="orders", types=["order.paid"])
+async def sync_payment(msg: Message) -> None:
+    if msg.data.get("currency") == "XYZ":
+        raise Reject("unknown currency")
+    if msg.data.get("busy"):
+        raise Retry("locked", delay=2.5)
+    if msg.data.get("crash"):
+        raise RuntimeError("bug")
+
+
+class TestDeliver:
+    async def test_outcomes_match_the_runtime_rules(self) -> None:
+        """ok, skipped, dead_letter on Reject and bad JSON, retry with its delay."""
+        assert (await deliver(sync_payment, type="order.paid", data={})).outcome == "ok"
+        assert (await deliver(sync_payment, type="order.shipped")).outcome == "skipped"
+        rejected = await deliver(sync_payment, type="order.paid", data={"currency": "XYZ"})
+        assert rejected.outcome == "dead_letter" and isinstance(rejected.error, Reject)
+        busy = await deliver(sync_payment, type="order.paid", data={"busy": True})
+        assert (busy.outcome, busy.retry_delay) == ("retry", 2.5)
+        bad_json = await deliver(sync_payment, type="order.paid", data="{oops")
+        assert bad_json.outcome == "dead_letter"
+
+    async def test_last_attempt_dead_letters(self) -> None:
+        """A failure on the last allowed attempt dead-letters instead of retrying."""
+        msg = make_message("orders", type="order.paid", data={"crash": True}, attempt=3)
+        result = await deliver(sync_payment, msg, max_attempts=3)
+        assert result.outcome == "dead_letter" and isinstance(result.error, RuntimeError)

@@ -1,0 +1,80 @@
+"""`syncworker publish`: append one event to a stream, in the field convention handlers read."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from redis.asyncio import Redis
+
+from worker.commands.common import add_config_option, settings_from
+from worker.commands.support import CommandError, execute
+from worker.publish import Publisher
+
+EXAMPLE = """The entry gets the fields type, key, data (JSON) and, when given, event_id and
+version. --data - reads the JSON from standard input. Prints the new entry id.
+
+examples:
+  syncworker publish orders --type order.completed --key order-42 \\
+    --data '{"order_id": 42, "total": "19.90"}' --event-id 5f0c... --version 3
+  echo '{"order_id": 42}' | syncworker publish orders --type order.created --key order-42 --data -
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "publish",
+        help="append one event to a stream",
+        description="Append one event to STREAM, as producers using worker.Publisher do.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_option(parser)
+    parser.add_argument("stream", metavar="STREAM", help="stream to append to")
+    parser.add_argument("--type", required=True, metavar="T", help="event type")
+    parser.add_argument("--key", required=True, metavar="K", help="entity key (orders per key)")
+    parser.add_argument(
+        "--data", required=True, metavar="JSON", help="payload as JSON, or - for stdin"
+    )
+    parser.add_argument("--event-id", metavar="ID", help="publisher's unique event id")
+    parser.add_argument("--version", type=int, metavar="N", help="entity version (integer)")
+    parser.add_argument(
+        "--maxlen",
+        type=int,
+        metavar="N",
+        help="trim the stream to about N entries (XADD MAXLEN ~); beware: this can delete "
+        "entries a slow group has not processed yet, see `syncworker trim --help`",
+    )
+    parser.set_defaults(func=publish)
+
+
+def publish(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    raw = sys.stdin.read() if args.data == "-" else args.data
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        print(f"syncworker: error: --data is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if args.maxlen is not None and args.maxlen < 1:
+        print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
+        return 2
+
+    async def body(redis: Redis) -> int:
+        publisher = Publisher(redis, maxlen=args.maxlen)
+        try:
+            entry_id = await publisher.publish(
+                args.stream,
+                args.type,
+                document,
+                key=args.key,
+                event_id=args.event_id,
+                version=args.version,
+            )
+        except TypeError as exc:
+            raise CommandError(str(exc)) from None
+        print(entry_id)
+        return 0
+
+    return execute(settings, body)

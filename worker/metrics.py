@@ -1,0 +1,237 @@
+"""Prometheus series of a worker, built at scrape time from `Stats` and the group gauges.
+
+The hot path only bumps plain counters in `worker.stats.Stats`; this collector turns them into
+series when Prometheus asks. Scrapes run on the worker's event loop (see `worker.ops`), so the
+dictionaries are never read while the loop changes them. Every series carries `stream` and
+`group` labels (plus `handler` where one applies), except the Redis error counter, which is
+per operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from worker.groups import GroupState
+from worker.stats import Histogram, Stats
+
+OUTCOMES = ("ok", "retry", "dead_letter")
+"""Values of the `outcome` label of syncworker_messages_total."""
+
+
+@dataclass
+class GroupGauges:
+    """The latest group states read from Redis, by stream; refreshed by `worker.ops`."""
+
+    states: dict[str, GroupState] = field(default_factory=dict)
+
+
+class WorkerCollector(Collector):
+    """Exposes a worker's counters, histograms and gauges as Prometheus series.
+
+    Args:
+        stats: the worker's counters.
+        group: the consumer group, for the `group` label.
+        routes: stream -> names of the handlers routed to it (pre-creates zero series, so
+            that `rate()` and alerts see a series before the first message).
+        inflight: returns stream -> entries held by this process right now.
+        gauges: the group states refreshed from Redis.
+    """
+
+    def __init__(
+        self,
+        stats: Stats,
+        group: str,
+        routes: Mapping[str, Sequence[str]],
+        inflight: Callable[[], Mapping[str, int]],
+        gauges: GroupGauges,
+    ) -> None:
+        self.stats = stats
+        self.group = group
+        self.routes = routes
+        self.inflight = inflight
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._messages()
+        yield self._skipped()
+        yield from self._histograms()
+        yield from self._per_stream_counters()
+        yield self._inflight()
+        yield from self._group_gauges()
+        yield self._redis_errors()
+
+    def _messages(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_messages_total",
+            "Messages settled, by outcome: ok (acked), retry (failed, left pending for another "
+            "attempt), dead_letter (moved to the dead-letter stream).",
+            labels=["stream", "group", "handler", "outcome"],
+        )
+        counts: dict[tuple[str, str, str], int] = {
+            (stream, handler, outcome): 0
+            for stream, handlers in self.routes.items()
+            for handler in handlers
+            for outcome in OUTCOMES
+        }
+        for (stream, handler, outcome), n in list(self.stats.messages.items()):
+            if outcome in OUTCOMES:
+                counts[(stream, handler, outcome)] = n
+        for (stream, handler, outcome), n in sorted(counts.items()):
+            family.add_metric([stream, self.group, handler, outcome], n)
+        return family
+
+    def _skipped(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_skipped_total",
+            "Entries acked untouched because no handler wants their type.",
+            labels=["stream", "group"],
+        )
+        counts = dict.fromkeys(self.routes, 0)
+        for (stream, _, outcome), n in list(self.stats.messages.items()):
+            if outcome == "skipped":
+                counts[stream] = counts.get(stream, 0) + n
+        for stream, n in sorted(counts.items()):
+            family.add_metric([stream, self.group], n)
+        return family
+
+    def _histograms(self) -> Iterator[Metric]:
+        handler_family = HistogramMetricFamily(
+            "syncworker_handler_seconds",
+            "Run time of successful handler calls, seconds.",
+            labels=["stream", "group", "handler"],
+        )
+        for (stream, handler), hist in sorted(self.stats.handler_seconds.items()):
+            _add_histogram(handler_family, [stream, self.group, handler], hist)
+        yield handler_family
+        e2e_family = HistogramMetricFamily(
+            "syncworker_end_to_end_seconds",
+            "Seconds from the entry's id timestamp (when Redis added it) to its ack.",
+            labels=["stream", "group"],
+        )
+        hists = dict(self.stats.end_to_end_seconds)
+        for stream in self.routes:
+            hists.setdefault(stream, Histogram())
+        for stream, hist in sorted(hists.items()):
+            _add_histogram(e2e_family, [stream, self.group], hist)
+        yield e2e_family
+
+    def _per_stream_counters(self) -> Iterator[Metric]:
+        specs: Iterable[tuple[str, str, Mapping[str, int]]] = (
+            (
+                "syncworker_reclaimed_total",
+                "Entries taken over from consumers that stopped (or from this consumer's "
+                "earlier process).",
+                self.stats.reclaimed,
+            ),
+            (
+                "syncworker_deleted_pending_total",
+                "Pending entries found deleted or trimmed from the stream, and cleared.",
+                self.stats.deleted_pending,
+            ),
+            (
+                "syncworker_group_recreated_total",
+                "Times the consumer group was found missing (NOGROUP) and created again.",
+                self.stats.group_recreated,
+            ),
+        )
+        for name, documentation, values in specs:
+            family = CounterMetricFamily(name, documentation, labels=["stream", "group"])
+            counts = dict.fromkeys(self.routes, 0)
+            counts.update(values)
+            for stream, n in sorted(counts.items()):
+                family.add_metric([stream, self.group], n)
+            yield family
+
+    def _inflight(self) -> Metric:
+        family = GaugeMetricFamily(
+            "syncworker_inflight",
+            "Entries this process holds right now: read or claimed, not yet acked.",
+            labels=["stream", "group"],
+        )
+        counts = dict.fromkeys(self.routes, 0)
+        counts.update(self.inflight())
+        for stream, n in sorted(counts.items()):
+            family.add_metric([stream, self.group], n)
+        return family
+
+    def _group_gauges(self) -> Iterator[Metric]:
+        labels = ["stream", "group"]
+        lag = GaugeMetricFamily(
+            "syncworker_group_lag",
+            "Entries not yet delivered to the group (XINFO GROUPS lag); absent when Redis "
+            "cannot compute it.",
+            labels=labels,
+        )
+        pending = GaugeMetricFamily(
+            "syncworker_group_pending",
+            "Entries delivered to the group and not yet acked (XPENDING).",
+            labels=labels,
+        )
+        oldest = GaugeMetricFamily(
+            "syncworker_group_oldest_pending_age_seconds",
+            "Age of the oldest pending entry, from its id timestamp; 0 when none is pending.",
+            labels=labels,
+        )
+        length = GaugeMetricFamily(
+            "syncworker_stream_length", "Entries in the stream (XLEN).", labels=labels
+        )
+        dead = GaugeMetricFamily(
+            "syncworker_dead_letter_length",
+            "Entries in the stream's dead-letter stream (XLEN).",
+            labels=labels,
+        )
+        for stream, state in sorted(self.gauges.states.items()):
+            values = [stream, self.group]
+            if state.lag is not None:
+                lag.add_metric(values, state.lag)
+            pending.add_metric(values, state.pending)
+            oldest.add_metric(values, state.oldest_pending_age_s or 0.0)
+            length.add_metric(values, state.length)
+            dead.add_metric(values, state.dead_letter_length)
+        yield from (lag, pending, oldest, length, dead)
+
+    def _redis_errors(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_redis_errors_total",
+            "Failed Redis calls, by operation (read, ack, claim, heartbeat, stats, ...).",
+            labels=["group", "operation"],
+        )
+        for operation, n in sorted(self.stats.redis_errors.items()):
+            family.add_metric([self.group, operation], n)
+        return family
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
+    buckets = [(_le(bound), float(n)) for bound, n in hist.cumulative()]
+    family.add_metric(labels, buckets, hist.sum)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def build_registry(collector: WorkerCollector, *, process: bool = True) -> CollectorRegistry:
+    """A fresh registry holding `collector` (and the process/platform/GC collectors).
+
+    A registry per worker, rather than prometheus-client's global one, lets several workers
+    (in tests, or embedded) live in one process without duplicate-series errors.
+    """
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    return registry

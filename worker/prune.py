@@ -1,0 +1,88 @@
+"""Deleting consumers that are gone, without ever deleting one that holds pending entries.
+
+XGROUP DELCONSUMER drops the consumer's pending entries with it: nobody could reclaim them,
+and they would never be processed. A consumer can receive entries between any check and the
+delete (a process with that name may come back), so the check and the delete run in one Lua
+script, atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from worker.groups import ConsumerState
+
+PRUNE = """
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms
+-- Deletes the consumer only if it holds no pending entries and is still idle that long.
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do
+    info[consumer[i]] = consumer[i + 1]
+  end
+  if info['name'] == ARGV[2] then
+    if tonumber(info['pending']) > 0 then
+      return 'pending'
+    end
+    if tonumber(info['idle']) < tonumber(ARGV[3]) then
+      return 'active'
+    end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 'deleted'
+  end
+end
+return 'gone'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    stream: str
+    group: str
+    consumer: ConsumerState
+    outcome: str
+    """deleted; pending (kept: holds entries); active (kept: used since); gone; candidate."""
+
+
+async def delete_if_idle(
+    redis: Redis, stream: str, group: str, consumer: str, min_idle_s: float
+) -> str:
+    """Delete `consumer` if it has no pending entries and has been idle `min_idle_s`.
+
+    Returns:
+        `deleted`, `pending` (kept), `active` (kept) or `gone` (no such consumer).
+    """
+    script = redis.register_script(PRUNE)
+    result = await script(keys=[stream], args=[group, consumer, int(min_idle_s * 1000)])
+    return result.decode() if isinstance(result, bytes) else str(result)
+
+
+async def prune(
+    redis: Redis, stream: str, group: str, min_idle_s: float, *, dry_run: bool = False
+) -> list[PruneResult]:
+    """Delete every consumer of `group` idle `min_idle_s` or more that holds nothing.
+
+    Idle consumers that still hold entries are reported as `pending` and kept: the live
+    consumers take their entries over once they are idle for `claim_idle`.
+    """
+    rows = await redis.xinfo_consumers(stream, group)
+    results: list[PruneResult] = []
+    for row in rows:
+        state = ConsumerState(_text(row["name"]), int(row["pending"]), int(row["idle"]) / 1000)
+        if state.idle_s < min_idle_s:
+            continue
+        if state.pending:
+            outcome = "pending"
+        elif dry_run:
+            outcome = "candidate"
+        else:
+            outcome = await delete_if_idle(redis, stream, group, state.name, min_idle_s)
+        results.append(PruneResult(stream, group, state, outcome))
+    return results
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,125 @@
+"""Test handlers without Redis: deliver a message the way the runtime would, see the outcome.
+
+Example:
+    ```python
+    from worker.testing import deliver
+
+    async def test_rejects_unknown_currency():
+        result = await deliver(sync_payment, type="order.paid", data={"currency": "XYZ"})
+        assert result.outcome == "dead_letter"
+    ```
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from worker.dispatch import Dispatcher, RouteTable
+from worker.errors import Retry
+from worker.handler import Handler
+from worker.message import Message
+from worker.stats import Stats
+
+Outcome = Literal["ok", "retry", "dead_letter", "skipped"]
+
+_sequence = itertools.count()
+
+
+@dataclass
+class Delivery:
+    """What the runtime would do with one delivery.
+
+    Attributes:
+        outcome: ok (acked), retry (left pending), dead_letter, or skipped (no handler wants
+            the type; acked untouched).
+        error: the exception the handler raised, if any.
+        retry_delay: the delay a `Retry(delay=...)` asked for, if any.
+        message: the message that was delivered.
+    """
+
+    outcome: Outcome
+    message: Message
+    error: BaseException | None = None
+    retry_delay: float | None = None
+
+
+@dataclass
+class _Recorder:
+    max_attempts: int
+    results: list[Delivery] = field(default_factory=list)
+
+    def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
+        self.results.append(Delivery("skipped" if skipped else "ok", msg))
+
+    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+        if msg.attempt >= self.max_attempts:
+            self.results.append(Delivery("dead_letter", msg, exc))
+            return
+        delay = exc.delay if isinstance(exc, Retry) else None
+        self.results.append(Delivery("retry", msg, exc, delay))
+
+    def dead_letter(
+        self, msg: Message, exc: BaseException, handler: str, *, reason: str = "rejected"
+    ) -> None:
+        self.results.append(Delivery("dead_letter", msg, exc))
+
+
+def make_message(
+    stream: str = "test",
+    *,
+    type: str | None = None,
+    key: str | None = None,
+    data: Any = None,
+    version: int | None = None,
+    event_id: str | None = None,
+    fields: dict[str, str | bytes] | None = None,
+    attempt: int = 1,
+    group: str = "test",
+) -> Message:
+    """A Message as the runtime would build it from a stream entry."""
+    raw: dict[bytes, bytes] = {}
+    conventional = {
+        "type": type,
+        "key": key,
+        "event_id": event_id,
+        "version": None if version is None else str(version),
+    }
+    for name, value in conventional.items():
+        if value is not None:
+            raw[name.encode()] = value.encode()
+    if data is not None:
+        encoded = data if isinstance(data, str | bytes) else json.dumps(data)
+        raw[b"data"] = encoded if isinstance(encoded, bytes) else encoded.encode()
+    for name, extra in (fields or {}).items():
+        raw[name.encode()] = extra if isinstance(extra, bytes) else extra.encode()
+    entry_id = f"{int(time.time() * 1000)}-{next(_sequence)}"
+    return Message(stream, entry_id, raw, attempt, group)
+
+
+async def deliver(
+    handler: Handler,
+    message: Message | None = None,
+    *,
+    max_attempts: int = 5,
+    **message_args: Any,
+) -> Delivery:
+    """Run `handler` on one message through the runtime's own dispatch rules.
+
+    Args:
+        handler: the handler under test (bound to a stream, as `@handler` does).
+        message: the message; or build one from `message_args` (see `make_message`), on the
+            handler's first stream.
+        max_attempts: as the setting: a failure at this attempt dead-letters.
+    """
+    if message is None:
+        message_args.setdefault("stream", handler.streams[0] if handler.streams else "test")
+        message = make_message(**message_args)
+    bound = handler if message.stream in handler.streams else handler.bind([message.stream])
+    recorder = _Recorder(max_attempts)
+    dispatcher = Dispatcher(RouteTable([bound], Stats()), recorder, 0)  # type: ignore[arg-type]
+    await dispatcher.process(message)
+    return recorder.results[-1]
