@@ -104,3 +104,14 @@ async def hashes(redis: Redis, prefix: str) -> dict[str, dict[str, str]]:
         fields = await redis.hgetall(key)
         found[key.decode()[len(prefix) :]] = {k.decode(): v.decode() for k, v in fields.items()}
     return found
+
+
+def redelivered(rng: random.Random, messages: Sequence[Message], picks: list[int]) -> list[Message]:
+    """`messages` in order, plus redeliveries of the picked ones, each somewhere after the
+    message's first delivery (a redelivery never overtakes the delivery it repeats)."""
+    deliveries = list(messages)
+    for n in picks:
+        msg = messages[n % len(messages)]
+        first = next(i for i, d in enumerate(deliveries) if d is msg)
+        deliveries.insert(rng.randint(first + 1, len(deliveries)), msg)
+    return deliveries

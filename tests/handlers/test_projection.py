@@ -20,6 +20,7 @@ from tests.handlers.events import (
     hashes,
     history,
     publish,
+    redelivered,
 )
 from tests.helpers import eventually, make_settings, pending_count, running
 from worker import ConfigError, MalformedMessage, Message, WorkerSettings, handler
@@ -56,10 +57,7 @@ class TestOrderIndependence:
         # Given: the in-order history on one stream, a disordered one on another
         in_order = await delivered(redis, *await _stream(redis, run, "a", events), len(events))
         messages = await delivered(redis, *await _stream(redis, run, "b", noisy), len(noisy))
-        deliveries = list(messages)
-        for n in redeliver:  # the same entries delivered again, anywhere after the first time
-            first = n % len(messages)
-            deliveries.insert(rng.randint(first + 1, len(deliveries)), messages[first])
+        deliveries = redelivered(rng, messages, redeliver)
         reference, subject = projection(f"{run}:ref:"), projection(f"{run}:sub:")
         reference.use(redis)
         subject.use(redis)
@@ -88,10 +86,7 @@ class TestOrderIndependence:
         ]
         run = uuid.uuid4().hex[:8]
         messages = await delivered(redis, *await _stream(redis, run, "s", events), len(events))
-        deliveries = list(messages)
-        for n in redeliver:
-            first = n % len(messages)
-            deliveries.insert(rng.randint(first + 1, len(deliveries)), messages[first])
+        deliveries = redelivered(rng, messages, redeliver)
         reference, subject = projection(f"{run}:ref:"), projection(f"{run}:sub:")
         reference.use(redis)
         subject.use(redis)
@@ -171,6 +166,23 @@ class TestGuards:
         assert await hashes(redis, f"{run}:pay:") == {
             "o1": {"total": "12.5", "meta": '{"a":1}', "status": "paid"}
         }
+
+    async def test_null_fields_are_left_out_or_removed(self, redis: Redis) -> None:
+        """A JSON null is not written by `set` and removes the field on `merge`."""
+        run = uuid.uuid4().hex[:8]
+        events = [
+            Event("item.set", "k", 1, {"x": 1, "y": None}),
+            Event("item.merged", "k", 2, {"y": "b"}),
+            Event("item.merged", "k", 3, {"x": None}),
+        ]
+        msgs = await delivered(redis, *await _stream(redis, run, "s", events), 3)
+        p = projection(f"{run}:p:")
+        p.use(redis)
+        await p.handle(msgs[0])
+        assert await hashes(redis, f"{run}:p:") == {"k": {"x": "1"}}
+        await p.handle(msgs[1])
+        await p.handle(msgs[2])
+        assert await hashes(redis, f"{run}:p:") == {"k": {"y": "b"}}
 
     async def test_malformed_data_is_rejected(self, redis: Redis) -> None:
         """An event whose data is not a JSON object raises MalformedMessage (dead-lettered)."""

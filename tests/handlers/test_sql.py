@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from handlers.sql import SqlSink
-from tests.handlers.events import Event, delivered, disorder, history, latest, publish
+from tests.handlers.events import (
+    Event,
+    delivered,
+    disorder,
+    history,
+    latest,
+    publish,
+    redelivered,
+)
 from tests.handlers.tcp_proxy import Proxy
 from tests.helpers import eventually, make_settings, pending_count, running
 from worker.redis_server import RedisServer
@@ -91,10 +99,7 @@ class TestOrderIndependence:
         await publish(redis, f"{run}:b", noisy)
         in_order = await delivered(redis, f"{run}:a", "g", len(events))
         messages = await delivered(redis, f"{run}:b", "g", len(noisy))
-        deliveries = list(messages)
-        for n in redeliver:
-            first = n % len(messages)
-            deliveries.insert(rng.randint(first + 1, len(deliveries)), messages[first])
+        deliveries = redelivered(rng, messages, redeliver)
         reference = await opened(sink(pg_dsn, f"ref_{run}"))
         subject = await opened(sink(pg_dsn, f"sub_{run}"))
         try:
