@@ -134,7 +134,7 @@ class ProgressBar:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
-        self._quarter = -1
+        self._quarter = 0  # non-terminals get a line per quarter done, from 25%
 
     def update(self, done: int, retries: int) -> None:
         fraction = min(done / self.total, 1.0)
