@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,dev,postgres,deploy-check]'
 	$(BIN)/pip install --quiet --no-deps ./examples/plugin-package
 	touch $(STAMP)
 

@@ -69,6 +69,7 @@ class WorkerCollector(Collector):
         yield self._inflight()
         yield from self._group_gauges()
         yield self._redis_errors()
+        yield self._redis_unsafe()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -208,6 +209,18 @@ class WorkerCollector(Collector):
         )
         for operation, n in sorted(self.stats.redis_errors.items()):
             family.add_metric([self.group, operation], n)
+        return family
+
+    def _redis_unsafe(self) -> Metric:
+        family = GaugeMetricFamily(
+            "syncworker_redis_unsafe",
+            "1 when the Redis server can lose streams for this reason (eviction: "
+            "maxmemory-policy is not noeviction; no_persistence: neither AOF nor RDB), 0 when "
+            "checked at start-up and fine; absent when the server refused the check.",
+            labels=["group", "reason"],
+        )
+        for reason, flag in sorted(self.stats.redis_unsafe.items()):
+            family.add_metric([self.group, reason], flag)
         return family
 
 

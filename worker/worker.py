@@ -21,6 +21,7 @@ from worker.ledger import Ledger
 from worker.logs import effective_settings
 from worker.message import Message
 from worker.reclaim import ReadGate, Reclaimer
+from worker.redis_safety import check_redis_safety
 from worker.registry import validate
 from worker.settings import WorkerSettings
 from worker.settle import REDIS_DOWN, Settler
@@ -154,6 +155,7 @@ class Worker:
                 started.append(service)
             if not await self._connect_and_create_groups():
                 return
+            await check_redis_safety(self.redis, stats)
             context = HandlerContext(self.redis, settings.group, settings.consumer, settings)
             for h in self.handlers:
                 await h.on_startup(context)
