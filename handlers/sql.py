@@ -24,12 +24,14 @@ time a message can stay pending (e.g. a day) with a periodic
 `DELETE FROM syncworker_inbox WHERE handled_at < now() - interval '1 day'`.
 
 Failures. A connection that cannot be had within `connect_timeout`, or that breaks mid-way,
-raises; the runtime retries the message with backoff like any handler failure, and the pool
-replaces broken connections. Pool: psycopg_pool's AsyncConnectionPool, `pool_size`
-connections at most (4 by default). The worker runs up to `concurrency` messages at once; one
-shared connection would serialise all of them behind one lock and one round trip at a time,
-while a few pooled connections let independent entities commit in parallel, and the pool
-already knows how to check, discard and reopen connections after PostgreSQL restarts.
+raises; the runtime retries the message with backoff like any handler failure. A pooled
+connection that PostgreSQL dropped (a restart) fails the first statement sent on it; the pool
+then discards it and the retry gets a fresh one. (Checking each connection before use would
+catch that one failure earlier, but costs a round trip on every message.) Pool: psycopg_pool's
+AsyncConnectionPool, `pool_size` connections at most (4 by default). The worker runs up to
+`concurrency` messages at once; one shared connection would serialise all of them behind one
+lock and one round trip at a time, while a few pooled connections let independent entities
+commit in parallel, and the pool already knows how to discard and reopen connections.
 
 Deletes are not offered on purpose: a deleted row forgets its version, so a late older event
 would bring it back. Use a status column (`values = { "order.cancelled" = { status =
@@ -163,7 +165,6 @@ class SqlSink(Handler):
             min_size=1,
             max_size=self.pool_size,
             timeout=self.connect_timeout,
-            check=AsyncConnectionPool.check_connection,
             kwargs={"connect_timeout": max(int(self.connect_timeout), 1), "autocommit": True},
             name=f"syncworker-sql-{self.table}",
             open=False,
