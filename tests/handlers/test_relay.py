@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from handlers.relay import Relay
 from tests.handlers.events import Event, delivered, history, publish
 from tests.helpers import eventually, make_settings, pending_count, running
-from worker import ConfigError, WorkerSettings
+from worker import ConfigError, WorkerSettings, event_fields
 from worker.redis_server import RedisServer
 from worker.registry import handlers_from_settings
 
@@ -99,6 +99,23 @@ class TestTransformations:
         audit = await entries(redis, f"{run}:audit")
         assert [e["type"] for e in audit] == ["order.created", "order.completed"]
         assert json.loads(audit[0]["data"]) == {"amount": 5, "note": "x"}
+
+    async def test_event_id_dedup_drops_events_published_twice(self, redis: Redis) -> None:
+        """With dedup = "event_id" a second entry carrying the same event id is not forwarded."""
+        run = uuid.uuid4().hex[:8]
+        source, group = f"{run}:orders", f"g-{run}"
+        for event_id in ("e1", "e1", "e2", None):
+            await redis.xadd(
+                source, event_fields("order.completed", {}, key="o", event_id=event_id)
+            )  # type: ignore[arg-type]
+        messages = await delivered(redis, source, group, 4)
+        relay = Relay(to=f"{run}:out", dedup="event_id")
+        relay.use(redis)
+        for msg in messages:
+            await relay.handle(msg)
+        out = await entries(redis, f"{run}:out")
+        assert [e.get("event_id") for e in out] == ["e1", "e2", None]
+        assert relay.counts == Counter(forwarded=3, duplicate=1)
 
     async def test_unwanted_types_are_filtered_without_writes(self, redis: Redis) -> None:
         """A relay-wide type filter forwards nothing for other types."""

@@ -6,6 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -153,6 +154,28 @@ class TestInbox:
         assert pg.execute(f"SELECT merged FROM t_{run}").fetchone() == (True,)
         assert first.counts["applied"] + second.counts["applied"] == 2  # once before, once now
         assert inbox(pg, f"{run}:s") == 1
+
+    async def test_values_take_the_column_types(
+        self, redis: Redis, pg_dsn: str, pg: Any, closing: list[SqlSink]
+    ) -> None:
+        """JSON values land in timestamptz, numeric, jsonb and boolean columns as those types."""
+        run = uuid.uuid4().hex[:8]
+        data = {"at": "2026-01-05T09:30:00+00:00", "amount": 12.5, "meta": {"a": [1]}, "ok": True}
+        await publish(redis, f"{run}:s", [Event("item.set", "k", 3, data)])
+        (msg,) = await delivered(redis, f"{run}:s", "g", 1)
+        s = SqlSink(
+            dsn=pg_dsn,
+            table=f"t_{run}",
+            columns={"paid_at": "at", "amount": "amount", "meta": "meta", "ok": "ok"},
+            schema=f"CREATE TABLE t_{run} (id text PRIMARY KEY, paid_at timestamptz, "
+            "amount numeric(10, 2), meta jsonb, ok boolean, version bigint)",
+        )
+        await s.open()
+        closing.append(s)
+        await s.handle(msg)
+        row = pg.execute(f"SELECT paid_at, amount, meta, ok, version FROM t_{run}").fetchone()
+        assert row[0] == datetime.fromisoformat(data["at"])
+        assert (float(row[1]), row[2], row[3], row[4]) == (12.5, {"a": [1]}, True, 3)
 
     def test_options_are_checked(self) -> None:
         """Table and column names must be plain identifiers, and the DSN must be known."""
