@@ -5,7 +5,8 @@ Needs the `postgres` extra: `pip install 'syncworker[postgres]'` (psycopg 3 and 
 Each event upserts the row of its entity (key column = the event's key) with the configured
 column mapping, in ONE transaction (a single statement, so one round trip) with:
 
-1. an inbox row keyed by (group, stream, message id), `INSERT ... ON CONFLICT DO NOTHING`. If
+1. an inbox row keyed by (group, stream, message id, target table), `INSERT ... ON CONFLICT
+   DO NOTHING` (the table is part of the key so that two sinks may share one inbox). If
    the row is already there, this delivery is a redelivery of a message whose effect has
    committed: nothing else is written and the handler returns, so the runtime acks;
 2. the upsert, only when the inbox row is new, guarded by the version column: `ON CONFLICT
@@ -187,14 +188,15 @@ class SqlSink(Handler):
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} ("
                     " consumer_group text NOT NULL, stream text NOT NULL,"
-                    " message_id text NOT NULL,"
+                    " message_id text NOT NULL, sink text NOT NULL,"
                     " handled_at timestamptz NOT NULL DEFAULT now(),"
-                    " PRIMARY KEY (consumer_group, stream, message_id))"
+                    " PRIMARY KEY (consumer_group, stream, message_id, sink))"
                 ).format(_name(self.inbox_table))
             )
             if self.schema:
                 await conn.execute(self.schema.encode())
         self._ready = True
+        log.info("sql.ready", table=self.table, inbox_table=self.inbox_table)
 
     # Messages ---------------------------------------------------------------------------
 
@@ -227,7 +229,9 @@ class SqlSink(Handler):
         if versioned:
             record[self.version_column or ""] = version
         statement = self._sql(tuple(record), versioned)
-        cursor = await conn.execute(statement, [msg.group, msg.stream, msg.id, Jsonb(record)])
+        cursor = await conn.execute(
+            statement, [msg.group, msg.stream, msg.id, self.table, Jsonb(record)]
+        )
         result = await cursor.fetchone()
         fresh, applied = result if result else (False, False)
         if not fresh:
@@ -259,7 +263,8 @@ class SqlSink(Handler):
             )
         statement = sql.SQL(
             "WITH fresh AS ("
-            "INSERT INTO {inbox} (consumer_group, stream, message_id) VALUES (%s, %s, %s) "
+            "INSERT INTO {inbox} (consumer_group, stream, message_id, sink) "
+            "VALUES (%s, %s, %s, %s) "
             "ON CONFLICT DO NOTHING RETURNING 1), "
             "upsert AS ("
             "INSERT INTO {table} ({cols}) SELECT {picked} "

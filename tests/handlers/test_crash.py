@@ -329,9 +329,9 @@ class TestKilledWorkers:
 
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS syncworker_inbox (consumer_group text NOT NULL,"
-                " stream text NOT NULL, message_id text NOT NULL,"
+                " stream text NOT NULL, message_id text NOT NULL, sink text NOT NULL,"
                 " handled_at timestamptz NOT NULL DEFAULT now(),"
-                " PRIMARY KEY (consumer_group, stream, message_id))"
+                " PRIMARY KEY (consumer_group, stream, message_id, sink))"
             )
             await worker.run_with_kills(len(events), progress, done)
             cur = await conn.execute(f"SELECT id, x, y, version FROM {table}")
