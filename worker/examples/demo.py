@@ -54,8 +54,8 @@ async def find_redis(stack: AsyncExitStack) -> tuple[str, str]:
     try:
         await client.ping()
         return url, f"{mask_url(url)} (answered)"
-    except (RedisError, OSError, ValueError):
-        pass
+    except (RedisError, OSError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
     finally:
         await client.aclose()
     try:
@@ -65,7 +65,7 @@ async def find_redis(stack: AsyncExitStack) -> tuple[str, str]:
             f"syncworker demo: nothing answers at {mask_url(url)}, and {exc}"
         ) from None
     stack.callback(server.cleanup)
-    return server.url, f"a throwaway redis-server (nothing answered at {mask_url(url)})"
+    return server.url, f"a throwaway redis-server ({mask_url(url)}: {reason})"
 
 
 async def find_postgres(stack: AsyncExitStack, run: str) -> tuple[str | None, str]:
