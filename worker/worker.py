@@ -218,7 +218,11 @@ class Worker:
     ) -> None:
         """Stop reading, let running handlers finish, ack them, and release the rest."""
         started = time.monotonic()
-        assert self._reader_task is not None
+        assert self._reader_task is not None and self.consumer is not None
+        # The flag ends the loop at its next turn even if the cancellation is lost: on
+        # Python 3.11 a cancel that lands as a timeout expires inside redis-py surfaces as a
+        # TimeoutError, which the loop takes for a slow read.
+        self.consumer.stop()
         self._reader_task.cancel()
         reclaimer.stop()
         unstarted = lanes.close()
@@ -227,7 +231,6 @@ class Worker:
         interrupted = await lanes.wait(self.settings.shutdown_timeout)
         reclaim_task.cancel()
         settler.close()
-        await _cancel_until_done(self._reader_task, FINAL_FLUSH_S)
         background = (self._reader_task, reclaim_task, settler_task)
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
@@ -251,17 +254,3 @@ class Worker:
             interrupted=len(interrupted),
             acks_flushed=flushed,
         )
-
-
-async def _cancel_until_done(task: asyncio.Task[None], timeout: float) -> None:
-    """Cancel `task` again until it ends (or `timeout` passes).
-
-    On Python 3.11 one cancellation of the read loop can be lost: when it lands just as a
-    timeout inside redis-py (asyncio.timeout) or `asyncio.wait_for` expires, it surfaces as a
-    TimeoutError, which the loop treats as a slow read and goes on. The loop then outlives
-    `run()` and keeps reading (and recreating a deleted stream with its group).
-    """
-    deadline = time.monotonic() + timeout
-    while not task.done() and time.monotonic() < deadline:
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
