@@ -161,6 +161,7 @@ class Worker:
                 await h.on_startup(context)
             lanes.start()
             settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
+            await reclaimer.recover()
             self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
             reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
             heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
