@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dev,postgres,deploy-check]'
+	$(BIN)/pip install --quiet --no-deps ./examples/plugin-package
 	touch $(STAMP)
 
 install: $(STAMP)

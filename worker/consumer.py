@@ -48,6 +48,7 @@ class Consumer:
         self.group = settings.group
         self.consumer = settings.consumer
         self.connected = False
+        self._stopping = False
         self._offsets: dict[Any, Any] = {stream: ">" for stream in streams}
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
@@ -79,16 +80,20 @@ class Consumer:
                     start_id=self.settings.start_id,
                 )
 
+    def stop(self) -> None:
+        """End `run` at its next turn (the caller also cancels it, to cut a blocking read)."""
+        self._stopping = True
+
     async def run(self) -> None:
         delay = 0.1
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         per_stream = max(batch // len(self.streams), 1)
-        while True:
+        while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
             await self.gate.wait_open()
-            if not await self._wait_for_room(batch):
-                continue  # the gate closed meanwhile: park before reading more
+            if not await self._wait_for_room(batch) or self._stopping:
+                continue  # the gate closed meanwhile (park before reading more), or stopping
             try:
                 reply = await self.redis.xreadgroup(
                     self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
@@ -137,7 +142,7 @@ class Consumer:
         and let the reclaimer park this loop even when the room is full of entries waiting
         for their retry (which only the reclaimer can start).
         """
-        while self.ledger.room() < wanted:
+        while self.ledger.room() < wanted and not self._stopping:
             if not self.gate.is_open:
                 return False
             try:

@@ -118,7 +118,6 @@ class Reclaimer:
 
     async def run(self) -> None:
         """Due retries and takeovers, every `claim_interval`."""
-        await self._guard("recover", self._recover_own)
         while not self._stopping:
             await asyncio.sleep(self.settings.claim_interval)
             await self._guard("retry", self._retry_due)
@@ -209,6 +208,15 @@ class Reclaimer:
                     self.submit(msg)
 
     # Takeover ---------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Run what an earlier process with this consumer name left pending.
+
+        Call it before the read loop starts: everything pending on this name then belongs to
+        the earlier process. Once reading has begun, a fresh entry could show up in the
+        pending list before the read loop has recorded it, and be mistaken for a leftover.
+        """
+        await self._guard("recover", self._recover_own)
 
     async def _recover_own(self) -> None:
         """Entries pending on this consumer name from an earlier process are suspects now."""

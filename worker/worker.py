@@ -161,6 +161,7 @@ class Worker:
                 await h.on_startup(context)
             lanes.start()
             settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
+            await reclaimer.recover()
             self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
             reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
             heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
@@ -218,7 +219,11 @@ class Worker:
     ) -> None:
         """Stop reading, let running handlers finish, ack them, and release the rest."""
         started = time.monotonic()
-        assert self._reader_task is not None
+        assert self._reader_task is not None and self.consumer is not None
+        # The flag ends the loop at its next turn even if the cancellation is lost: on
+        # Python 3.11 a cancel that lands as a timeout expires inside redis-py surfaces as a
+        # TimeoutError, which the loop takes for a slow read.
+        self.consumer.stop()
         self._reader_task.cancel()
         reclaimer.stop()
         unstarted = lanes.close()
