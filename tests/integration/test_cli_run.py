@@ -107,3 +107,31 @@ class TestTomlRoutes:
         [processed] = await redis.lrange(f"{stream}:processed", 0, -1)
         first_id = (await redis.xrange(stream))[0][0]
         assert processed == first_id  # only the routed type ran; the other was acked untouched
+
+
+@pytest.mark.redis
+class TestCheck:
+    def test_check_passes_and_warns_about_a_server_without_persistence(
+        self, redis_server: RedisServer
+    ) -> None:
+        """`check` exits 0 for a valid setup and warns that this test server keeps no data."""
+        result = run_cli(
+            "check",
+            SYNCWORKER_REDIS_URL=redis_server.url,
+            SYNCWORKER_HANDLERS="tests.integration.plugins:noop",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ok: 1 handler(s) on plugins:noop")
+        assert "persistence is off" in result.stderr
+        assert "evict" not in result.stderr  # the default policy is noeviction
+
+    def test_check_is_quiet_about_a_durable_server(self) -> None:
+        """Against an AOF server with noeviction, `check` prints no warning."""
+        with RedisServer(appendonly=True) as server:
+            result = run_cli(
+                "check",
+                SYNCWORKER_REDIS_URL=server.url,
+                SYNCWORKER_HANDLERS="tests.integration.plugins:noop",
+            )
+        assert result.returncode == 0, result.stderr
+        assert "warning" not in result.stderr

@@ -8,8 +8,16 @@ import sys
 
 from worker.commands.common import add_config_option, settings_from
 from worker.connection import connect, mask_url
+from worker.redis_safety import EVICTION, NO_PERSISTENCE, SafetyReport, inspect
 from worker.registry import handlers_from_settings
 from worker.settle import REDIS_DOWN
+
+RISKS = {
+    EVICTION: "maxmemory-policy may evict keys, and an evicted stream loses its messages "
+    "(set maxmemory-policy noeviction)",
+    NO_PERSISTENCE: "persistence is off, so a restart loses every stream and pending message "
+    "(set appendonly yes)",
+}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +25,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "check",
         help="validate settings and handlers, and ping Redis",
         description="Exit 0 when the settings are valid, every handler loads and Redis "
-        "answers; otherwise print why and exit 1 (2 for invalid settings).",
+        "answers; otherwise print why and exit 1 (2 for invalid settings). Warns (without "
+        "failing) when the server may evict keys or keeps nothing on disk.",
         epilog="example:\n  SYNCWORKER_HANDLERS=projection syncworker check --config worker.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -30,18 +39,22 @@ def check(args: argparse.Namespace) -> int:
     handlers = handlers_from_settings(settings)
     url = mask_url(settings.redis_url.get_secret_value())
 
-    async def ping() -> None:
+    async def ping() -> SafetyReport:
         client = connect(settings)
         try:
             await client.ping()
+            return await inspect(client)
         finally:
             await client.aclose()
 
     try:
-        asyncio.run(ping())
+        report = asyncio.run(ping())
     except REDIS_DOWN as exc:
         print(f"syncworker: cannot reach Redis at {url}: {exc}", file=sys.stderr)
         return 1
+    for reason, unsafe in report.unsafe.items():
+        if unsafe:
+            print(f"warning: Redis at {url}: {RISKS[reason]}", file=sys.stderr)
     streams = sorted({s for h in handlers for s in h.streams})
     print(f"ok: {len(handlers)} handler(s) on {', '.join(streams)}; Redis at {url} answers")
     return 0
