@@ -101,7 +101,9 @@ def _bind_route(route: Route, setting: str) -> Handler:
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
     bound = instance.bind([route.stream], route.types)
-    if not bound.name:
+    if route.name:
+        bound.name = route.name
+    elif not bound.name:
         bound.name = route.handler
     return bound
 

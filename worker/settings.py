@@ -42,6 +42,11 @@ class Route(BaseModel):
     handler: str = Field(min_length=1, description="Entry-point name or module:attr.")
     types: list[str] | None = Field(None, description="Event types to deliver; None for all.")
     options: dict[str, Any] = Field(default_factory=dict, description="Factory keyword args.")
+    name: str | None = Field(
+        None,
+        min_length=1,
+        description="Name in logs and metrics; needed to route one plugin twice to a stream.",
+    )
 
 
 class WorkerSettings(BaseSettings):

@@ -66,6 +66,23 @@ class TestLoading:
         first, second = handlers_from_settings(settings(routes=routes))
         assert (first.streams, second.streams) == (("a",), ("b",))
 
+    def test_one_plugin_twice_on_a_stream_with_route_names(self) -> None:
+        """Two routes of one plugin on one stream work once each route has its own name."""
+        routes = [
+            Route(
+                stream="orders",
+                handler="tests.unit.test_registry:Projection",
+                options={"prefix": p},
+                name=f"projection-{p}",
+            )
+            for p in ("a", "b")
+        ]
+        names = [h.name for h in handlers_from_settings(settings(routes=routes))]
+        assert names == ["projection-a", "projection-b"]
+        unnamed = [r.model_copy(update={"name": None}) for r in routes]
+        with pytest.raises(DuplicateHandlerName):
+            handlers_from_settings(settings(routes=unnamed))
+
     @pytest.mark.parametrize(
         "reference", ["nope", "tests.unit.test_registry:missing", "no_such_module:x"]
     )
