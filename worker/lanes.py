@@ -102,10 +102,6 @@ class Lanes:
         owned.pop(key, None)
         return None
 
-    def busy(self) -> int:
-        """Messages running right now."""
-        return sum(1 for lane in self._lanes if lane.current is not None)
-
     def close(self) -> list[Message]:
         """Stop taking work; return the queued messages that never started."""
         self._closed = True

@@ -147,11 +147,7 @@ class Reclaimer:
     async def heartbeat(self) -> None:
         """Reset the idle time of every held entry that is still pending on this consumer."""
         for stream, ids in self.ledger.held_ids():
-            for start in range(0, len(ids), TOUCH_CHUNK):
-                await self._touch(
-                    keys=[stream],
-                    args=[self.group, self.consumer, 0, *ids[start : start + TOUCH_CHUNK]],
-                )
+            await self._set_idle(stream, ids, 0)
 
     async def release(self, messages: list[Message]) -> None:
         """Hand entries this process will not finish to the fleet: mark them idle for
@@ -161,11 +157,15 @@ class Reclaimer:
             per_stream[msg.stream].append(msg.id)
         idle_ms = int(self.settings.claim_idle * 1000)
         for stream, ids in per_stream.items():
-            for start in range(0, len(ids), TOUCH_CHUNK):
-                await self._touch(
-                    keys=[stream],
-                    args=[self.group, self.consumer, idle_ms, *ids[start : start + TOUCH_CHUNK]],
-                )
+            await self._set_idle(stream, ids, idle_ms)
+
+    async def _set_idle(self, stream: str, ids: list[str], idle_ms: int) -> None:
+        """Set the idle time of those of `ids` still pending on this consumer."""
+        for start in range(0, len(ids), TOUCH_CHUNK):
+            await self._touch(
+                keys=[stream],
+                args=[self.group, self.consumer, idle_ms, *ids[start : start + TOUCH_CHUNK]],
+            )
 
     # Retries ----------------------------------------------------------------------------
 

@@ -105,6 +105,5 @@ class Stats:
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
     `worker.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
-    inflight: int = 0
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""
