@@ -9,8 +9,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
     """GET `path` from the ops server; returns (status, body)."""
+    return await http_request(port, f"GET {path}", host)
+
+
+async def http_request(port: int, line: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """Send one request (`line` is method and path) to the ops server; (status, body)."""
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    writer.write(f"{line} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     raw = await reader.read()
     writer.close()

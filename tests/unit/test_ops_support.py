@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import pytest
 
+from tests.ops_helpers import http_request
 from worker.cli import main
 from worker.commands.support import duration, entry_id, routed_streams, table
 from worker.deadletters import DeadLetterEntry, next_id
@@ -74,23 +74,12 @@ class TestHttpServer:
         server = HttpServer("127.0.0.1", 0, {"/x": ok})
         await server.start()
         try:
-            assert await _request(server.port, "GET /x?y=1") == (200, b"fine\n")
-            assert (await _request(server.port, "GET /nope"))[0] == 404
-            assert (await _request(server.port, "POST /x"))[0] == 405
-            assert await _request(server.port, "HEAD /x") == (200, b"")
+            assert await http_request(server.port, "GET /x?y=1") == (200, b"fine\n")
+            assert (await http_request(server.port, "GET /nope"))[0] == 404
+            assert (await http_request(server.port, "POST /x"))[0] == 405
+            assert await http_request(server.port, "HEAD /x") == (200, b"")
         finally:
             await server.stop()
-
-
-async def _request(port: int, line: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{line} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 class TestRoutedStreams:
