@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from worker.errors import ConfigError
+from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
 ENV_PREFIX = "SYNCWORKER_"
 
@@ -95,8 +96,14 @@ class WorkerSettings(BaseSettings):
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
-        description="Event loop of `syncworker run`: uvloop when installed "
-        "(pip install 'syncworker[uvloop]'), else asyncio's (auto); or force one.",
+        description="Event loop of `syncworker run`: uvloop when installed (a dependency "
+        "on Linux and macOS), else asyncio's (auto); or force one.",
+    )
+    gc_threshold: int = Field(
+        DEFAULT_GC_THRESHOLD,
+        ge=0,
+        description="Young-generation threshold of Python's garbage collector in "
+        "`syncworker run`, which also freezes the start-up heap; 0 keeps Python's defaults.",
     )
     handler_timeout: float = Field(
         0.0, ge=0, description="Seconds a handler may run before it counts as failed; 0 = none."

@@ -8,6 +8,7 @@ import structlog
 
 from worker.commands.common import add_config_option, settings_from
 from worker.errors import ConfigError
+from worker.gc_tuning import tune_gc
 from worker.logs import configure_logging
 from worker.loop import run_in_loop
 from worker.registry import handlers_from_settings
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level, settings.log_format)
     handlers = handlers_from_settings(settings)
-    return run_in_loop(_serve(Worker(settings, handlers)), settings.event_loop)
+    worker = Worker(settings, handlers)
+    tune_gc(settings.gc_threshold)  # last, so that everything set up so far is frozen
+    return run_in_loop(_serve(worker), settings.event_loop)
 
 
 async def _serve(worker: Worker) -> int:
