@@ -17,9 +17,9 @@ RUN python -m venv /opt/syncworker
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY handlers ./handlers
-# Extras baked into the image: postgres for the SQL sink, and uvloop, which
-# SYNCWORKER_EVENT_LOOP=auto then picks (see docs/performance.md for what it is worth).
-ARG EXTRAS=postgres,uvloop
+# Extras baked into the image: postgres for the SQL sink. (uvloop, the event loop that
+# SYNCWORKER_EVENT_LOOP=auto picks, is a dependency of the package itself.)
+ARG EXTRAS=postgres
 # A plain (non-editable) install, exactly what tests/deploy/test_entrypoint.py reproduces.
 RUN /opt/syncworker/bin/pip install --no-cache-dir ".[${EXTRAS}]"
 

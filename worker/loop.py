@@ -2,9 +2,9 @@
 
 uvloop runs the same code with timers, sockets and task switches in C, and its timers fire
 closer to their deadline than asyncio's, whose waits round up to whole milliseconds. With
-handlers that await I/O that is worth a third to a half more throughput (docs/performance.md).
-It stays optional (`syncworker[uvloop]`) and switchable (SYNCWORKER_EVENT_LOOP), since some
-environments or libraries insist on asyncio's own loop.
+handlers that await I/O that is worth a third to a half more throughput (docs/performance.md),
+so it is a dependency wherever it exists (Linux and macOS, on CPython). It stays switchable
+(SYNCWORKER_EVENT_LOOP), since some environments or libraries insist on asyncio's own loop.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def loop_factory(choice: LoopChoice) -> Callable[[], asyncio.AbstractEventLoop] 
     except ImportError:
         if choice == "uvloop":
             raise ConfigError(
-                "SYNCWORKER_EVENT_LOOP", "uvloop is not installed: pip install 'syncworker[uvloop]'"
+                "SYNCWORKER_EVENT_LOOP",
+                "uvloop is not installed (it does not exist for Windows or PyPy): "
+                "pip install uvloop, or use auto or asyncio",
             ) from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop

@@ -45,5 +45,5 @@ class TestEventLoop:
     def test_uvloop_without_uvloop_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Forcing uvloop when it is missing fails with the setting's name and the fix."""
         _hide_uvloop(monkeypatch)
-        with pytest.raises(ConfigError, match=r"SYNCWORKER_EVENT_LOOP.*syncworker\[uvloop\]"):
+        with pytest.raises(ConfigError, match=r"SYNCWORKER_EVENT_LOOP.*pip install uvloop"):
             run_in_loop(_loop_type(), "uvloop")
