@@ -18,6 +18,30 @@ from structlog.typing import FilteringBoundLogger
 from worker.errors import MalformedMessage
 
 _MISSING: Any = object()
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def decode_json(value: bytes | str) -> Any:
+    """`json.loads(value)`, with a fast path for the usual case.
+
+    The usual case is compact UTF-8 JSON with nothing around it. `json.loads` on bytes first
+    guesses the encoding in Python, then strips whitespace with two regular expressions, which
+    costs more than the parse itself. The fast path decodes strictly as UTF-8 and scans one
+    document from the first character; only when that document is the whole text is it the
+    answer. Anything else (a BOM, surrounding whitespace, UTF-16, trailing garbage) goes to
+    `json.loads` unchanged, so the two accept and reject exactly the same inputs.
+
+    Raises:
+        ValueError: not valid JSON (`json.JSONDecodeError`, or `UnicodeDecodeError`).
+    """
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+        result, end = _raw_decode(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return json.loads(value)
+    if end != len(text):
+        return json.loads(value)
+    return result
 
 
 class Message:
@@ -108,8 +132,8 @@ class Message:
                 self._data = None
             else:
                 try:
-                    self._data = json.loads(value)
-                except (ValueError, UnicodeDecodeError) as exc:
+                    self._data = decode_json(value)
+                except ValueError as exc:
                     raise MalformedMessage(f"data is not valid JSON: {exc}") from None
         return self._data
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker import MalformedMessage, Message
+from worker.message import decode_json
 
 
 def make(**fields: bytes) -> Message:
@@ -50,3 +57,50 @@ class TestMalformed:
         """The decoded document is cached: the same object on every access."""
         msg = make(data=b'{"a": [1]}')
         assert msg.data is msg.data
+
+
+def _outcome(decode: Callable[[bytes], Any], value: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", repr(decode(value))  # repr: NaN is not equal to itself
+    except ValueError as exc:
+        return "error", type(exc)
+
+
+_json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=8,
+)
+
+
+class TestFastDecode:
+    """`decode_json` takes a shortcut for compact UTF-8, and must agree with json.loads."""
+
+    @given(
+        document=_json_texts,
+        encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]),
+        before=st.sampled_from(["", " ", "\n\t"]),
+        after=st.sampled_from(["", " ", "\r\n", "x", ",", "}", "\x00"]),
+    )
+    def test_agrees_with_json_loads_on_json_texts(
+        self, document: Any, encoding: str, before: str, after: str
+    ) -> None:
+        """Any JSON document, in any encoding json accepts, padded or followed by junk."""
+        value = (before + json.dumps(document, ensure_ascii=False) + after).encode(
+            encoding, "surrogatepass"
+        )
+        assert _outcome(decode_json, value) == _outcome(json.loads, value)
+
+    @given(value=st.binary(max_size=40))
+    def test_agrees_with_json_loads_on_any_bytes(self, value: bytes) -> None:
+        """Arbitrary bytes: the same document, or the same kind of error."""
+        assert _outcome(decode_json, value) == _outcome(json.loads, value)
+
+    @given(document=_json_texts, position=st.integers(min_value=0), byte=st.integers(0, 255))
+    def test_agrees_with_json_loads_on_damaged_json(
+        self, document: Any, position: int, byte: int
+    ) -> None:
+        """A JSON document with one byte overwritten (say, by a non-UTF-8 byte in a string)."""
+        value = bytearray(json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        value[position % len(value)] = byte
+        assert _outcome(decode_json, bytes(value)) == _outcome(json.loads, bytes(value))
