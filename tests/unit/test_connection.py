@@ -1,0 +1,65 @@
+"""Clients from `connect` send exactly the bytes redis-py would, packed by hiredis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import DataError
+
+from worker.connection import connect
+from worker.settings import WorkerSettings
+
+_python_packer = Connection()
+
+_arguments = st.lists(
+    st.binary(max_size=30)
+    | st.text(max_size=30)
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.binary(max_size=30).map(bytearray)
+    | st.binary(max_size=30).map(memoryview),
+    max_size=20,
+)
+
+
+def _client_connection(url: str) -> Any:
+    client = connect(WorkerSettings(redis_url=url))
+    return client.connection_pool.connection_class()
+
+
+class TestPacking:
+    @given(
+        command=st.sampled_from(["XACK", "XINFO GROUPS", b"XREADGROUP", b"CONFIG GET"]),
+        args=_arguments,
+    )
+    def test_same_bytes_as_redis_py(self, command: str | bytes, args: list[Any]) -> None:
+        """Any command with str, bytes, int, float or buffer arguments packs identically."""
+        ours = _client_connection("redis://localhost:6379/0")
+        assert b"".join(ours.pack_command(command, *args)) == b"".join(
+            _python_packer.pack_command(command, *args)
+        )
+
+    @pytest.mark.parametrize("bad", [True, None, [1], {"a": 1}])
+    def test_unpackable_arguments_fail_as_in_redis_py(self, bad: Any) -> None:
+        """Arguments Redis cannot take raise redis-py's own DataError."""
+        ours = _client_connection("redis://localhost:6379/0")
+        with pytest.raises(DataError, match="Invalid input of type"):
+            ours.pack_command("SET", "key", bad)
+
+    @pytest.mark.parametrize(
+        ("url", "kind"),
+        [
+            ("redis://localhost:6379/0", Connection),
+            ("rediss://localhost:6379/0", SSLConnection),
+            ("unix:///run/redis.sock", UnixDomainSocketConnection),
+        ],
+    )
+    def test_every_scheme_keeps_its_transport(self, url: str, kind: type) -> None:
+        """TCP, TLS and Unix-socket URLs still get their own transport, with the faster packer."""
+        connection = _client_connection(url)
+        assert isinstance(connection, kind)
+        assert type(connection).pack_command is not kind.pack_command
