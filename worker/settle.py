@@ -54,6 +54,29 @@ def describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc) or repr(exc)
 
 
+def entry_ages(now_ms: float, messages: list[Message]) -> list[tuple[float, int]]:
+    """Seconds since each entry was added, as (age, entries in a row of that age) runs.
+
+    An entry id starts with the millisecond Redis added it, and a flush holds long runs of
+    entries from the same millisecond, so the age is worked out once per run, not per entry.
+    """
+    runs: list[tuple[float, int]] = []
+    previous = ""
+    age = 0.0
+    times = 0
+    for msg in messages:
+        added = msg.id.partition("-")[0]
+        if added != previous:
+            if times:
+                runs.append((age, times))
+            previous, times = added, 0
+            age = max(now_ms - int(added), 0.0) / 1000.0
+        times += 1
+    if times:
+        runs.append((age, times))
+    return runs
+
+
 class Settler:
     """Queues outcomes and flushes them to Redis in batches."""
 
@@ -288,9 +311,7 @@ class Settler:
                 # and are taken over after claim_idle like any abandoned entry.
                 log.warning("ack.failed", stream=stream, count=len(messages), error=str(result))
                 self.stats.redis_errors["ack"] += 1
-            self.stats.end_to_end_seconds[stream].observe_many(
-                [max(now_ms - int(msg.id.partition("-")[0]), 0.0) / 1000.0 for msg in messages]
-            )
+            self.stats.end_to_end_seconds[stream].observe_runs(entry_ages(now_ms, messages))
             self.ledger.drop_many(stream, messages)
         for key, n in ok.items():
             self.stats.messages[key] += n

@@ -50,13 +50,15 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def observe_many(self, values: list[float]) -> None:
-        """Observe a batch at once: one call per flush rather than one per message."""
+    def observe_runs(self, runs: list[tuple[float, int]]) -> None:
+        """Observe each value as often as its run says: one call per flush, one bisect per run."""
         counts = self.counts
         bounds = self.bounds
-        for value in values:
-            counts[bisect_left(bounds, value)] += 1
-        self.sum += sum(values)
+        total = 0.0
+        for value, times in runs:
+            counts[bisect_left(bounds, value)] += times
+            total += value * times
+        self.sum += total
 
     @property
     def count(self) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from worker.ledger import Ledger
 from worker.message import Message
+from worker.settle import entry_ages
 from worker.stats import Histogram
 
 
@@ -32,13 +35,22 @@ class TestHoldMany:
         assert len(ledger) == 0
 
 
-class TestObserveMany:
-    def test_matches_one_observe_per_value(self) -> None:
-        """observe_many() leaves the same buckets and sum as observe() per value."""
-        values = [0.0001, 0.0007, 0.003, 0.2, 99.0, 0.0]
-        one, many = Histogram(), Histogram()
-        for value in values:
-            one.observe(value)
-        many.observe_many(values)
-        assert many.counts == one.counts
-        assert many.sum == one.sum
+class TestEndToEndAges:
+    def test_runs_match_one_observe_per_entry(self) -> None:
+        """Ages counted per run of equal milliseconds fill the buckets as one observe() each."""
+        ids = ["1000-0", "1000-1", "999-0", "1000-2", "1003-0", "1003-1", "1003-2", "2000-0"]
+        messages = [Message("s", i, {}) for i in ids]
+        now_ms = 1003.5
+        one, runs = Histogram(), Histogram()
+        for i in ids:
+            one.observe(max(now_ms - int(i.partition("-")[0]), 0.0) / 1000.0)
+        runs.observe_runs(entry_ages(now_ms, messages))
+        assert runs.counts == one.counts
+        assert runs.sum == pytest.approx(one.sum)
+        assert runs.count == len(ids)
+
+    def test_runs_group_consecutive_entries_of_one_millisecond(self) -> None:
+        """Each run is (age in seconds, entries in a row added in that millisecond)."""
+        messages = [Message("s", i, {}) for i in ["5-0", "5-1", "5-2", "7-0", "5-3"]]
+        assert entry_ages(10.0, messages) == [(0.005, 3), (0.003, 1), (0.005, 1)]
+        assert entry_ages(10.0, []) == []
