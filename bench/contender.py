@@ -189,6 +189,10 @@ def main() -> None:
     parser.add_argument("--latencies", default=None)
     args = parser.parse_args()
     _import_ahead(args.kind)
+    if args.kind == "syncworker":
+        from worker.gc_tuning import tune_gc
+
+        tune_gc()  # as `syncworker run` does before its loop starts; untimed, like imports
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
