@@ -90,7 +90,9 @@ def run(
             _say("scaling: 1 and 2 worker processes")
             results["scaling"] = sections.scaling(redis, streams, sizes)
             streams.drop()
-    results["machine"]["load_at_end"] = report.machine()["load"]
+    at_end = report.machine()
+    results["machine"]["load_at_end"] = at_end["load"]
+    results["machine"]["speed_check_ms_at_end"] = at_end["speed_check_ms"]
     results["minutes"] = (time.time() - started) / 60
     return results
 
@@ -102,7 +104,10 @@ def render(results: dict[str, Any], command: str) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Redis {m['redis']} "
         f"(persistence: {m.get('persistence', 'none')}); "
         f"load average {m['load']} at the start, {m.get('load_at_end', '?')} at the end; "
-        f"{results.get('minutes', 0):.1f} minutes.",
+        f"{results.get('minutes', 0):.1f} minutes.  ",
+        f"Speed check (CPU ms of a fixed Python workload, lower is faster; see "
+        f"`bench.report.speed_check_ms`): {m.get('speed_check_ms', '?')} at the start, "
+        f"{m.get('speed_check_ms_at_end', '?')} at the end.",
     ]
     if "throughput" in results:
         parts += [

@@ -191,8 +191,11 @@ def main() -> None:
     _import_ahead(args.kind)
     if args.kind == "syncworker":
         from worker.gc_tuning import tune_gc
+        from worker.settings import WorkerSettings
 
-        tune_gc()  # as `syncworker run` does before its loop starts; untimed, like imports
+        # As `syncworker run` does before its loop starts (SYNCWORKER_GC_THRESHOLD=0 to
+        # compare without); untimed, like the imports.
+        tune_gc(WorkerSettings().gc_threshold)
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
