@@ -66,7 +66,7 @@ def run(
         streams = Streams(redis)
         ceiling = {"asyncio": 0.0, "uvloop": 0.0}
         if "throughput" in wanted or "concurrency" in wanted:
-            _say("throughput: no-op handlers, raw loop, FastStream")
+            _say("throughput: no-op handlers, raw loop, FastStream", results)
             rows = sections.throughput(redis, streams, sizes)
             results["throughput"] = rows
             for row in rows:
@@ -75,24 +75,25 @@ def run(
                 if row["label"] == "syncworker, no-op (uvloop)":
                     ceiling["uvloop"] = row["rate"]
         if "concurrency" in wanted:
-            _say("concurrency: 1 ms handlers")
+            _say("concurrency: 1 ms handlers", results)
             rows = sections.concurrency(redis, streams, sizes, ceiling)
             results["concurrency"] = rows
             report.plot(rows, out / "throughput-vs-concurrency.png")
         streams.drop()
         if "latency" in wanted:
-            _say("latency: fixed-rate producer")
+            _say("latency: fixed-rate producer", results)
             results["latency"] = sections.latency(redis, sizes)
         if "memory" in wanted:
-            _say("memory: backlog drained by one `syncworker run`")
+            _say("memory: backlog drained by one `syncworker run`", results)
             results["memory"] = sections.memory(redis, sizes)
         if "scaling" in wanted:
-            _say("scaling: 1 and 2 worker processes")
+            _say("scaling: 1 and 2 worker processes", results)
             results["scaling"] = sections.scaling(redis, streams, sizes)
             streams.drop()
     at_end = report.machine()
     results["machine"]["load_at_end"] = at_end["load"]
     results["machine"]["speed_check_ms_at_end"] = at_end["speed_check_ms"]
+    results["machine"]["round_trip_us_at_end"] = at_end["round_trip_us"]
     results["minutes"] = (time.time() - started) / 60
     return results
 
@@ -105,9 +106,15 @@ def render(results: dict[str, Any], command: str) -> str:
         f"(persistence: {m.get('persistence', 'none')}); "
         f"load average {m['load']} at the start, {m.get('load_at_end', '?')} at the end; "
         f"{results.get('minutes', 0):.1f} minutes.  ",
-        f"Speed check (CPU ms of a fixed Python workload, lower is faster; see "
-        f"`bench.report.speed_check_ms`): {m.get('speed_check_ms', '?')} at the start, "
-        f"{m.get('speed_check_ms_at_end', '?')} at the end.",
+        "Machine checks (`bench.report`), lower is faster: CPU ms of a fixed Python workload "
+        "/ µs of a process-to-process round trip, median (p99): "
+        f"{m.get('speed_check_ms', '?')} / {m.get('round_trip_us', '?')} at the start"
+        + "".join(
+            f", {speed:.0f} / {trip} before {name}"
+            for name, speed, trip in m.get("speed_checks", [])
+        )
+        + f", {m.get('speed_check_ms_at_end', '?')} / {m.get('round_trip_us_at_end', '?')} "
+        "at the end.",
     ]
     if "throughput" in results:
         parts += [
@@ -133,8 +140,17 @@ def render(results: dict[str, Any], command: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _say(text: str) -> None:
-    print(f"== {text}", file=sys.stderr, flush=True)
+def _say(text: str, results: dict[str, Any] | None = None) -> None:
+    """Announce a section, with the machine's speed as it starts (kept in the results)."""
+    speed, round_trip = report.speed_check_ms(), report.round_trip_us()
+    if results is not None:
+        checks = results["machine"].setdefault("speed_checks", [])
+        checks.append([text.split(":")[0], speed, round_trip])
+    print(
+        f"== {text} (speed check {speed:.0f} ms, round trip {round_trip} µs)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
