@@ -187,9 +187,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0)
     parser.add_argument("--batch", action="store_true", help="FastStream: batch=True")
     parser.add_argument("--latencies", default=None)
+    parser.add_argument(
+        "--gc-tuning", action="store_true", help="raw: tune the GC as `syncworker run` does"
+    )
     args = parser.parse_args()
     _import_ahead(args.kind)
-    if args.kind == "syncworker":
+    if args.kind == "syncworker" or args.gc_tuning:
         from worker.gc_tuning import tune_gc
         from worker.settings import WorkerSettings
 

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+RAW_GC_TUNED = "raw loop, GC tuned as syncworker run does (uvloop)"
+"""The raw loop with syncworker's garbage-collector settings: what that tuning is worth alone."""
+
 
 def machine() -> dict[str, str]:
     """What the figures came from: CPU, cores, Python, Redis, load at the start."""
@@ -177,8 +180,18 @@ def targets_table(results: dict[str, Any]) -> str:
                     _verdict(row["ratio"] >= 0.7),
                 ]
             )
-    fast = [r for r in results.get("throughput", []) if r["label"].startswith("FastStream")]
+    tuned = by_label.get(RAW_GC_TUNED)
     sync = by_label.get("syncworker, no-op (uvloop)")
+    if tuned and sync:
+        ratio = sync["rate"] / tuned["rate"]
+        rows.append(
+            [
+                f"no-op >= 70 % of the raw loop with the same GC tuning ({LOOP_ROLE['uvloop']})",
+                _pct(ratio),
+                _verdict(ratio >= 0.7),
+            ]
+        )
+    fast = [r for r in results.get("throughput", []) if r["label"].startswith("FastStream")]
     if fast and sync:
         best = max(fast, key=lambda r: r["rate"])
         worst = min(fast, key=lambda r: r["rate"])

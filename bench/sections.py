@@ -16,6 +16,7 @@ from typing import Any
 from redis import Redis
 
 from bench.harness import ROOT, Contender, Streams, _url, fill, timed_run, wait_done
+from bench.report import RAW_GC_TUNED
 
 
 @dataclass
@@ -78,6 +79,11 @@ NOOP_CONTENDERS: list[tuple[str, str, list[str]]] = [
     # (label, baseline label for the ratio, contender arguments)
     ("raw redis.asyncio loop (asyncio)", "", ["raw", "--loop", "asyncio"]),
     ("raw redis.asyncio loop (uvloop)", "", ["raw", "--loop", "uvloop"]),
+    (
+        RAW_GC_TUNED,
+        "raw redis.asyncio loop (uvloop)",
+        ["raw", "--loop", "uvloop", "--gc-tuning"],
+    ),
     ("syncworker, no-op (asyncio)", "raw redis.asyncio loop (asyncio)", ["syncworker"]),
     (
         "syncworker, no-op (uvloop)",
