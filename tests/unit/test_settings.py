@@ -57,6 +57,21 @@ class TestEnvironment:
 
         assert load_settings().consumer == f"{socket.gethostname()}-{os.getpid()}"
 
+    @pytest.mark.parametrize(
+        ("concurrency", "expected"), [(1, 256), (16, 256), (64, 256), (256, 1024), (5000, 10_000)]
+    )
+    def test_unset_batch_size_reads_several_entries_per_lane(
+        self, monkeypatch: pytest.MonkeyPatch, concurrency: int, expected: int
+    ) -> None:
+        """Without a batch size, a read holds 4 entries per lane: 256 at least, 10,000 at most."""
+        monkeypatch.setenv("SYNCWORKER_CONCURRENCY", str(concurrency))
+        assert load_settings().batch_size == expected
+        monkeypatch.setenv("SYNCWORKER_BATCH_SIZE", "0")
+        assert load_settings().batch_size == expected
+
+    def test_a_set_batch_size_is_kept_at_any_concurrency(self) -> None:
+        assert load_settings(concurrency=256, batch_size=100).batch_size == 100
+
 
 class TestTomlFile:
     def test_file_values_and_routes_with_env_overriding(
