@@ -107,7 +107,7 @@ class WorkerSettings(BaseSettings):
         0,
         ge=0,
         le=10_000,
-        description="Entries per XREADGROUP; 0 = max(256, 4 x concurrency).",
+        description="Entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
@@ -202,6 +202,11 @@ class WorkerSettings(BaseSettings):
             raise ValueError("retry_base must not exceed retry_max")
         if self.claim_interval > self.claim_idle:
             raise ValueError("claim_interval must not exceed claim_idle")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_batch_size(self) -> WorkerSettings:
+        """Resolve 0 here, once, so that the ledger and the read loop size by the same number."""
         if not self.batch_size:
             self.batch_size = default_batch_size(self.concurrency)
         return self
