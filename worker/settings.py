@@ -25,6 +25,9 @@ from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
 ENV_PREFIX = "SYNCWORKER_"
 
+MAX_BATCH_SIZE = 10_000
+"""Most entries one XREADGROUP may ask for; the default read size is capped by it too."""
+
 
 def default_batch_size(concurrency: int) -> int:
     """Entries per read when none is set: enough to feed every lane several times over.
@@ -34,7 +37,7 @@ def default_batch_size(concurrency: int) -> int:
     and each message then pays a wake-up; at concurrency 256 with 1 ms handlers, reading
     4 x concurrency raised throughput by 14 % (docs/performance.md).
     """
-    return min(max(256, 4 * concurrency), 10_000)
+    return min(max(256, 4 * concurrency), MAX_BATCH_SIZE)
 
 
 def default_consumer_name() -> str:
@@ -106,7 +109,7 @@ class WorkerSettings(BaseSettings):
     batch_size: int = Field(
         0,
         ge=0,
-        le=10_000,
+        le=MAX_BATCH_SIZE,
         description="Entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
