@@ -88,15 +88,17 @@ class Consumer:
         delay = 0.1
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
-        per_stream = max(batch // len(self.streams), 1)
+        least = smallest_read(batch, self.settings.concurrency)
+        streams = len(self.streams)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
             await self.gate.wait_open()
-            if not await self._wait_for_room(batch) or self._stopping:
+            if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
+            count = max(min(batch, self.ledger.room()) // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, self._offsets, count=per_stream, block=block_ms
+                    self.group, self.consumer, self._offsets, count=count, block=block_ms
                 )
             except ResponseError as exc:
                 if _group_gone(exc):
@@ -164,6 +166,21 @@ class Consumer:
         if self.connected or delay == 0.1:
             log.warning("redis.unavailable", operation="read", error=str(exc), retry_in_s=delay)
         self.connected = False
+
+
+def smallest_read(batch_size: int, concurrency: int) -> int:
+    """The fewest free places worth a read: the reader refills once this many are free.
+
+    Each read asks for as many entries as there is room for, up to `batch_size`. While the
+    handlers keep up, the room is always larger and every read is a full batch. While they
+    fall behind, the reader tops the queue up with what has just been freed, instead of
+    waiting for a whole batch to be freed and then parsing it in one turn of the event loop,
+    which delays every timer due meanwhile. At concurrency 64 with 1 ms sleeps, waiting for
+    a whole batch of 256 held throughput to 69 % of the bound, and refilling once 64 places
+    were free gave 92 % (docs/performance.md). The floors (a quarter batch, one place per
+    lane) keep slow handlers from turning into a read per message.
+    """
+    return min(batch_size, max(concurrency, batch_size // 4))
 
 
 def _group_gone(exc: ResponseError) -> bool:

@@ -110,7 +110,7 @@ class WorkerSettings(BaseSettings):
         0,
         ge=0,
         le=MAX_BATCH_SIZE,
-        description="Entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
+        description="Most entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(

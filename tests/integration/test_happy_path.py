@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -40,3 +42,55 @@ class TestHappyPath:
         assert {t for t, _, _, _ in seen} == {"order.created"}
         assert {a for _, _, _, a in seen} == {1}
         assert await pending_count(redis, stream, group) == 0
+
+
+class TestBoundedReads:
+    async def test_slow_handlers_hold_at_most_the_bound_and_get_topped_up(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Pending on the consumer never passes 2 x batch + concurrency, and freed places refill.
+
+        With batch 40 and concurrency 4 the bound is 84. Once 12 handlers have finished, the
+        reader tops the room up with 12 + 4 more entries at once, rather than waiting until a
+        whole batch of 40 has been freed.
+        """
+        stream, group = names["stream"], names["group"]
+        finish = asyncio.Semaphore(0)
+        done: list[int] = []
+
+        @handler(stream=stream)
+        async def slow(msg: Message) -> None:
+            await finish.acquire()
+            done.append(msg.data["n"])  # type: ignore[index]
+
+        publisher = Publisher(redis)
+        for n in range(300):
+            await publisher.publish(stream, "order.created", {"n": n}, key=f"order-{n}")
+        settings = make_settings(redis_server.url, group, batch_size=40, concurrency=4)
+        highest = 0
+
+        async def pending() -> int:
+            nonlocal highest
+            count = await pending_count(redis, stream, group)
+            highest = max(highest, count)
+            return count
+
+        async def pending_is(expected: int) -> bool:
+            return await pending() == expected
+
+        async with running(settings, [slow]):
+            await eventually(lambda: pending_is(80))  # two reads of 40; 4 places left
+            for _ in range(12):
+                finish.release()
+            await eventually(lambda: len(done) == 12)
+            await eventually(lambda: pending_is(84))  # 80 - 12 acked + 16 read
+            for _ in range(288):
+                finish.release()
+
+            async def all_acked() -> bool:
+                now = await pending()  # sampled on every poll, for the highest count
+                return now == 0 and len(done) == 300
+
+            await eventually(all_acked)
+        assert highest <= 84
+        assert sorted(done) == list(range(300))
