@@ -173,14 +173,14 @@ def smallest_read(batch_size: int, concurrency: int) -> int:
 
     Each read asks for as many entries as there is room for, up to `batch_size`. While the
     handlers keep up, the room is always larger and every read is a full batch. While they
-    fall behind, the reader tops the queue up with what has just been freed, instead of
-    waiting for a whole batch to be freed and then parsing it in one turn of the event loop,
-    which delays every timer due meanwhile. At concurrency 64 with 1 ms sleeps, waiting for
-    a whole batch of 256 held throughput to 69 % of the bound, and refilling once 64 places
-    were free gave 92 % (docs/performance.md). The floors (a quarter batch, one place per
-    lane) keep slow handlers from turning into a read per message.
+    fall behind, the reader tops the queue up once half a batch has been freed, instead of
+    waiting for a whole batch and then parsing it in one turn of the event loop, which delays
+    every timer due meanwhile. Smaller top-ups are no better: each read costs a round trip and
+    its own CPU, and every wake-up for its reply pushes back the timers of sleeping handlers
+    (docs/performance.md, change 9). The lane floor keeps a small set batch from turning into
+    a read per message.
     """
-    return min(batch_size, max(concurrency, batch_size // 4))
+    return min(batch_size, max(concurrency, batch_size // 2))
 
 
 def _group_gone(exc: ResponseError) -> bool:

@@ -50,9 +50,9 @@ class TestBoundedReads:
     ) -> None:
         """Pending on the consumer never passes 2 x batch + concurrency, and freed places refill.
 
-        With batch 40 and concurrency 4 the bound is 84. Once 12 handlers have finished, the
-        reader tops the room up with 12 + 4 more entries at once, rather than waiting until a
-        whole batch of 40 has been freed.
+        With batch 40 and concurrency 4 the bound is 84. Once 16 handlers have finished, the
+        reader tops the room up with 16 + 4 more entries (half a batch) at once, rather than
+        waiting until a whole batch of 40 has been freed.
         """
         stream, group = names["stream"], names["group"]
         finish = asyncio.Semaphore(0)
@@ -80,11 +80,11 @@ class TestBoundedReads:
 
         async with running(settings, [slow]):
             await eventually(lambda: pending_is(80))  # two reads of 40; 4 places left
-            for _ in range(12):
+            for _ in range(16):
                 finish.release()
-            await eventually(lambda: len(done) == 12)
-            await eventually(lambda: pending_is(84))  # 80 - 12 acked + 16 read
-            for _ in range(288):
+            await eventually(lambda: len(done) == 16)
+            await eventually(lambda: pending_is(84))  # 80 - 16 acked + 20 read
+            for _ in range(284):
                 finish.release()
 
             async def all_acked() -> bool:
