@@ -175,10 +175,10 @@ def smallest_read(batch_size: int, concurrency: int) -> int:
     handlers keep up, the room is always larger and every read is a full batch. While they
     fall behind, the reader tops the queue up once half a batch has been freed, instead of
     waiting for a whole batch and then parsing it in one turn of the event loop, which delays
-    every timer due meanwhile. Smaller top-ups are no better: each read costs a round trip and
-    its own CPU, and every wake-up for its reply pushes back the timers of sleeping handlers
-    (docs/performance.md, change 9). The lane floor keeps a small set batch from turning into
-    a read per message.
+    every timer due meanwhile. Smaller top-ups are not always better: each read costs a round
+    trip and its own CPU, and where round trips are slow every wake-up for a reply pushes back
+    the timers of sleeping handlers (docs/performance.md, change 9, measured both ways). The
+    lane floor keeps a small set batch from turning into a read per message.
     """
     return min(batch_size, max(concurrency, batch_size // 2))
 
