@@ -42,10 +42,10 @@ ENV PATH="/opt/syncworker/bin:${PATH}" \
     SYNCWORKER_METRICS_PORT=9100
 USER 10001:10001
 EXPOSE 9100
-# `python -m worker.healthcheck` reads the same settings as the worker, asks its /healthz and
+# `python -m worker.ops.healthcheck` reads the same settings as the worker, asks its /healthz and
 # exits 0 or 1: no curl needed in a slim image.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "worker.healthcheck"]
+    CMD ["python", "-m", "worker.ops.healthcheck"]
 # SIGTERM starts a graceful drain (stop reading, finish in-flight handlers, ack, exit) within
 # SYNCWORKER_SHUTDOWN_TIMEOUT; the exec form makes syncworker PID 1, so the signal reaches it.
 STOPSIGNAL SIGTERM

@@ -94,7 +94,7 @@ async def syncworker(args: argparse.Namespace, stop: asyncio.Event, lat: Latenci
 
 def _record_acks(lat: Latencies) -> None:
     """Time each entry when its XACK has returned, by wrapping the settler's bookkeeping."""
-    from worker.settle import Settler
+    from worker.runtime.settle import Settler
 
     original = Settler._record
 
@@ -150,7 +150,7 @@ def _import_ahead(kind: str) -> None:
 
     modules = {
         "raw": [],
-        "syncworker": ["worker", "worker.logs", "worker.settle", "bench.handlers"],
+        "syncworker": ["worker", "worker.logs", "worker.runtime.settle", "bench.handlers"],
         "faststream": ["faststream.redis"],
     }[kind]
     for name in modules:

@@ -16,9 +16,9 @@ from worker.errors import (
 from worker.handler import FunctionHandler, Handler, HandlerContext, HandlerFunc, handler
 from worker.message import Message
 from worker.publish import Publisher, event_fields, publish
+from worker.runtime.stats import Stats
+from worker.runtime.worker import Worker
 from worker.settings import Route, WorkerSettings, load_settings
-from worker.stats import Stats
-from worker.worker import Worker
 
 __all__ = [
     "ConfigError",

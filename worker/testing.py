@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from worker.dispatch import Dispatcher, RouteTable
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
-from worker.stats import Stats
+from worker.runtime.dispatch import Dispatcher, RouteTable
+from worker.runtime.stats import Stats
 
 Outcome = Literal["ok", "retry", "dead_letter", "skipped"]
 

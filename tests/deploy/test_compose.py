@@ -26,8 +26,8 @@ from tests.deploy.support import (
 )
 from worker.cli import build_parser
 from worker.commands import common
+from worker.runtime.worker import FINAL_FLUSH_S
 from worker.settings import ENV_PREFIX, WorkerSettings
-from worker.worker import FINAL_FLUSH_S
 
 SERVICES = {"redis", "postgres", "worker", "publisher", "prometheus", "grafana"}
 WORKER_IMAGE_SERVICES = ("worker", "publisher")
@@ -76,7 +76,7 @@ class TestCompose:
             assert (COMPOSE.parent / ".." / "Dockerfile").resolve() == ROOT / "Dockerfile"
 
     def test_redis_is_configured_as_a_durable_queue(self, compose: dict[str, Any]) -> None:
-        """AOF on, fsync every second, and no eviction: what worker.redis_safety checks for."""
+        """AOF on, fsync every second, and no eviction: what worker.ops.redis_safety checks for."""
         command = compose["services"]["redis"]["command"]
         pairs = dict(zip(command[1::2], command[2::2], strict=True))
         assert pairs == {

@@ -65,7 +65,7 @@ class TestDockerfile:
     def test_healthcheck_asks_healthz_without_curl(self) -> None:
         """The HEALTHCHECK runs the bundled Python probe in exec form."""
         check = stages()[-1].last("HEALTHCHECK")
-        assert check.exec_form() == ["python", "-m", "worker.healthcheck"]
+        assert check.exec_form() == ["python", "-m", "worker.ops.healthcheck"]
         assert "--timeout=" in check.arguments
 
     def test_exposes_the_default_metrics_port(self) -> None:

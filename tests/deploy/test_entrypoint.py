@@ -191,7 +191,7 @@ class TestEntrypoint:
             assert any('"worker.started"' in line for line in lines), "".join(lines)
             # Given a started worker, when Docker runs the HEALTHCHECK command, then it passes.
             health = subprocess.run(
-                [str(venv / "bin" / "python"), "-m", "worker.healthcheck"],
+                [str(venv / "bin" / "python"), "-m", "worker.ops.healthcheck"],
                 cwd=venv.parent,
                 env=image_env(venv, **settings),
                 capture_output=True,
@@ -219,7 +219,7 @@ class TestEntrypoint:
     def test_healthcheck_module_is_installed(self, venv: Path) -> None:
         """The HEALTHCHECK command exists in the venv (metrics off: nothing to ask, exit 0)."""
         result = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "worker.healthcheck"],
+            [str(venv / "bin" / "python"), "-m", "worker.ops.healthcheck"],
             cwd=venv.parent,
             env=image_env(venv, SYNCWORKER_METRICS_PORT="0"),
             capture_output=True,

@@ -1,4 +1,4 @@
-"""`python -m worker.healthcheck`, the image's HEALTHCHECK, maps /healthz to exit codes."""
+"""`python -m worker.ops.healthcheck`, the image's HEALTHCHECK, maps /healthz to exit codes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import healthcheck
+from worker.ops import healthcheck
 from worker.redis_server import free_port
 
 

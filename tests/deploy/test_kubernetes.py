@@ -24,8 +24,8 @@ from tests.deploy.support import (
     one,
     require_module,
 )
+from worker.runtime.worker import FINAL_FLUSH_S
 from worker.settings import ENV_PREFIX, WorkerSettings, load_settings
-from worker.worker import FINAL_FLUSH_S
 
 OLDEST_KUBERNETES = "1.30.0"
 """The oldest Kubernetes version the manifests are validated against (the newest is the latest

@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
 from worker import Message, Reject, handler
+from worker.admin.prune import delete_if_idle
 from worker.cli import main
 from worker.commands import dlq as dlq_command
-from worker.prune import delete_if_idle
 from worker.publish import Publisher
 from worker.redis_server import RedisServer
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from tests.helpers import eventually, make_settings, pending_count, running
 from tests.ops_helpers import http_get, samples, value
 from worker import Message, Reject, handler
-from worker.ops import OpsServer
+from worker.ops.server import OpsServer
 from worker.publish import Publisher
 from worker.redis_server import RedisServer
 

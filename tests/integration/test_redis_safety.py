@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from tests.helpers import make_settings, running
 from worker import Message, Stats, handler
-from worker.redis_safety import EVICTION, NO_PERSISTENCE, check_redis_safety
+from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE, check_redis_safety
 from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from worker.admin.trim import NoGroups, NoStream, TrimResult, safe_trim
 from worker.redis_server import RedisServer
-from worker.trim import NoGroups, NoStream, TrimResult, safe_trim
 
 pytestmark = pytest.mark.redis
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.backoff import Backoff
+from worker.runtime.backoff import Backoff
 
 
 class TestBackoff:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from worker.ledger import Ledger
 from worker.message import Message
-from worker.settle import entry_ages
-from worker.stats import Histogram
+from worker.runtime.ledger import Ledger
+from worker.runtime.settle import entry_ages
+from worker.runtime.stats import Histogram
 
 
 def _msgs(stream: str, ids: range) -> list[Message]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from worker.consumer import Consumer
-from worker.ledger import Ledger
-from worker.reclaim import ReadGate
+from worker.runtime.ledger import Ledger
+from worker.runtime.reader import Consumer
+from worker.runtime.stats import Stats
+from worker.runtime.takeover import ReadGate
 from worker.settings import WorkerSettings
-from worker.stats import Stats
 
 
 class SlowEmptyRedis:

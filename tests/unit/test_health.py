@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from worker.health import liveness, stuck_after
-from worker.ops import OpsServer
+from worker.ops.health import liveness, stuck_after
+from worker.ops.server import OpsServer
 from worker.settings import WorkerSettings
 
 DEADLINE = 60.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.lanes import Lanes
 from worker.message import Message
+from worker.runtime.lanes import Lanes
 
 
 def msg(n: int, key: str | None) -> Message:

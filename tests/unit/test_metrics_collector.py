@@ -6,9 +6,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from tests.ops_helpers import samples, value
-from worker.groups import GroupState
-from worker.metrics import GroupGauges, WorkerCollector, build_registry
-from worker.stats import Stats
+from worker.admin.groups import GroupState
+from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
+from worker.runtime.stats import Stats
 
 
 def scrape(stats: Stats, gauges: GroupGauges | None = None, inflight: int = 0) -> dict:  # type: ignore[type-arg]

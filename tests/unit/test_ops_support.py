@@ -7,11 +7,11 @@ import argparse
 import pytest
 
 from tests.ops_helpers import http_request
+from worker.admin.deadletters import DeadLetterEntry, next_id
 from worker.cli import main
 from worker.commands.support import duration, entry_id, routed_streams, table
-from worker.deadletters import DeadLetterEntry, next_id
 from worker.errors import ConfigError
-from worker.httpserver import HttpServer, Response
+from worker.ops.httpserver import HttpServer, Response
 from worker.settings import Route, WorkerSettings
 
 

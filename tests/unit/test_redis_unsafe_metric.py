@@ -6,9 +6,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from tests.ops_helpers import samples, value
-from worker.metrics import GroupGauges, WorkerCollector
-from worker.redis_safety import EVICTION, NO_PERSISTENCE
-from worker.stats import Stats
+from worker.ops.metrics import GroupGauges, WorkerCollector
+from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE
+from worker.runtime.stats import Stats
 
 
 def scrape(stats: Stats) -> str:

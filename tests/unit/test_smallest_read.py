@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.consumer import smallest_read
+from worker.runtime.reader import smallest_read
 from worker.settings import default_batch_size
 
 

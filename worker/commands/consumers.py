@@ -7,6 +7,7 @@ import argparse
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker.admin.prune import prune
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import (
     add_group_option,
@@ -16,7 +17,6 @@ from worker.commands.support import (
     group_of,
     routed_streams,
 )
-from worker.prune import prune
 
 DEFAULT_IDLE_S = 3600.0
 

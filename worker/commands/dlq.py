@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from worker import deadletters
+from worker.admin import deadletters
+from worker.admin.deadletters import DeadLetterEntry
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import (
     EXIT_FAILED,
@@ -19,7 +20,6 @@ from worker.commands.support import (
     print_json,
     table,
 )
-from worker.deadletters import DeadLetterEntry
 from worker.settings import WorkerSettings
 
 EXAMPLE = """STREAM is the original stream; its dead letters live in STREAM plus

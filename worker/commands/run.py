@@ -12,7 +12,7 @@ from worker.gc_tuning import tune_gc
 from worker.logs import configure_logging
 from worker.loop import run_in_loop
 from worker.registry import handlers_from_settings
-from worker.worker import Worker
+from worker.runtime.worker import Worker
 
 EXAMPLE = """example:
   SYNCWORKER_REDIS_URL=redis://localhost:6379/0 SYNCWORKER_HANDLERS=myapp.handlers:sync_payment \\

@@ -7,6 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from worker.admin.groups import GroupState, read_group_states
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import (
     add_group_option,
@@ -18,7 +19,6 @@ from worker.commands.support import (
     routed_streams,
     table,
 )
-from worker.groups import GroupState, read_group_states
 
 EXAMPLE = """columns:
   LENGTH   entries in the stream           LAG      entries not yet delivered to the group

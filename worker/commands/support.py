@@ -21,8 +21,8 @@ from redis.exceptions import ResponseError
 from worker.connection import connect, mask_url
 from worker.errors import ConfigError
 from worker.registry import load_plugin
+from worker.runtime.settle import REDIS_DOWN
 from worker.settings import WorkerSettings
-from worker.settle import REDIS_DOWN
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

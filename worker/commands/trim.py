@@ -6,9 +6,9 @@ import argparse
 
 from redis.asyncio import Redis
 
+from worker.admin.trim import NoGroups, NoStream, safe_trim
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import EXIT_FAILED, CommandError, execute
-from worker.trim import NoGroups, NoStream, safe_trim
 
 DESCRIPTION = """Remove the entries of STREAM that EVERY consumer group on it has both read and
 acknowledged: XTRIM MINID below the oldest pending or undelivered entry of every group,

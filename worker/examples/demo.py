@@ -29,9 +29,9 @@ from worker.examples.order_payment import History, Names, history, routes
 from worker.logs import configure_logging
 from worker.redis_server import INSTALL_HINT, RedisServer
 from worker.registry import handlers_from_settings
+from worker.runtime.stats import Stats
+from worker.runtime.worker import Worker
 from worker.settings import WorkerSettings
-from worker.stats import Stats
-from worker.worker import Worker
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from worker.examples.order_payment import History, Names, expected_read_model, expected_rows
-from worker.worker import Worker
+from worker.runtime.worker import Worker
 
 SAMPLE = 5
 """Entries of each copy shown in full."""

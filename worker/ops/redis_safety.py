@@ -15,10 +15,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.settle import REDIS_DOWN
-from worker.stats import Stats
+from worker.runtime.settle import REDIS_DOWN
+from worker.runtime.stats import Stats
 
-log = structlog.get_logger("worker.redis_safety")
+log = structlog.get_logger("worker.ops.redis_safety")
 
 EVICTION = "eviction"
 """maxmemory-policy is not `noeviction`: under memory pressure a stream can be deleted."""

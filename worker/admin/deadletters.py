@@ -1,7 +1,7 @@
 """Reading, replaying and purging dead letters.
 
 A dead letter is the original entry's fields plus metadata fields prefixed `dlq_` (see
-`worker.settle`). Replaying strips the metadata and appends the original fields to the
+`worker.runtime.settle`). Replaying strips the metadata and appends the original fields to the
 original stream, in one Lua script with the removal from the dead-letter stream: the entry is
 removed only by the same atomic step that wrote it back, so a crash can neither lose it nor
 leave it in both places, and two operators replaying at once replay it once.
@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.settle import DEAD_LETTER_PREFIX
+from worker.runtime.settle import DEAD_LETTER_PREFIX
 
 REPLAY = """
 -- KEYS[1] dead-letter stream, KEYS[2] stream to write to

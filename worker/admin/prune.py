@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from worker.groups import ConsumerState
+from worker.admin.groups import ConsumerState
 
 PRUNE = """
 -- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms

@@ -2,7 +2,7 @@
 
 prometheus-client's own metrics take a lock and walk label dictionaries on every update,
 which at a hundred thousand messages a second costs more than the handlers. The runtime
-records plain numbers here; `worker.metrics` turns them into Prometheus series at scrape time.
+records plain numbers here; `worker.ops.metrics` turns them into Prometheus series at scrape time.
 """
 
 from __future__ import annotations
@@ -106,6 +106,6 @@ class Stats:
     """stream -> NOGROUP recoveries."""
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
-    `worker.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
+    `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

@@ -1,4 +1,4 @@
-"""`python -m worker.healthcheck`: the container image's HEALTHCHECK, without curl.
+"""`python -m worker.ops.healthcheck`: the container image's HEALTHCHECK, without curl.
 
 Slim images carry no curl or wget, and a shell one-liner would have to guess the port. This
 reads the same settings as `syncworker run` (SYNCWORKER_* variables and SYNCWORKER_CONFIG),

@@ -15,14 +15,14 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.ledger import Ledger
 from worker.message import Message
-from worker.reclaim import ReadGate
+from worker.runtime.ledger import Ledger
+from worker.runtime.settle import REDIS_DOWN
+from worker.runtime.stats import Stats
+from worker.runtime.takeover import ReadGate
 from worker.settings import WorkerSettings
-from worker.settle import REDIS_DOWN
-from worker.stats import Stats
 
-log = structlog.get_logger("worker.consumer")
+log = structlog.get_logger("worker.runtime.reader")
 
 
 class Consumer:

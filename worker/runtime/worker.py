@@ -13,19 +13,19 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.connection import connect, mask_url
-from worker.consumer import Consumer
-from worker.dispatch import Dispatcher, RouteTable
 from worker.handler import Handler, HandlerContext
-from worker.lanes import Lanes
-from worker.ledger import Ledger
 from worker.logs import effective_settings
 from worker.message import Message
-from worker.reclaim import ReadGate, Reclaimer
-from worker.redis_safety import check_redis_safety
+from worker.ops.redis_safety import check_redis_safety
 from worker.registry import validate
+from worker.runtime.dispatch import Dispatcher, RouteTable
+from worker.runtime.lanes import Lanes
+from worker.runtime.ledger import Ledger
+from worker.runtime.reader import Consumer
+from worker.runtime.settle import REDIS_DOWN, Settler
+from worker.runtime.stats import Stats
+from worker.runtime.takeover import ReadGate, Reclaimer
 from worker.settings import WorkerSettings
-from worker.settle import REDIS_DOWN, Settler
-from worker.stats import Stats
 
 log = structlog.get_logger("worker")
 
@@ -47,7 +47,7 @@ def default_services(settings: WorkerSettings) -> list[Service]:
     """The metrics and health server, unless `metrics_port` is 0."""
     if settings.metrics_port == 0:
         return []
-    from worker.ops import OpsServer  # imported late: it imports this module for typing
+    from worker.ops.server import OpsServer  # imported late: it imports this module for typing
 
     return [OpsServer()]
 

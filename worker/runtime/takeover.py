@@ -25,16 +25,16 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.backoff import Backoff
 from worker.errors import SyncWorkerError
-from worker.ledger import Ledger, Waiting
 from worker.message import Message
+from worker.runtime.backoff import Backoff
+from worker.runtime.ledger import Ledger, Waiting
+from worker.runtime.settle import REDIS_DOWN, Settler
+from worker.runtime.stats import Stats
 from worker.scripts import TOUCH_OWNED
 from worker.settings import WorkerSettings
-from worker.settle import REDIS_DOWN, Settler
-from worker.stats import Stats
 
-log = structlog.get_logger("worker.reclaim")
+log = structlog.get_logger("worker.runtime.takeover")
 
 TOUCH_CHUNK = 500
 """Ids per heartbeat script call, to keep each call short on the server."""

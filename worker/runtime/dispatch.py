@@ -12,12 +12,12 @@ import structlog
 from worker.errors import Reject
 from worker.handler import Handler
 from worker.message import Message
-from worker.stats import Histogram, Stats
+from worker.runtime.stats import Histogram, Stats
 
 if TYPE_CHECKING:
-    from worker.settle import Settler
+    from worker.runtime.settle import Settler
 
-log = structlog.get_logger("worker.dispatch")
+log = structlog.get_logger("worker.runtime.dispatch")
 
 
 class Route:

@@ -22,15 +22,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.backoff import Backoff
 from worker.errors import Retry
-from worker.ledger import Ledger
 from worker.message import Message
+from worker.runtime.backoff import Backoff
+from worker.runtime.ledger import Ledger
+from worker.runtime.stats import Stats
 from worker.scripts import DEAD_LETTER, TOUCH_OWNED
 from worker.settings import WorkerSettings
-from worker.stats import Stats
 
-log = structlog.get_logger("worker.settle")
+log = structlog.get_logger("worker.runtime.settle")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors after which a Redis call is worth repeating once the server answers again."""

@@ -1,10 +1,10 @@
 """Prometheus series of a worker, built at scrape time from `Stats` and the group gauges.
 
-The hot path only bumps plain counters in `worker.stats.Stats`; this collector turns them into
-series when Prometheus asks. Scrapes run on the worker's event loop (see `worker.ops`), so the
-dictionaries are never read while the loop changes them. Every series carries `stream` and
-`group` labels (plus `handler` where one applies), except the Redis error counter, which is
-per operation.
+The hot path only bumps plain counters in `worker.runtime.stats.Stats`; this collector turns
+them into series when Prometheus asks. Scrapes run on the worker's event loop (see
+`worker.ops.server`), so the dictionaries are never read while the loop changes them. Every
+series carries `stream` and `group` labels (plus `handler` where one applies), except the Redis
+error counter, which is per operation.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.groups import GroupState
-from worker.stats import Histogram, Stats
+from worker.admin.groups import GroupState
+from worker.runtime.stats import Histogram, Stats
 
 OUTCOMES = ("ok", "retry", "dead_letter")
 """Values of the `outcome` label of syncworker_messages_total."""
@@ -30,7 +30,7 @@ OUTCOMES = ("ok", "retry", "dead_letter")
 
 @dataclass
 class GroupGauges:
-    """The latest group states read from Redis, by stream; refreshed by `worker.ops`."""
+    """The latest group states read from Redis, by stream; refreshed by `worker.ops.server`."""
 
     states: dict[str, GroupState] = field(default_factory=dict)
 

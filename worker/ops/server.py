@@ -19,18 +19,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker.admin.groups import read_group_states
 from worker.connection import connect
 from worker.errors import ConfigError
-from worker.groups import read_group_states
-from worker.health import Verdict, liveness, readiness, stuck_after
-from worker.httpserver import HttpServer, Response
-from worker.metrics import GroupGauges, WorkerCollector, build_registry
-from worker.settle import REDIS_DOWN
+from worker.ops.health import Verdict, liveness, readiness, stuck_after
+from worker.ops.httpserver import HttpServer, Response
+from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
+from worker.runtime.settle import REDIS_DOWN
 
 if TYPE_CHECKING:
-    from worker.worker import Worker
+    from worker.runtime.worker import Worker
 
-log = structlog.get_logger("worker.ops")
+log = structlog.get_logger("worker.ops.server")
 
 PROBE_TIMEOUT_S = 0.9
 """Readiness answers within this, inside Kubernetes' default one-second probe timeout."""
