@@ -1,11 +1,18 @@
-"""Redis clients built from settings, and URL masking for logs."""
+"""Redis clients built from settings; what a failed call means; URL masking for logs.
+
+Everything about talking to Redis that several loops share lives here: which errors are
+worth repeating (`REDIS_DOWN`), one reconnect back-off (`Reconnect`) instead of one per loop,
+and `text` for the bytes redis-py hands back.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
     AbstractConnection,
@@ -13,8 +20,70 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
+
+log = structlog.get_logger("worker.connection")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors after which a Redis call is worth repeating once the server answers again."""
+
+
+def text(value: Any) -> str:
+    """A Redis reply (bytes, str or number) as text; bytes are expected to be UTF-8."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Reconnect:
+    """Capped exponential back-off for one loop's Redis calls.
+
+    Every loop that talks to Redis keeps turning through an outage; this is the one place
+    that decides how long it waits, counts each failure under `operation`, and logs an outage
+    once when it starts and once when it ends, instead of once per attempt.
+
+    Args:
+        operation: the label of `syncworker_redis_errors_total` and of the log lines.
+        stats: where failures are counted.
+        first: seconds before the first retry; doubled after each failure up to `cap`.
+    """
+
+    def __init__(
+        self, operation: str, stats: Stats, *, first: float = 0.1, cap: float = 5.0
+    ) -> None:
+        self.operation = operation
+        self.stats = stats
+        self.first = first
+        self.cap = cap
+        self.delay = first
+        self.down = False
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failure and return the seconds to wait before the next attempt."""
+        self.stats.redis_errors[self.operation] += 1
+        delay = self.delay
+        if not self.down:
+            log.warning(
+                "redis.unavailable", operation=self.operation, error=str(exc), retry_in_s=delay
+            )
+            self.down = True
+        self.delay = min(delay * 2, self.cap)
+        return delay
+
+    async def pause(self, exc: BaseException) -> None:
+        """`failed`, then sleep for the delay it returned."""
+        await asyncio.sleep(self.failed(exc))
+
+    def succeeded(self) -> None:
+        """Redis answered: end the outage, if there was one, and start over from `first`."""
+        if self.down:
+            log.info("redis.available", operation=self.operation)
+            self.down = False
+        self.delay = self.first
+
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -111,3 +180,21 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         # Connections are made on first use, so every one of them is of the faster kind.
         pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
     return client
+
+
+async def tolerate(operation: str, stats: Stats, step: Callable[[], Awaitable[None]]) -> None:
+    """Run one turn of a background loop's Redis work; log and count what Redis refused.
+
+    Background loops (heartbeat, retries, takeover) try again on their next turn anyway, so an
+    outage or a refusal only costs that turn. NOGROUP is left to the read loop, which
+    recreates the group; nothing is pending in a new one.
+    """
+    try:
+        await step()
+    except REDIS_DOWN as exc:
+        stats.redis_errors[operation] += 1
+        log.warning("redis.unavailable", operation=operation, error=str(exc))
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            stats.redis_errors[operation] += 1
+            log.error("redis.refused", operation=operation, error=str(exc))

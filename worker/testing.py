@@ -21,7 +21,9 @@ from typing import Any, Literal
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
+from worker.runtime.backoff import Backoff
 from worker.runtime.dispatch import Dispatcher, RouteTable
+from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
 
 Outcome = Literal["ok", "retry", "dead_letter", "skipped"]
@@ -49,14 +51,14 @@ class Delivery:
 
 @dataclass
 class _Recorder:
-    max_attempts: int
+    policy: RetryPolicy
     results: list[Delivery] = field(default_factory=list)
 
     def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
         self.results.append(Delivery("skipped" if skipped else "ok", msg))
 
     def failed(self, msg: Message, exc: Exception, handler: str) -> None:
-        if msg.attempt >= self.max_attempts:
+        if self.policy.spent(msg.attempt):
             self.results.append(Delivery("dead_letter", msg, exc))
             return
         delay = exc.delay if isinstance(exc, Retry) else None
@@ -119,7 +121,7 @@ async def deliver(
         message_args.setdefault("stream", handler.streams[0] if handler.streams else "test")
         message = make_message(**message_args)
     bound = handler if message.stream in handler.streams else handler.bind([message.stream])
-    recorder = _Recorder(max_attempts)
+    recorder = _Recorder(RetryPolicy(max_attempts, Backoff(), claim_idle=60.0))
     dispatcher = Dispatcher(RouteTable([bound], Stats()), recorder, 0)  # type: ignore[arg-type]
     await dispatcher.process(message)
     return recorder.results[-1]

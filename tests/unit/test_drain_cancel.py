@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from worker.runtime.ledger import Ledger
-from worker.runtime.reader import Consumer
+from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.reader import Reader
 from worker.runtime.stats import Stats
-from worker.runtime.takeover import ReadGate
 from worker.settings import WorkerSettings
 
 
@@ -29,7 +28,7 @@ class TestStopFlag:
         """stop() alone ends run() at its next turn, so a lost cancel cannot keep it alive."""
         redis = SlowEmptyRedis()
         settings = WorkerSettings(metrics_port=0, block=0.02)
-        consumer = Consumer(
+        reader = Reader(
             redis,  # type: ignore[arg-type]
             settings,
             ("s",),
@@ -38,10 +37,10 @@ class TestStopFlag:
             ReadGate(),
             Stats(),
         )
-        task = asyncio.create_task(consumer.run())
+        task = asyncio.create_task(reader.run())
         await asyncio.sleep(0.1)
         assert redis.reads >= 2
-        consumer.stop()  # no task.cancel(): as if the cancellation had been swallowed
+        reader.stop()  # no task.cancel(): as if the cancellation had been swallowed
         await asyncio.wait_for(task, 1.0)
         reads = redis.reads
         await asyncio.sleep(0.1)

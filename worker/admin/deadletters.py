@@ -15,7 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.runtime.settle import DEAD_LETTER_PREFIX
+from worker.connection import text
+from worker.runtime.dead_letter import DEAD_LETTER_PREFIX
 
 REPLAY = """
 -- KEYS[1] dead-letter stream, KEYS[2] stream to write to
@@ -67,10 +68,10 @@ class DeadLetterEntry:
             for k, v in raw.items()
             if k.startswith(prefix)
         }
-        return cls(_text(entry_id), fields, meta)
+        return cls(text(entry_id), fields, meta)
 
     def decoded_fields(self) -> dict[str, str]:
-        return {_text(k): _text(v) for k, v in self.fields.items()}
+        return {text(k): text(v) for k, v in self.fields.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "fields": self.decoded_fields(), "meta": self.meta}
@@ -105,7 +106,7 @@ async def pages(
 async def last_id(redis: Redis, dead_letter_stream: str) -> str | None:
     """The id of the newest dead letter, or None when there is none."""
     newest = await redis.xrevrange(dead_letter_stream, "+", "-", count=1)
-    return _text(newest[0][0]) if newest else None
+    return text(newest[0][0]) if newest else None
 
 
 async def replay(
@@ -123,7 +124,7 @@ async def replay(
             keys=[dead_letter_stream, stream], args=[dead_id, DEAD_LETTER_PREFIX], client=pipe
         )
     results = await pipe.execute(raise_on_error=True)
-    return [None if r is None else _text(r) for r in results]
+    return [None if r is None else text(r) for r in results]
 
 
 async def purge(redis: Redis, dead_letter_stream: str, ids: list[str]) -> list[bool]:
@@ -151,7 +152,3 @@ def next_id(entry_id: str) -> str:
     if sequence == MAX_SEQ:
         return f"{int(ms) + 1}-0"
     return f"{int(ms)}-{sequence + 1}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -13,6 +13,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker.connection import text
+
 
 @dataclass(slots=True)
 class ConsumerState:
@@ -98,7 +100,7 @@ async def _stream_states(
     elif isinstance(infos, Exception):
         raise infos
     dead_length = 0 if isinstance(dead_length, Exception) else int(dead_length)
-    by_name = {_text(info["name"]): info for info in infos}
+    by_name = {text(info["name"]): info for info in infos}
     names = sorted(by_name) if all_groups else [group]
     states: list[GroupState] = []
     for name in names:
@@ -118,7 +120,7 @@ async def _fill(redis: Redis, state: GroupState, info: dict[Any, Any], consumers
     lag = info.get("lag")
     state.lag = None if lag is None else int(lag)
     state.pending = int(info["pending"])
-    state.last_delivered_id = _text(info["last-delivered-id"])
+    state.last_delivered_id = text(info["last-delivered-id"])
     pipe = redis.pipeline(transaction=False)
     pipe.xpending(state.stream, state.group)
     if consumers:
@@ -127,14 +129,10 @@ async def _fill(redis: Redis, state: GroupState, info: dict[Any, Any], consumers
     summary = results[0]
     if not isinstance(summary, Exception) and summary["pending"]:
         state.pending = int(summary["pending"])
-        state.oldest_pending_id = _text(summary["min"])
+        state.oldest_pending_id = text(summary["min"])
         state.oldest_pending_age_s = round(id_age_s(state.oldest_pending_id), 3)
     if consumers and not isinstance(results[1], Exception):
         state.consumers = [
-            ConsumerState(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000.0)
+            ConsumerState(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000.0)
             for c in results[1]
         ]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

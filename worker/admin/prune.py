@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker.admin.groups import ConsumerState
+from worker.connection import text
 
 PRUNE = """
 -- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms
@@ -71,7 +72,7 @@ async def prune(
     rows = await redis.xinfo_consumers(stream, group)
     results: list[PruneResult] = []
     for row in rows:
-        state = ConsumerState(_text(row["name"]), int(row["pending"]), int(row["idle"]) / 1000)
+        state = ConsumerState(text(row["name"]), int(row["pending"]), int(row["idle"]) / 1000)
         if state.idle_s < min_idle_s:
             continue
         if state.pending:
@@ -82,7 +83,3 @@ async def prune(
             outcome = await delete_if_idle(redis, stream, group, state.name, min_idle_s)
         results.append(PruneResult(stream, group, state, outcome))
     return results
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from worker.connection import text
+
 SAFE_TRIM = """
 -- KEYS[1] stream; ARGV[1] '=' (exact) or '~' (whole macro nodes only), ARGV[2] '1' = dry run
 -- Returns {removed, bound, group1, bound1, group2, bound2, ...}; removed is -1 without groups.
@@ -130,10 +132,6 @@ async def safe_trim(
         raise NoStream(stream)
     if removed == -1:
         raise NoGroups(stream)
-    values = [_text(v) for v in reply[1:]]
+    values = [text(v) for v in reply[1:]]
     groups = dict(zip(values[1::2], values[2::2], strict=True))
     return TrimResult(removed, values[0], groups)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -7,10 +7,9 @@ import asyncio
 import sys
 
 from worker.commands.common import add_config_option, settings_from
-from worker.connection import connect, mask_url
+from worker.connection import REDIS_DOWN, connect, mask_url
 from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE, SafetyReport, inspect
 from worker.registry import handlers_from_settings
-from worker.runtime.settle import REDIS_DOWN
 
 RISKS = {
     EVICTION: "maxmemory-policy may evict keys, and an evicted stream loses its messages "

@@ -18,10 +18,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.connection import connect, mask_url
+from worker.connection import REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
 from worker.registry import load_plugin
-from worker.runtime.settle import REDIS_DOWN
 from worker.settings import WorkerSettings
 
 EXIT_FAILED = 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from worker.connection import text
 from worker.settings import WorkerSettings
 
 
@@ -87,13 +88,9 @@ async def readiness(redis: Redis, streams: tuple[str, ...], group: str) -> Verdi
                 raise result
             missing.append(stream)
             continue
-        names = {_text(info["name"]) for info in result}
+        names = {text(info["name"]) for info in result}
         if group not in names:
             missing.append(stream)
     if missing:
         return Verdict(False, "no group", f"group {group!r} missing on {', '.join(missing)}")
     return Verdict(True, "ready")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

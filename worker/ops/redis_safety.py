@@ -15,7 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.runtime.settle import REDIS_DOWN
+from worker.connection import REDIS_DOWN
 from worker.runtime.stats import Stats
 
 log = structlog.get_logger("worker.ops.redis_safety")

@@ -20,12 +20,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker.admin.groups import read_group_states
-from worker.connection import connect
+from worker.connection import REDIS_DOWN, connect
 from worker.errors import ConfigError
 from worker.ops.health import Verdict, liveness, readiness, stuck_after
 from worker.ops.httpserver import HttpServer, Response
 from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
-from worker.runtime.settle import REDIS_DOWN
 
 if TYPE_CHECKING:
     from worker.runtime.worker import Worker

@@ -1,5 +1,8 @@
 """Ledger: the entries this process holds, which bounds memory and feeds the heartbeat.
 
+Beside it, the read gate: the capacity the ledger accounts for is what the gate guards when
+takeover needs the process to itself.
+
 An entry is *held* from the moment XREADGROUP (or a claim) hands it to us until it is acked,
 dead-lettered or released. Held entries are refreshed by the heartbeat so that no other
 consumer takes them over. An entry whose handler failed is *waiting*: still pending on this
@@ -153,3 +156,31 @@ class Ledger:
             self._room.set()
         if self._count == len(self.waiting):
             self._empty.set()
+
+
+class ReadGate:
+    """Lets takeover stop the read loop while suspected poison messages run alone."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self.parked = asyncio.Event()
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def open(self) -> None:
+        self._open.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
+        if self._open.is_set():
+            return
+        self.parked.set()
+        try:
+            await self._open.wait()
+        finally:
+            self.parked.clear()

@@ -15,17 +15,16 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker.connection import REDIS_DOWN, Reconnect
 from worker.message import Message
-from worker.runtime.ledger import Ledger
-from worker.runtime.settle import REDIS_DOWN
+from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.stats import Stats
-from worker.runtime.takeover import ReadGate
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker.runtime.reader")
 
 
-class Consumer:
+class Reader:
     """Reads new entries for this consumer and hands them to `submit`."""
 
     def __init__(
@@ -85,7 +84,7 @@ class Consumer:
         self._stopping = True
 
     async def run(self) -> None:
-        delay = 0.1
+        reconnect = Reconnect("read", self.stats)
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
@@ -102,25 +101,19 @@ class Consumer:
                 )
             except ResponseError as exc:
                 if _group_gone(exc):
-                    await self._recover_group()
+                    await self._recover_group(reconnect)
                     continue
                 # Anything else (ACL denied, OOM, a replica read-only...) may clear up: say so
                 # loudly and keep trying, rather than stop consuming for good.
-                self.stats.redis_errors["read"] += 1
-                log.error("read.failed", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.error("read.failed", error=str(exc))
+                await reconnect.pause(exc)
                 continue
             except REDIS_DOWN as exc:
-                self._unavailable(exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self.connected = False
+                await reconnect.pause(exc)
                 continue
-            if not self.connected:
-                self.connected = True
-                if delay > 0.1:
-                    log.info("redis.available", operation="read")
-            delay = 0.1
+            self.connected = True
+            reconnect.succeeded()
             if reply:
                 self._dispatch(reply)
 
@@ -154,18 +147,12 @@ class Consumer:
                 self.stats.last_read_loop = time.monotonic()
         return True
 
-    async def _recover_group(self) -> None:
+    async def _recover_group(self, reconnect: Reconnect) -> None:
         try:
             await self.ensure_groups(recreated=True)
         except REDIS_DOWN as exc:
-            self._unavailable(exc, 0.1)
-            await asyncio.sleep(0.1)
-
-    def _unavailable(self, exc: BaseException, delay: float) -> None:
-        self.stats.redis_errors["read"] += 1
-        if self.connected or delay == 0.1:
-            log.warning("redis.unavailable", operation="read", error=str(exc), retry_in_s=delay)
-        self.connected = False
+            self.connected = False
+            await reconnect.pause(exc)
 
 
 def smallest_read(batch_size: int, concurrency: int) -> int:

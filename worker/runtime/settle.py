@@ -12,46 +12,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import Retry
+from worker.connection import REDIS_DOWN, Reconnect
 from worker.message import Message
-from worker.runtime.backoff import Backoff
+from worker.runtime.dead_letter import DEAD_LETTER, DeadLetter, dead_letter_fields, describe
+from worker.runtime.heartbeat import TOUCH_OWNED
 from worker.runtime.ledger import Ledger
+from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
-from worker.scripts import DEAD_LETTER, TOUCH_OWNED
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker.runtime.settle")
-
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Errors after which a Redis call is worth repeating once the server answers again."""
-
-DEAD_LETTER_PREFIX = "dlq_"
-"""Prefix of the metadata fields a dead letter carries beside the original fields."""
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    msg: Message
-    error_type: str
-    error: str
-    handler: str
-
-
-def describe(exc: BaseException) -> tuple[str, str]:
-    """(type name, message) of an exception, for logs and dead letters."""
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "TimeoutError", "handler timed out"
-    return type(exc).__name__, str(exc) or repr(exc)
 
 
 def entry_ages(now_ms: float, messages: list[Message]) -> list[tuple[float, int]]:
@@ -81,15 +57,20 @@ class Settler:
     """Queues outcomes and flushes them to Redis in batches."""
 
     def __init__(
-        self, redis: Redis, settings: WorkerSettings, ledger: Ledger, stats: Stats
+        self,
+        redis: Redis,
+        settings: WorkerSettings,
+        policy: RetryPolicy,
+        ledger: Ledger,
+        stats: Stats,
     ) -> None:
         self.redis = redis
         self.settings = settings
+        self.policy = policy
         self.ledger = ledger
         self.stats = stats
         self.group = settings.group
         self.consumer = settings.consumer
-        self.backoff = Backoff(settings.retry_base, settings.retry_max, settings.retry_jitter)
         self._acks: defaultdict[str, list[Message]] = defaultdict(list)
         self._ok: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._touches: defaultdict[str, list[str]] = defaultdict(list)
@@ -110,20 +91,17 @@ class Settler:
     def failed(self, msg: Message, exc: Exception, handler: str) -> None:
         """A handler raised: retry after backoff, or dead-letter once attempts are spent."""
         error_type, error = describe(exc)
-        if msg.attempt >= self.settings.max_attempts:
+        if self.policy.spent(msg.attempt):
             self.dead_letter(msg, exc, handler, reason="attempts exhausted")
             return
-        if isinstance(exc, Retry) and exc.delay is not None:
-            delay = exc.delay
-        else:
-            delay = self.backoff.delay(msg.attempt, msg.id)
+        delay = self.policy.delay(msg.attempt, msg.id, exc)
         log.warning(
             "message.retry",
             stream=msg.stream,
             message_id=msg.id,
             handler=handler,
             attempt=msg.attempt,
-            max_attempts=self.settings.max_attempts,
+            max_attempts=self.policy.max_attempts,
             retry_in_s=round(delay, 3),
             error_type=error_type,
             error=error,
@@ -168,7 +146,7 @@ class Settler:
         Shutdown goes through `close()` rather than task cancellation, so that a flush is
         never abandoned half-way through a pipeline.
         """
-        delay = 0.05
+        reconnect = Reconnect("ack", self.stats, first=0.05)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -176,13 +154,10 @@ class Settler:
                 return
             try:
                 await self.flush()
-                delay = 0.05
+                reconnect.succeeded()
             except REDIS_DOWN as exc:
-                self.stats.redis_errors["ack"] += 1
-                log.warning("redis.unavailable", operation="ack", error=str(exc), retry_in_s=delay)
                 self._wake.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await reconnect.pause(exc)
 
     async def drain(self, timeout: float) -> bool:
         """Flush everything queued, retrying for up to `timeout` seconds; True if all done."""
@@ -232,7 +207,7 @@ class Settler:
             msg = letter.msg
             await self._dead_letter(
                 keys=[self.settings.dead_letter_stream(msg.stream), msg.stream],
-                args=[self.group, msg.id, *self._dead_letter_fields(letter)],
+                args=[self.group, msg.id, *dead_letter_fields(letter, self.group, self.consumer)],
                 client=pipe,
             )
         for stream, messages in acks.items():
@@ -243,30 +218,6 @@ class Settler:
                 keys=[stream], args=[self.group, self.consumer, idle_ms, *ids], client=pipe
             )
         return list(await pipe.execute(raise_on_error=False))
-
-    def _dead_letter_fields(self, letter: DeadLetter) -> list[bytes | str]:
-        msg = letter.msg
-        flat: list[bytes | str] = []
-        name: bytes | str
-        value: bytes | str
-        for name, value in msg.raw.items():
-            flat.append(name)
-            flat.append(value)
-        metadata = {
-            "stream": msg.stream,
-            "id": msg.id,
-            "group": self.group,
-            "consumer": self.consumer,
-            "attempts": str(msg.attempt),
-            "handler": letter.handler,
-            "error_type": letter.error_type,
-            "error": letter.error[:4000],
-            "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-        for name, value in metadata.items():
-            flat.append(DEAD_LETTER_PREFIX + name)
-            flat.append(value)
-        return flat
 
     def _requeue(
         self,
@@ -341,5 +292,5 @@ class Settler:
             return
         # Stays pending on this consumer; its next claim finds the attempts spent and
         # dead-letters it again without running the handler.
-        self.ledger.wait_for_retry(msg, self.backoff.delay(msg.attempt, msg.id))
+        self.ledger.wait_for_retry(msg, self.policy.delay(msg.attempt, msg.id))
         self.ledger.touched(msg.stream, [msg.id], time.monotonic())

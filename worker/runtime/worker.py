@@ -1,30 +1,36 @@
-"""Worker: assembles the read loop, lanes, settler and reclaimer, and runs their lifecycle."""
+"""Worker: assembles the engine (reader, lanes, settler, heartbeat, retries, takeover) and runs
+its lifecycle: start, serve until stopped, drain."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
 
-from worker.connection import connect, mask_url
+from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
 from worker.handler import Handler, HandlerContext
 from worker.logs import effective_settings
 from worker.message import Message
 from worker.ops.redis_safety import check_redis_safety
 from worker.registry import validate
 from worker.runtime.dispatch import Dispatcher, RouteTable
+from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.lanes import Lanes
-from worker.runtime.ledger import Ledger
-from worker.runtime.reader import Consumer
-from worker.runtime.settle import REDIS_DOWN, Settler
+from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.policy import RetryPolicy
+from worker.runtime.reader import Reader
+from worker.runtime.retries import RetryScan
+from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
-from worker.runtime.takeover import ReadGate, Reclaimer
+from worker.runtime.takeover import Takeover
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker")
@@ -50,6 +56,18 @@ def default_services(settings: WorkerSettings) -> list[Service]:
     from worker.ops.server import OpsServer  # imported late: it imports this module for typing
 
     return [OpsServer()]
+
+
+@dataclass(slots=True)
+class Engine:
+    """The parts of one running worker, wired to each other by `Worker._assemble`."""
+
+    settler: Settler
+    lanes: Lanes
+    reader: Reader
+    heartbeat: Heartbeat
+    retries: RetryScan
+    takeover: Takeover
 
 
 class Worker:
@@ -85,7 +103,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._signals = 0
         self.redis: Redis | None = None
-        self.consumer: Consumer | None = None
+        self.policy = RetryPolicy.from_settings(settings)
+        self.reader: Reader | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -121,24 +140,7 @@ class Worker:
         settings = self.settings
         self.redis = connect(settings)
         reader_redis = connect(settings, blocking_reads=True)
-        ledger, stats = self.ledger, self.stats
-        settler = Settler(self.redis, settings, ledger, stats)
-        dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout)
-        lanes = Lanes(settings.concurrency, dispatcher.process)
-        self.consumer = Consumer(
-            reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
-        )
-        reclaimer = Reclaimer(
-            self.redis,
-            settings,
-            self.streams,
-            ledger,
-            settler,
-            lanes.submit,
-            self.gate,
-            self.reader_alive,
-            stats,
-        )
+        engine = self._assemble(self.redis, reader_redis)
         log.info(
             "worker.starting",
             redis_url=mask_url(settings.redis_url.get_secret_value()),
@@ -155,21 +157,11 @@ class Worker:
                 started.append(service)
             if not await self._connect_and_create_groups():
                 return
-            await check_redis_safety(self.redis, stats)
+            await check_redis_safety(self.redis, self.stats)
             context = HandlerContext(self.redis, settings.group, settings.consumer, settings)
             for h in self.handlers:
                 await h.on_startup(context)
-            lanes.start()
-            settler_task = asyncio.create_task(settler.run(), name="syncworker-settler")
-            await reclaimer.recover()
-            self._reader_task = asyncio.create_task(self.consumer.run(), name="syncworker-reader")
-            reclaim_task = asyncio.create_task(reclaimer.run(), name="syncworker-reclaimer")
-            heartbeat_task = asyncio.create_task(reclaimer.beat(), name="syncworker-heartbeat")
-            self.started.set()
-            log.info("worker.started", consumer=settings.consumer)
-            await self._until_stopped(self._reader_task, reclaim_task, heartbeat_task, settler_task)
-            await self._drain(lanes, reclaimer, settler, reclaim_task, settler_task)
-            heartbeat_task.cancel()
+            await self._serve(engine)
         finally:
             for h in self.handlers:
                 try:
@@ -182,22 +174,62 @@ class Worker:
                 await service.stop()
         log.info("worker.stopped", consumer=settings.consumer)
 
+    def _assemble(self, redis: Redis, reader_redis: Redis) -> Engine:
+        settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
+        settler = Settler(redis, settings, policy, ledger, stats)
+        dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout)
+        lanes = Lanes(settings.concurrency, dispatcher.process)
+        self.reader = Reader(
+            reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
+        )
+        return Engine(
+            settler=settler,
+            lanes=lanes,
+            reader=self.reader,
+            heartbeat=Heartbeat(redis, settings, ledger, stats),
+            retries=RetryScan(
+                redis, settings, policy, ledger, settler, lanes.submit, self.gate, stats
+            ),
+            takeover=Takeover(
+                redis,
+                settings,
+                policy,
+                self.streams,
+                ledger,
+                settler,
+                lanes.submit,
+                self.gate,
+                self.reader_alive,
+                stats,
+            ),
+        )
+
+    async def _serve(self, engine: Engine) -> None:
+        engine.lanes.start()
+        settler_task = asyncio.create_task(engine.settler.run(), name="syncworker-settler")
+        await engine.takeover.recover()
+        self._reader_task = asyncio.create_task(engine.reader.run(), name="syncworker-reader")
+        retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
+        takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
+        heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
+        self.started.set()
+        log.info("worker.started", consumer=self.settings.consumer)
+        background = (self._reader_task, retry_task, takeover_task, settler_task)
+        await self._until_stopped(*background, heartbeat_task)
+        await self._drain(engine, retry_task, takeover_task, settler_task)
+        heartbeat_task.cancel()
+
     async def _connect_and_create_groups(self) -> bool:
-        assert self.consumer is not None
-        delay = 0.1
+        assert self.reader is not None
+        reconnect = Reconnect("connect", self.stats)
         while not self.stopping:
             try:
-                await self.consumer.ensure_groups()
+                await self.reader.ensure_groups()
                 return True
             except REDIS_DOWN as exc:
-                self.stats.redis_errors["connect"] += 1
-                log.warning(
-                    "redis.unavailable", operation="connect", error=str(exc), retry_in_s=delay
-                )
-            try:
+                delay = reconnect.failed(exc)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 5.0)
         return False
 
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> None:
@@ -211,36 +243,37 @@ class Worker:
 
     async def _drain(
         self,
-        lanes: Lanes,
-        reclaimer: Reclaimer,
-        settler: Settler,
-        reclaim_task: asyncio.Task[None],
+        engine: Engine,
+        retry_task: asyncio.Task[None],
+        takeover_task: asyncio.Task[None],
         settler_task: asyncio.Task[None],
     ) -> None:
         """Stop reading, let running handlers finish, ack them, and release the rest."""
         started = time.monotonic()
-        assert self._reader_task is not None and self.consumer is not None
+        assert self._reader_task is not None
         # The flag ends the loop at its next turn even if the cancellation is lost: on
         # Python 3.11 a cancel that lands as a timeout expires inside redis-py surfaces as a
         # TimeoutError, which the loop takes for a slow read.
-        self.consumer.stop()
+        engine.reader.stop()
         self._reader_task.cancel()
-        reclaimer.stop()
-        unstarted = lanes.close()
+        engine.retries.stop()
+        engine.takeover.stop()
+        unstarted = engine.lanes.close()
         for msg in unstarted:
             self.ledger.drop(msg)
-        interrupted = await lanes.wait(self.settings.shutdown_timeout)
-        reclaim_task.cancel()
-        settler.close()
-        background = (self._reader_task, reclaim_task, settler_task)
+        interrupted = await engine.lanes.wait(self.settings.shutdown_timeout)
+        retry_task.cancel()
+        takeover_task.cancel()
+        engine.settler.close()
+        background = (self._reader_task, retry_task, takeover_task, settler_task)
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
-        flushed = await settler.drain(FINAL_FLUSH_S)
+        flushed = await engine.settler.drain(FINAL_FLUSH_S)
         to_release: list[Message] = unstarted + interrupted
         if to_release:
             try:
-                await asyncio.wait_for(reclaimer.release(to_release), FINAL_FLUSH_S)
+                await asyncio.wait_for(engine.heartbeat.release(to_release), FINAL_FLUSH_S)
             except (*REDIS_DOWN, TimeoutError) as exc:
                 log.warning(
                     "release.failed",
