@@ -32,6 +32,31 @@ log = structlog.get_logger("worker.connection")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors after which a Redis call is worth repeating once the server answers again."""
 
+REFUSED_FOR_NOW = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Error codes of a server that refuses a command for now (out of memory, a long script, a
+replica during failover...): the same command succeeds once the server recovers, so the
+entry it was for is not to blame."""
+
+
+def refused_for_now(exc: BaseException) -> bool:
+    """Whether `exc` is Redis refusing a command for a reason of its own, not of the command.
+
+    redis-py strips the code of the errors it maps to classes (OutOfMemoryError, ...) and keeps
+    it in `status_code`; unmapped ones (BUSY) keep it at the start of the message.
+    """
+    if not isinstance(exc, ResponseError):
+        return False
+    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+    return code in REFUSED_FOR_NOW
+
+
+class RedisRefused(Exception):
+    """Redis refused some of a flush's commands for now; they were queued again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
 
 def text(value: Any) -> str:
     """A Redis reply (bytes, str or number) as text; bytes are expected to be UTF-8."""
@@ -67,7 +92,11 @@ class Reconnect:
         delay = self.delay
         if not self.down:
             log.warning(
-                "redis.unavailable", operation=self.operation, error=str(exc), retry_in_s=delay
+                "redis.unavailable",
+                operation=self.operation,
+                error_type=type(exc).__name__,
+                error=str(exc),
+                retry_in_s=delay,
             )
             self.down = True
         self.delay = min(delay * 2, self.cap)

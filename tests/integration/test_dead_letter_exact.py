@@ -1,0 +1,183 @@
+"""Dead letters are exact copies, written only by the consumer that owns the entry.
+
+These drive the settler directly against a real redis-server: one entry made pending on a
+consumer, then dead-lettered, then replayed, with every field compared as Redis stores it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
+
+from tests.helpers import eventually, make_settings, pending_count, running
+from worker import Message, Reject, handler
+from worker.admin import deadletters
+from worker.redis_server import RedisServer
+from worker.runtime.ledger import Ledger
+from worker.runtime.policy import RetryPolicy
+from worker.runtime.settle import Settler
+from worker.runtime.stats import Stats
+
+pytestmark = pytest.mark.redis
+
+RAW_RANGE = "return redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2])"
+
+
+async def raw_entries(redis: Redis, stream: str) -> list[tuple[str, list[bytes]]]:
+    """Every entry of `stream` with its fields as Redis stores them: a flat list, repeats kept."""
+    found: Any = await redis.eval(RAW_RANGE, 1, stream, "-", "+")
+    return [(i.decode(), list(f)) for i, f in found]
+
+
+async def pending_entry(
+    redis: Redis, names: dict[str, str], fields: list[bytes | str], consumer: str = "c1"
+) -> Message:
+    """XADD an entry with exactly these fields and deliver it to `consumer`."""
+    stream, group = names["stream"], names["group"]
+    entry_id = (await redis.execute_command("XADD", stream, "*", *fields)).decode()
+    await redis.xgroup_create(stream, group, id="0")
+    reply: Any = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1)
+    assert reply and reply[0][1][0][0].decode() == entry_id
+    return Message(stream, entry_id, reply[0][1][0][1], 1, group)
+
+
+def settler_for(redis: Redis, url: str, group: str, consumer: str = "c1") -> Settler:
+    settings = make_settings(url, group, consumer=consumer)
+    return Settler(redis, settings, RetryPolicy.from_settings(settings), Ledger(100), Stats())
+
+
+def wide(n: int) -> list[bytes | str]:
+    flat: list[bytes | str] = []
+    for i in range(n):
+        flat += (f"f{i}", f"v{i}")
+    return flat
+
+
+class TestExactCopies:
+    async def test_repeated_and_dlq_prefixed_fields_survive_a_dead_letter_and_replay(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """The copy keeps every field in order, repeats and `dlq_*` originals included; replay
+        restores exactly those, followed by the original stream and id."""
+        fields: list[bytes | str] = [
+            "a", "1", "a", "2", "dlq_error", "mine", "b", "\xff", "dlq_fields", "7",
+        ]  # fmt: skip
+        msg = await pending_entry(redis, names, fields)
+        settler = settler_for(redis, redis_server.url, names["group"])
+        settler.ledger.hold(msg)
+        settler.dead_letter(msg, Reject("no"), "h")
+        await settler.flush()
+
+        dlq = names["stream"] + ":dlq"
+        [letter] = await deadletters.read(redis, dlq)
+        pairs = zip(fields[::2], fields[1::2], strict=True)
+        assert letter.pairs == [(str(k).encode(), str(v).encode()) for k, v in pairs]
+        assert letter.meta["id"] == msg.id and letter.meta["error"] == "no"
+        [new_id] = await deadletters.replay(redis, dlq, names["stream"], [letter.id])
+        [(_, _), (replayed_id, replayed)] = await raw_entries(redis, names["stream"])
+        assert replayed_id == new_id
+        expected = [f.encode() if isinstance(f, str) else f for f in fields]
+        expected += [
+            b"replay_of_stream",
+            names["stream"].encode(),
+            b"replay_of_id",
+            msg.id.encode(),
+        ]
+        assert replayed == expected
+        assert await redis.xlen(dlq) == 0
+
+    async def test_an_entry_with_thousands_of_fields_is_dead_lettered_and_replayed(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """5,000 fields (more than a Lua call can unpack) are dead-lettered, acked and replayed."""
+        fields = wide(5000)
+        msg = await pending_entry(redis, names, fields)
+        settler = settler_for(redis, redis_server.url, names["group"])
+        settler.ledger.hold(msg)
+        with capture_logs() as logs:
+            settler.dead_letter(msg, Reject("too wide to handle"), "h")
+            await settler.flush()
+        assert not [e for e in logs if e["event"] == "dead_letter.failed"]
+        assert await pending_count(redis, names["stream"], names["group"]) == 0
+        assert len(settler.ledger) == 0
+
+        dlq = names["stream"] + ":dlq"
+        [letter] = await deadletters.read(redis, dlq)
+        assert len(letter.pairs) == 5000 and letter.pairs[4999] == (b"f4999", b"v4999")
+        assert letter.meta["error"] == "too wide to handle"
+        [new_id] = await deadletters.replay(redis, dlq, names["stream"], [letter.id])
+        assert new_id is not None
+        [_, (_, replayed)] = await raw_entries(redis, names["stream"])
+        assert replayed[:10000] == [f.encode() for f in fields if isinstance(f, str)]
+        assert replayed[10000:] == [
+            b"replay_of_stream", names["stream"].encode(), b"replay_of_id", msg.id.encode(),
+        ]  # fmt: skip
+        assert await redis.xlen(dlq) == 0
+        # A second replay of the same dead letter finds nothing, and writes nothing.
+        assert await deadletters.replay(redis, dlq, names["stream"], [letter.id]) == [None]
+        assert await redis.xlen(names["stream"]) == 2
+
+
+class TestOwnership:
+    async def test_an_entry_a_peer_took_over_is_not_dead_lettered(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Only the consumer the entry is pending on may dead-letter and ack it."""
+        msg = await pending_entry(redis, names, ["k", "v"])
+        await redis.xclaim(names["stream"], names["group"], "peer", 0, [msg.id])
+        settler = settler_for(redis, redis_server.url, names["group"])
+        settler.ledger.hold(msg)
+        with capture_logs() as logs:
+            settler.dead_letter(msg, Reject("stale"), "h")
+            await settler.flush()
+        assert await redis.xlen(names["stream"] + ":dlq") == 0
+        [row] = await redis.xpending_range(names["stream"], names["group"], "-", "+", 10)
+        assert row["consumer"] == b"peer"  # still the peer's, unacked
+        assert [e["message_id"] for e in logs if e["event"] == "dead_letter.not_owned"] == [msg.id]
+        assert settler.stats.dead_letter_not_owned[names["stream"]] == 1
+        assert len(settler.ledger) == 0
+
+    @pytest.mark.parametrize("fields", [2, 10000], ids=["narrow", "wide"])
+    async def test_a_resend_after_a_lost_reply_writes_one_dead_letter(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str], fields: int
+    ) -> None:
+        """Sending the same dead letter twice (a reply lost, the flush repeated) writes one."""
+        msg = await pending_entry(redis, names, wide(fields // 2))
+        settler = settler_for(redis, redis_server.url, names["group"])
+        for _ in range(2):
+            settler.ledger.hold(msg)
+            settler.dead_letter(msg, Reject("bad"), "h")
+            await settler.flush()
+        assert await redis.xlen(names["stream"] + ":dlq") == 1
+        assert settler.stats.dead_letter_not_owned[names["stream"]] == 1
+
+
+class TestInTheWorker:
+    async def test_wide_poison_entries_do_not_wedge_the_worker(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Rejected entries of 5,000 fields are dead-lettered and acked; later ones still run."""
+        stream, group = names["stream"], names["group"]
+        handled: list[str] = []
+
+        @handler(stream=stream)
+        async def picky(msg: Message) -> None:
+            if len(msg.raw) > 1:
+                raise Reject("too many fields")
+            handled.append(msg.id)
+
+        for _ in range(3):
+            await redis.execute_command("XADD", stream, "*", *wide(5000))
+        last = await redis.xadd(stream, {"ok": "1"})
+        settings = make_settings(redis_server.url, group, batch_size=2, concurrency=2)
+        async with running(settings, [picky]):
+            await eventually(lambda: handled == [last.decode()])
+            await eventually(lambda: _nothing_pending(redis, stream, group))
+        assert await redis.xlen(stream + ":dlq") == 3
+
+
+async def _nothing_pending(redis: Redis, stream: str, group: str) -> bool:
+    return await pending_count(redis, stream, group) == 0
