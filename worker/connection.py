@@ -91,11 +91,12 @@ class Reconnect:
         self.stats.redis_errors[self.operation] += 1
         delay = self.delay
         if not self.down:
+            cause = exc.cause if isinstance(exc, RedisRefused) else exc
             log.warning(
                 "redis.unavailable",
                 operation=self.operation,
-                error_type=type(exc).__name__,
-                error=str(exc),
+                error_type=type(cause).__name__,
+                error=str(cause),
                 retry_in_s=delay,
             )
             self.down = True

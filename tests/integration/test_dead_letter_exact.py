@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from tests.helpers import eventually, make_settings, pending_count, running
+from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
 from worker import Message, Reject, handler
 from worker.admin import deadletters
 from worker.redis_server import RedisServer
@@ -181,3 +181,60 @@ class TestInTheWorker:
 
 async def _nothing_pending(redis: Redis, stream: str, group: str) -> bool:
     return await pending_count(redis, stream, group) == 0
+
+
+class TestReasons:
+    async def test_a_handler_failure_carries_its_traceback(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """The dead letter keeps the end of the traceback; retry and dead-letter log lines
+        carry the exception itself (exc_info) for the renderer."""
+        stream, group = names["stream"], names["group"]
+
+        def charge(amount: int) -> None:
+            raise ValueError(f"card declined for {amount}")
+
+        @handler(stream=stream, name="payments")
+        async def pay(msg: Message) -> None:
+            charge(12)
+
+        await redis.xadd(stream, {"n": "1"})
+        with capture_logs() as logs:
+            async with running(make_settings(redis_server.url, group, max_attempts=2), [pay]):
+                await eventually(lambda: _nothing_pending_and_dead(redis, stream, group))
+        [letter] = await dead_letters(redis, stream)
+        assert letter["dlq_error"] == "card declined for 12"
+        assert "in charge" in letter["dlq_traceback"]
+        assert letter["dlq_traceback"].endswith("ValueError: card declined for 12\n")
+        [retry] = [e for e in logs if e["event"] == "message.retry"]
+        [dead] = [e for e in logs if e["event"] == "message.dead_lettered"]
+        for line in (retry, dead):
+            assert isinstance(line["exc_info"], ValueError)
+
+    async def test_a_dead_letter_written_late_keeps_the_handlers_reason(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """When the first dead-letter write fails and a later claim gives up on the entry, the
+        dead letter still names the handler's failure, not only that attempts ran out."""
+        stream, group = names["stream"], names["group"]
+
+        @handler(stream=stream, name="payments")
+        async def pay(msg: Message) -> None:
+            raise ValueError("card declined")
+
+        await redis.set(stream + ":dlq", "not a stream")  # every dead-letter write fails
+        await redis.xadd(stream, {"n": "1"})
+        with capture_logs() as logs:
+            async with running(make_settings(redis_server.url, group, max_attempts=1), [pay]):
+                await eventually(lambda: any(e["event"] == "dead_letter.failed" for e in logs))
+                await redis.delete(stream + ":dlq")
+                await eventually(lambda: _nothing_pending_and_dead(redis, stream, group))
+        [letter] = await dead_letters(redis, stream)
+        assert letter["dlq_error_type"] == "ValueError"
+        assert letter["dlq_error"] == "card declined"
+        assert letter["dlq_handler"] == "payments"
+        assert "ValueError: card declined" in letter["dlq_traceback"]
+
+
+async def _nothing_pending_and_dead(redis: Redis, stream: str, group: str) -> bool:
+    return await _nothing_pending(redis, stream, group) and await redis.xlen(stream + ":dlq") == 1
