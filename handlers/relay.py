@@ -6,8 +6,9 @@ fields of `data`. Downstream entries keep the source's fields (`key`, `version`,
 ...) and gain `source_stream` and `source_id`, so consumers can trace them back.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
-over while its handler still ran) must not produce a second entry. The script checks a
-marker `<state>:seen:<group>:<stream>:<id>` with a TTL (`dedup_ttl`, one day by
+over while its handler still ran), or a replayed dead letter of it, must not produce a second
+entry. The script checks a marker `<state>:seen:<group>:<stream>:<id>` (for a replay, the
+stream and id of the entry it copies: `Message.origin`) with a TTL (`dedup_ttl`, one day by
 default), and writes nothing if it exists. The marker, every XADD, an outcome counter
 (`<state>:counts:<stream>`) and, with `ack = true`, the XACK happen in one Lua script, so a
 crash leaves either all of them or none. The TTL bounds memory; it must outlast the time an
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import Handler, HandlerContext, Message
+from worker.message import REPLAY_OF_ID, REPLAY_OF_STREAM
 
 RELAY = """
 -- KEYS[1] dedup marker, KEYS[2] source stream, KEYS[3] counts hash, KEYS[4..] target streams
@@ -72,6 +74,12 @@ return outcome
 
 SOURCE_FIELDS = ("source_stream", "source_id")
 """Fields every forwarded entry gains."""
+
+_NOT_COPIED = frozenset(
+    (b"type", b"data", *(f.encode() for f in (*SOURCE_FIELDS, REPLAY_OF_STREAM, REPLAY_OF_ID)))
+)
+"""Source fields a forwarded entry does not copy: rewritten ones, and a replay's markers,
+which name an entry of the source stream, not of the target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +195,7 @@ class Relay(Handler):
         flat: list[bytes | str] = []
         event_type = msg.type
         for name, value in msg.raw.items():
-            if name in (b"type", b"data", b"source_stream", b"source_id"):
+            if name in _NOT_COPIED:
                 continue
             flat += (name, value)
         if event_type is not None:
@@ -201,10 +209,11 @@ class Relay(Handler):
         return flat
 
     def marker(self, msg: Message) -> str:
-        """The dedup marker key of `msg`."""
+        """The dedup marker key of `msg` (a replay's is that of the entry it copies)."""
+        stream, entry_id = msg.origin
         if self.dedup == "event_id" and msg.event_id:
-            return f"{self.state}:event:{msg.group}:{msg.stream}:{msg.event_id}"
-        return f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}"
+            return f"{self.state}:event:{msg.group}:{stream}:{msg.event_id}"
+        return f"{self.state}:seen:{msg.group}:{stream}:{entry_id}"
 
     async def handle(self, msg: Message) -> None:
         targets = [t for t in self.targets if t.wants(msg.type)]
