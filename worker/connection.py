@@ -20,8 +20,15 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.runtime.stats import Stats
@@ -38,12 +45,24 @@ replica during failover...): the same command succeeds once the server recovers,
 entry it was for is not to blame."""
 
 
+_REFUSED_CLASSES = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    BusyLoadingError,
+)
+
+
 def refused_for_now(exc: BaseException) -> bool:
     """Whether `exc` is Redis refusing a command for a reason of its own, not of the command.
 
     redis-py strips the code of the errors it maps to classes (OutOfMemoryError, ...) and keeps
     it in `status_code`; unmapped ones (BUSY) keep it at the start of the message.
+    LOADING is mapped to BusyLoadingError, a connection error (so in REDIS_DOWN as well).
     """
+    if isinstance(exc, _REFUSED_CLASSES):
+        return True
     if not isinstance(exc, ResponseError):
         return False
     code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
