@@ -120,6 +120,21 @@ class TestExactCopies:
         assert await deadletters.replay(redis, dlq, names["stream"], [letter.id]) == [None]
         assert await redis.xlen(names["stream"]) == 2
 
+    async def test_an_entry_deleted_while_pending_keeps_the_fields_it_was_read_with(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """If the entry was deleted from its stream meanwhile, the copy uses the fields the
+        worker read, rather than losing them."""
+        msg = await pending_entry(redis, names, ["k", "v", "n", "1"])
+        await redis.xdel(names["stream"], msg.id)
+        settler = settler_for(redis, redis_server.url, names["group"])
+        settler.ledger.hold(msg)
+        settler.dead_letter(msg, Reject("gone"), "h")
+        await settler.flush()
+        [letter] = await deadletters.read(redis, names["stream"] + ":dlq")
+        assert letter.pairs == [(b"k", b"v"), (b"n", b"1")]
+        assert await pending_count(redis, names["stream"], names["group"]) == 0
+
 
 class TestOwnership:
     async def test_an_entry_a_peer_took_over_is_not_dead_lettered(

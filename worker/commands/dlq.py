@@ -191,8 +191,13 @@ def render(dlq: str, letter: DeadLetterEntry) -> str:
     lines = [f"dead letter {letter.id} in {dlq}", "", "original fields:"]
     lines += [f"  {text(k)}: {text(v)}" for k, v in letter.pairs]
     lines += ["", "failure:"]
-    lines += [f"  {k}: {v}" for k, v in letter.meta.items()]
+    lines += [f"  {k}: {_indented(v)}" for k, v in letter.meta.items()]
     return "\n".join(lines)
+
+
+def _indented(value: str) -> str:
+    """A multi-line value (a traceback) indented under its name."""
+    return value.rstrip("\n").replace("\n", "\n    ")
 
 
 # replay / purge -------------------------------------------------------------------------

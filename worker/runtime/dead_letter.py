@@ -22,9 +22,12 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
 
 from worker.message import Message
-from worker.wide import DROP_NEWEST, LUA_ITEMS
+from worker.wide import DROP_NEWEST, LUA_ITEMS, add_then_check, read_fields, tail
 
 DEAD_LETTER_PREFIX = "dlq_"
 """Prefix of the metadata fields a dead letter carries after the original fields."""
@@ -160,6 +163,30 @@ def script_args(letter: DeadLetter, group: str, consumer: str) -> list[bytes | s
 def wide_dead_letter(fields: Sequence[bytes], meta: Sequence[bytes | str]) -> list[bytes | str]:
     """The items of a dead letter written without a script: fields, metadata, `dlq_fields`."""
     return [*fields, *meta, FIELDS_MARKER, str(len(fields) // 2)]
+
+
+async def write_wide(
+    redis: Redis, settle_wide: Any, dlq: str, letter: DeadLetter, group: str, consumer: str
+) -> Any:
+    """Write a dead letter of more fields than DEAD_LETTER can pass on: XADD, then in the
+    same MULTI the SETTLE_WIDE script (`settle_wide`), which acks the entry if it is still
+    ours or deletes the copy. Returns what DEAD_LETTER would: [status, id], or an error."""
+    msg = letter.msg
+    fields = await read_fields(redis, msg.stream, msg.id)
+    if fields is None:  # deleted meanwhile: the parsed fields are all that is left
+        fields = [item for pair in msg.raw.items() for item in pair]
+    items = wide_dead_letter(fields, metadata(letter, group, consumer))
+    (added,), status = await add_then_check(
+        redis,
+        [[dlq, "*", *items]],
+        settle_wide,
+        keys=[dlq, msg.stream],
+        args=[group, msg.id, consumer, len(items), *tail(items)],
+    )
+    for reply in (added, status):
+        if isinstance(reply, Exception):
+            return reply
+    return [status, added]
 
 
 def split(flat: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:

@@ -28,10 +28,9 @@ from worker.runtime.dead_letter import (
     TOO_WIDE,
     DeadLetter,
     describe,
-    metadata,
     script_args,
     traceback_of,
-    wide_dead_letter,
+    write_wide,
 )
 from worker.runtime.heartbeat import TOUCH_OWNED
 from worker.runtime.ledger import Ledger
@@ -39,7 +38,6 @@ from worker.runtime.outage import OUTAGE_CAP_S, REWIND_OWNED
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
-from worker.wide import add_then_check, read_fields, tail
 
 log = structlog.get_logger("worker.runtime.settle")
 
@@ -294,31 +292,13 @@ class Settler:
         for position, letter in enumerate(dead):
             result = results[position]
             if isinstance(result, list) and result and result[0] == TOO_WIDE:
+                dlq = self.settings.dead_letter_stream(letter.msg.stream)
                 try:
-                    results[position] = await self._dead_letter_wide(letter)
+                    results[position] = await write_wide(
+                        self.redis, self._settle_wide, dlq, letter, self.group, self.consumer
+                    )
                 except (ResponseError, *REDIS_DOWN) as exc:
                     results[position] = exc
-
-    async def _dead_letter_wide(self, letter: DeadLetter) -> Any:
-        """A dead letter of more fields than a script can pass on: XADD, then in the same
-        MULTI a script that acks the entry if it is still ours, or deletes the copy."""
-        msg = letter.msg
-        fields = await read_fields(self.redis, msg.stream, msg.id)
-        if fields is None:  # deleted meanwhile: the parsed fields are all that is left
-            fields = [item for pair in msg.raw.items() for item in pair]
-        items = wide_dead_letter(fields, metadata(letter, self.group, self.consumer))
-        dlq = self.settings.dead_letter_stream(msg.stream)
-        (added,), status = await add_then_check(
-            self.redis,
-            [[dlq, "*", *items]],
-            self._settle_wide,
-            keys=[dlq, msg.stream],
-            args=[self.group, msg.id, self.consumer, len(items), *tail(items)],
-        )
-        for reply in (added, status):
-            if isinstance(reply, Exception):
-                return reply
-        return [status, added]
 
     def _requeue(
         self,
