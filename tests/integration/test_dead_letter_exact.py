@@ -15,11 +15,14 @@ from structlog.testing import capture_logs
 from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
 from worker import Message, Reject, handler
 from worker.admin import deadletters
+from worker.admin.deadletters import REPLAY_WIDE, replayed_fields
 from worker.redis_server import RedisServer
+from worker.runtime.dead_letter import NOT_OWNED, SETTLE_WIDE, DeadLetter, write_wide
 from worker.runtime.ledger import Ledger
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
+from worker.wide import add_then_check, read_fields, tail
 
 pytestmark = pytest.mark.redis
 
@@ -168,6 +171,48 @@ class TestOwnership:
             await settler.flush()
         assert await redis.xlen(names["stream"] + ":dlq") == 1
         assert settler.stats.dead_letter_not_owned[names["stream"]] == 1
+
+
+class TestWideRaces:
+    """The wide path writes first and checks in the same MULTI; a lost race undoes the write."""
+
+    async def test_an_entry_taken_over_before_the_wide_write_leaves_no_dead_letter(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """A peer claims the entry between the script's check and the MULTI: the copy just
+        added is deleted again and the entry stays the peer's."""
+        msg = await pending_entry(redis, names, wide(5000))
+        await redis.xadd(names["stream"] + ":dlq", {"earlier": "letter"})
+        await redis.xclaim(names["stream"], names["group"], "peer", 0, [msg.id])
+        letter = DeadLetter(msg, "Reject", "late", "h")
+        dlq = names["stream"] + ":dlq"
+        settle = redis.register_script(SETTLE_WIDE)
+        status, _ = await write_wide(redis, settle, dlq, letter, msg.group, "c1")
+        assert status == NOT_OWNED
+        assert [f for _, f in await redis.xrange(dlq)] == [{b"earlier": b"letter"}]
+        assert await pending_count(redis, names["stream"], names["group"]) == 1
+
+    async def test_a_wide_replay_that_lost_the_race_removes_its_copy(
+        self, redis: Redis, names: dict[str, str]
+    ) -> None:
+        """Two operators replay one wide dead letter: the one whose dead letter is gone by its
+        EXEC deletes the entry it just added, so the entry is replayed once."""
+        stream, dlq = names["stream"], names["stream"] + ":dlq"
+        dead_id = (await redis.execute_command("XADD", dlq, "*", *wide(5000))).decode()
+        flat = await read_fields(redis, dlq, dead_id)
+        assert flat is not None
+        items = replayed_fields(flat)
+        await redis.xadd(stream, {"earlier": "entry"})
+        await redis.xdel(dlq, dead_id)  # the other operator's replay got there first
+        _, status = await add_then_check(
+            redis,
+            [[stream, "*", *items]],
+            redis.register_script(REPLAY_WIDE),
+            keys=[dlq, stream],
+            args=[dead_id, len(items), *tail(items)],
+        )
+        assert status == b"missing"
+        assert [f for _, f in await redis.xrange(stream)] == [{b"earlier": b"entry"}]
 
 
 class TestInTheWorker:
