@@ -24,7 +24,9 @@ async with Effects(self.redis, msg, ack=False) as tx:
 ```
 
 Reads happen before the commit (use the client as usual): the script only writes. The
-marker key is `<state_prefix>:<group>:<stream>:<id>`, kept for `ttl` seconds (one day by
+marker key is `<state_prefix>:<group>:<stream>:<id>` (for a replayed dead letter, the stream
+and id of the entry it copies, `Message.origin`, so a replay of an applied entry is a
+duplicate), kept for `ttl` seconds (one day by
 default), far longer than any entry stays pending.
 
 Caveat: Redis does not roll a script back when a command fails half-way (a WRONGTYPE error,
@@ -97,7 +99,8 @@ class Effects:
         self.msg = msg
         self.ack = ack
         self.ttl_ms = max(int(ttl * 1000), 1)
-        self.marker = f"{state_prefix}:{msg.group}:{msg.stream}:{msg.id}"
+        stream, entry_id = msg.origin
+        self.marker = f"{state_prefix}:{msg.group}:{stream}:{entry_id}"
         self.commands: list[tuple[Value, ...]] = []
         self.keys: dict[str, None] = {}
         self.applied: bool | None = None

@@ -17,7 +17,8 @@ dropped whole, so events should carry the entity's full state (event-carried sta
 a partial `merge` event that lost the race is not applied later.
 
 Events without a version are deduplicated by message id instead: a marker key
-`<state>:seen:<group>:<stream>:<id>` with a TTL (`dedup_ttl`, one day by default), set in the
+`<state>:seen:<group>:<stream>:<id>` (for a replayed dead letter, the stream and id of the
+entry it copies: `Message.origin`) with a TTL (`dedup_ttl`, one day by default), set in the
 same script. A TTL bounds the memory; it must outlast the time an entry can stay pending
 (`max_attempts` x `retry_max` plus `claim_idle`), which it does by orders of magnitude.
 
@@ -211,7 +212,8 @@ class Projection(Handler):
                     pairs += (name, encode(value))
             for name, value in rule.values.items():
                 pairs += (name, value)
-        marker = f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}"
+        origin_stream, origin_id = msg.origin
+        marker = f"{self.state}:seen:{msg.group}:{origin_stream}:{origin_id}"
         assert self._script is not None, "on_startup was not called"
         outcome = await self._script(
             keys=[self.entity(key), self.versions_key, self.counts_key, msg.stream, marker],

@@ -6,12 +6,19 @@ fields of `data`. Downstream entries keep the source's fields (`key`, `version`,
 ...) and gain `source_stream` and `source_id`, so consumers can trace them back.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
-over while its handler still ran) must not produce a second entry. The script checks a
-marker `<state>:seen:<group>:<stream>:<id>` with a TTL (`dedup_ttl`, one day by
+over while its handler still ran), or a replayed dead letter of it, must not produce a second
+entry. The script checks a marker `<state>:seen:<group>:<stream>:<id>` (for a replay, the
+stream and id of the entry it copies: `Message.origin`) with a TTL (`dedup_ttl`, one day by
 default), and writes nothing if it exists. The marker, every XADD, an outcome counter
 (`<state>:counts:<stream>`) and, with `ack = true`, the XACK happen in one Lua script, so a
 crash leaves either all of them or none. The TTL bounds memory; it must outlast the time an
 entry can stay pending, which one day does by orders of magnitude.
+
+Entries of more fields than a script can pass to XADD (about 4,000; Lua's `unpack` limit) go
+another way, with the same outcome: one plain XADD per target inside MULTI/EXEC, followed in
+the same transaction by a script that keeps them, sets the marker and acks, or, for a
+duplicate or a target that is not a stream, deletes the entries just added (see
+`worker.wide`).
 
 Like the projection, the script spans several keys and so needs a single Redis server (or a
 primary with replicas), not a Redis Cluster.
@@ -29,6 +36,8 @@ from redis.asyncio import Redis
 
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import Handler, HandlerContext, Message
+from worker.message import REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = """
 -- KEYS[1] dedup marker, KEYS[2] source stream, KEYS[3] counts hash, KEYS[4..] target streams
@@ -70,8 +79,49 @@ end
 return outcome
 """
 
+RELAY_WIDE = (
+    DROP_NEWEST
+    + """
+-- KEYS as RELAY. ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' to XACK, ARGV[4] marker TTL ms,
+-- then per target: its entry's item count followed by its last 4 items.
+-- Runs in MULTI right after one XADD per target: keeps those entries and sets the marker on
+-- a first delivery; deletes them for a duplicate, or when a target is not a stream.
+local bad = nil
+for t = 4, #KEYS do
+  local kind = redis.call('TYPE', KEYS[t]).ok
+  if kind ~= 'stream' and not bad then
+    bad = KEYS[t] .. ' holds a ' .. kind .. ', not a stream'
+  end
+end
+local outcome = 'forwarded'
+if bad or redis.call('EXISTS', KEYS[1]) == 1 then
+  for t = #KEYS, 4, -1 do
+    local p = 5 + (t - 4) * 5
+    drop_newest(KEYS[t], tonumber(ARGV[p]), p + 1)
+  end
+  if bad then
+    return redis.error_reply('WRONGTYPE ' .. bad)
+  end
+  outcome = 'duplicate'
+else
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
+end
+redis.call('HINCRBY', KEYS[3], outcome, 1)
+if ARGV[3] == '1' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+end
+return outcome
+"""
+)
+
 SOURCE_FIELDS = ("source_stream", "source_id")
 """Fields every forwarded entry gains."""
+
+_NOT_COPIED = frozenset(
+    (b"type", b"data", *(f.encode() for f in (*SOURCE_FIELDS, REPLAY_OF_STREAM, REPLAY_OF_ID)))
+)
+"""Source fields a forwarded entry does not copy: rewritten ones, and a replay's markers,
+which name an entry of the source stream, not of the target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,21 +223,25 @@ class Relay(Handler):
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
         self.dedup = dedup
         self.counts: Counter[str] = Counter()
+        self._redis: Redis | None = None
         self._script: Any = None
+        self._wide_script: Any = None
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
 
     def use(self, redis: Redis) -> None:
         """Write through `redis` (what `on_startup` does; tests call it directly)."""
+        self._redis = redis
         self._script = redis.register_script(RELAY)
+        self._wide_script = redis.register_script(RELAY_WIDE)
 
     def entry(self, msg: Message, target: Target) -> list[bytes | str]:
         """The fields of the downstream entry for `target`, flattened name, value, ..."""
         flat: list[bytes | str] = []
         event_type = msg.type
         for name, value in msg.raw.items():
-            if name in (b"type", b"data", b"source_stream", b"source_id"):
+            if name in _NOT_COPIED:
                 continue
             flat += (name, value)
         if event_type is not None:
@@ -201,10 +255,11 @@ class Relay(Handler):
         return flat
 
     def marker(self, msg: Message) -> str:
-        """The dedup marker key of `msg`."""
+        """The dedup marker key of `msg` (a replay's is that of the entry it copies)."""
+        stream, entry_id = msg.origin
         if self.dedup == "event_id" and msg.event_id:
-            return f"{self.state}:event:{msg.group}:{msg.stream}:{msg.event_id}"
-        return f"{self.state}:seen:{msg.group}:{msg.stream}:{msg.id}"
+            return f"{self.state}:event:{msg.group}:{stream}:{msg.event_id}"
+        return f"{self.state}:seen:{msg.group}:{stream}:{entry_id}"
 
     async def handle(self, msg: Message) -> None:
         targets = [t for t in self.targets if t.wants(msg.type)]
@@ -218,10 +273,7 @@ class Relay(Handler):
             self.dedup_ms,
             "" if self.maxlen is None else self.maxlen,
         ]
-        for target in targets:
-            fields = self.entry(msg, target)
-            args.append(len(fields))
-            args.extend(fields)
+        entries = [self.entry(msg, target) for target in targets]
         keys = [
             self.marker(msg),
             msg.stream,
@@ -229,5 +281,30 @@ class Relay(Handler):
             *(t.stream for t in targets),
         ]
         assert self._script is not None, "on_startup was not called"
-        outcome = await self._script(keys=keys, args=args)
+        if all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
+            for fields in entries:
+                args.append(len(fields))
+                args.extend(fields)
+            outcome = await self._script(keys=keys, args=args)
+        else:
+            outcome = await self._forward_wide(targets, entries, keys, args[:4])
         self.counts[outcome.decode() if isinstance(outcome, bytes) else str(outcome)] += 1
+
+    async def _forward_wide(
+        self,
+        targets: list[Target],
+        entries: list[list[bytes | str]],
+        keys: list[str],
+        args: list[bytes | str | int],
+    ) -> Any:
+        """Forward an entry too wide for RELAY: plain XADDs and RELAY_WIDE in one MULTI."""
+        trim: list[bytes | str | int] = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
+        adds = [[t.stream, *trim, "*", *fields] for t, fields in zip(targets, entries, strict=True)]
+        for fields in entries:
+            args += [len(fields), *tail(fields)]
+        assert self._redis is not None, "on_startup was not called"
+        added, outcome = await add_then_check(self._redis, adds, self._wide_script, keys, args)
+        for reply in (outcome, *added):
+            if isinstance(reply, Exception):
+                raise reply
+        return outcome

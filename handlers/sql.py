@@ -6,9 +6,11 @@ Each event upserts the row of its entity (key column = the event's key) with the
 column mapping, in ONE transaction (a single statement, so one round trip) with:
 
 1. an inbox row keyed by (group, stream, message id, target table), `INSERT ... ON CONFLICT
-   DO NOTHING` (the table is part of the key so that two sinks may share one inbox). If
-   the row is already there, this delivery is a redelivery of a message whose effect has
-   committed: nothing else is written and the handler returns, so the runtime acks;
+   DO NOTHING` (the table is part of the key so that two sinks may share one inbox; for a
+   replayed dead letter, stream and id are those of the entry it copies, `Message.origin`,
+   so a replay of an applied entry is a duplicate). If the row is already there, this
+   delivery is a redelivery of a message whose effect has committed: nothing else is
+   written and the handler returns, so the runtime acks;
 2. the upsert, only when the inbox row is new, guarded by the version column: `ON CONFLICT
    (key) DO UPDATE ... WHERE row.version < new.version`, so duplicates and late, older
    events change nothing (counted as `stale`).
@@ -229,9 +231,7 @@ class SqlSink(Handler):
         if versioned:
             record[self.version_column or ""] = version
         statement = self._sql(tuple(record), versioned)
-        cursor = await conn.execute(
-            statement, [msg.group, msg.stream, msg.id, self.table, Jsonb(record)]
-        )
+        cursor = await conn.execute(statement, [msg.group, *msg.origin, self.table, Jsonb(record)])
         result = await cursor.fetchone()
         fresh, applied = result if result else (False, False)
         if not fresh:

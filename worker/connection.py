@@ -20,8 +20,15 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.runtime.stats import Stats
@@ -31,6 +38,43 @@ log = structlog.get_logger("worker.connection")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors after which a Redis call is worth repeating once the server answers again."""
+
+REFUSED_FOR_NOW = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+"""Error codes of a server that refuses a command for now (out of memory, a long script, a
+replica during failover...): the same command succeeds once the server recovers, so the
+entry it was for is not to blame."""
+
+
+_REFUSED_CLASSES = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    ClusterDownError,
+    BusyLoadingError,
+)
+
+
+def refused_for_now(exc: BaseException) -> bool:
+    """Whether `exc` is Redis refusing a command for a reason of its own, not of the command.
+
+    redis-py strips the code of the errors it maps to classes (OutOfMemoryError, ...) and keeps
+    it in `status_code`; unmapped ones (BUSY) keep it at the start of the message.
+    LOADING is mapped to BusyLoadingError, a connection error (so in REDIS_DOWN as well).
+    """
+    if isinstance(exc, _REFUSED_CLASSES):
+        return True
+    if not isinstance(exc, ResponseError):
+        return False
+    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+    return code in REFUSED_FOR_NOW
+
+
+class RedisRefused(Exception):
+    """Redis refused some of a flush's commands for now; they were queued again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
 def text(value: Any) -> str:
@@ -66,8 +110,13 @@ class Reconnect:
         self.stats.redis_errors[self.operation] += 1
         delay = self.delay
         if not self.down:
+            cause = exc.cause if isinstance(exc, RedisRefused) else exc
             log.warning(
-                "redis.unavailable", operation=self.operation, error=str(exc), retry_in_s=delay
+                "redis.unavailable",
+                operation=self.operation,
+                error_type=type(cause).__name__,
+                error=str(cause),
+                retry_in_s=delay,
             )
             self.down = True
         self.delay = min(delay * 2, self.cap)

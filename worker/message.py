@@ -17,6 +17,14 @@ from structlog.typing import FilteringBoundLogger
 
 from worker.errors import MalformedMessage
 
+REPLAY_OF_STREAM = "replay_of_stream"
+REPLAY_OF_ID = "replay_of_id"
+"""Fields a replayed dead letter carries after its original fields: the stream and id of the
+entry it copies (the first one, however often it was replayed), so that deduplication treats
+a replay like a redelivery of that entry (`Message.origin`)."""
+
+_REPLAY_OF_STREAM = REPLAY_OF_STREAM.encode()
+_REPLAY_OF_ID = REPLAY_OF_ID.encode()
 _MISSING: Any = object()
 _raw_decode = json.JSONDecoder().raw_decode
 
@@ -159,6 +167,22 @@ class Message:
         )
         self._log = (handler, logger)
         return logger
+
+    @property
+    def origin(self) -> tuple[str, str]:
+        """(stream, id) of the entry this message stands for: the one a replayed dead letter
+        copies (its `replay_of_stream` and `replay_of_id` fields), else its own.
+
+        Deduplication keys on this, so a replay of an entry whose effect has landed is a
+        duplicate, as a redelivery of that entry would be. Whoever can write to the stream can
+        set these fields; producers must not use them for anything else.
+        """
+        raw = self.raw
+        stream = raw.get(_REPLAY_OF_STREAM)
+        entry_id = raw.get(_REPLAY_OF_ID)
+        if stream is None or entry_id is None:
+            return self.stream, self.id
+        return _text(stream), _text(entry_id)
 
     @property
     def timestamp_ms(self) -> int:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from worker.connection import refused_for_now
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
@@ -58,6 +59,9 @@ class _Recorder:
         self.results.append(Delivery("skipped" if skipped else "ok", msg))
 
     def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+        if refused_for_now(exc):  # an outage: the runtime runs it again on the same attempt
+            self.results.append(Delivery("retry", msg, exc))
+            return
         if self.policy.spent(msg.attempt):
             self.results.append(Delivery("dead_letter", msg, exc))
             return

@@ -155,6 +155,47 @@ class TestTransformations:
             handlers_from_settings(settings)
 
 
+class TestWideEntries:
+    """Entries of more fields than a Lua script can pass to XADD (about 4,000)."""
+
+    async def test_an_entry_of_thousands_of_fields_is_forwarded_once(self, redis: Redis) -> None:
+        """5,000 fields reach every target once, in order; a redelivery adds nothing."""
+        run = uuid.uuid4().hex[:8]
+        source, group = f"{run}:orders", f"g-{run}"
+        fields = [item for n in range(5000) for item in (f"f{n}", f"v{n}")]
+        await redis.execute_command("XADD", source, "*", "type", "order.created", *fields)
+        (msg,) = await delivered(redis, source, group, 1)
+        relay = Relay(to=[f"{run}:a", f"{run}:b"], maxlen=1000)
+        relay.use(redis)
+        await relay.handle(msg)
+        await relay.handle(msg)
+        for target in (f"{run}:a", f"{run}:b"):
+            [(_, out)] = await redis.xrange(target)
+            assert len(out) == 5003 and out[b"f4999"] == b"v4999"
+            assert out[b"source_id"] == msg.id.encode()
+        assert relay.counts == Counter(forwarded=1, duplicate=1)
+        assert await pending_count(redis, source, group) == 0
+
+    async def test_a_wrong_type_target_leaves_no_entry_behind(self, redis: Redis) -> None:
+        """A target that is not a stream fails the wide write as a whole, so a retry cannot
+        double; once fixed, every target gets its entry."""
+        run = uuid.uuid4().hex[:8]
+        source, group = f"{run}:orders", f"g-{run}"
+        fields = [item for n in range(5000) for item in (f"f{n}", f"v{n}")]
+        await redis.execute_command("XADD", source, "*", *fields)
+        (msg,) = await delivered(redis, source, group, 1)
+        await redis.set(f"{run}:b", "not a stream")
+        relay = Relay(to=[f"{run}:a", f"{run}:b"])
+        relay.use(redis)
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            await relay.handle(msg)
+        assert await redis.xlen(f"{run}:a") == 0
+        assert await pending_count(redis, source, group) == 1
+        await redis.delete(f"{run}:b")
+        await relay.handle(msg)
+        assert await redis.xlen(f"{run}:a") == 1 and await redis.xlen(f"{run}:b") == 1
+
+
 class TestInTheWorker:
     async def test_worker_relays_every_entry_once(
         self, redis: Redis, redis_server: RedisServer, names: dict[str, str]

@@ -146,7 +146,8 @@ class TestDeadLetters:
         env: None,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        """A rejected message, replayed once the cause is fixed, is handled with its fields."""
+        """A rejected message, replayed once the cause is fixed, is handled with its fields and
+        the stream and id of the entry it replays."""
         stream, group = names["stream"], names["group"]
         broken = True
         handled: list[dict[bytes, bytes]] = []
@@ -157,7 +158,9 @@ class TestDeadLetters:
                 raise Reject("downstream schema mismatch")
             handled.append(dict(msg.raw))
 
-        await Publisher(redis).publish(stream, "order.paid", {"id": 7}, key="o-7", version=2)
+        entry_id = await Publisher(redis).publish(
+            stream, "order.paid", {"id": 7}, key="o-7", version=2
+        )
         async with running(make_settings(redis_server.url, group), [apply]):
             # Given the message was dead-lettered
             await eventually(lambda: _has_dead_letters(redis, stream))
@@ -176,6 +179,8 @@ class TestDeadLetters:
             b"key": b"o-7",
             b"data": b'{"id":7}',
             b"version": b"2",
+            b"replay_of_stream": stream.encode(),
+            b"replay_of_id": entry_id.encode(),
         }
         assert await redis.xlen(stream + ":dlq") == 0
         assert "replayed 1 dead letter(s)" in capsys.readouterr().out

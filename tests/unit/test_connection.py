@@ -8,9 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import DataError
+from redis.exceptions import (
+    BusyLoadingError,
+    DataError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 
-from worker.connection import connect
+from worker.connection import connect, refused_for_now
 from worker.settings import WorkerSettings
 
 _python_packer = Connection()
@@ -63,3 +69,25 @@ class TestPacking:
         connection = _client_connection(url)
         assert isinstance(connection, kind)
         assert type(connection).pack_command is not kind.pack_command
+
+
+class TestRefusedForNow:
+    @pytest.mark.parametrize(
+        ("error", "expected"),
+        [
+            (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+            (ReadOnlyError("You can't write against a read only replica."), True),
+            (ResponseError("BUSY Redis is busy running a script."), True),
+            (BusyLoadingError("Redis is loading the dataset in memory"), True),
+            (ResponseError("MASTERDOWN Link with MASTER is down"), True),
+            (ResponseError("WRONGTYPE Operation against a key holding the wrong kind"), False),
+            (ResponseError("NOGROUP No such key 'x' or consumer group 'g'"), False),
+            (ResponseError("BUSYGROUP Consumer Group name already exists"), False),
+            (ValueError("OOM"), False),
+        ],
+    )
+    def test_only_the_servers_own_transient_refusals_count(
+        self, error: BaseException, expected: bool
+    ) -> None:
+        """Out of memory, read-only, busy or failing over: yes; the command's own fault: no."""
+        assert refused_for_now(error) is expected

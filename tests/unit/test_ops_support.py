@@ -56,12 +56,22 @@ class TestFormatting:
 
 class TestDeadLetterEntry:
     def test_parse_splits_original_fields_from_metadata(self) -> None:
-        """Fields prefixed dlq_ are metadata; the rest are the original entry, bytes intact."""
-        raw = {b"type": b"t", b"data": b"\xff", b"dlq_error": b"boom", b"dlq_attempts": b"5"}
-        letter = DeadLetterEntry.parse(b"9-0", raw)
+        """Without `dlq_fields` (older dead letters), fields prefixed dlq_ are metadata; the
+        rest are the original entry, bytes intact."""
+        flat = [b"type", b"t", b"data", b"\xff", b"dlq_error", b"boom", b"dlq_attempts", b"5"]
+        letter = DeadLetterEntry.parse(b"9-0", flat)
         assert letter.id == "9-0"
         assert letter.fields == {b"type": b"t", b"data": b"\xff"}
         assert letter.meta == {"error": "boom", "attempts": "5"}
+
+    def test_dlq_fields_counts_the_original_pairs(self) -> None:
+        """With `dlq_fields` last, that many leading pairs are original, repeats and dlq_ names
+        included, and the rest is metadata."""
+        flat = [b"a", b"1", b"a", b"2", b"dlq_error", b"mine"]
+        flat += [b"dlq_error", b"boom", b"dlq_id", b"1-0", b"dlq_fields", b"3"]
+        letter = DeadLetterEntry.parse(b"9-0", flat)
+        assert letter.pairs == [(b"a", b"1"), (b"a", b"2"), (b"dlq_error", b"mine")]
+        assert letter.meta == {"error": "boom", "id": "1-0"}
 
 
 class TestHttpServer:

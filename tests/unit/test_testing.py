@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import OutOfMemoryError
+
 from worker import Message, Reject, Retry, handler
 from worker.testing import deliver, make_message
 
@@ -33,3 +35,14 @@ class TestDeliver:
         msg = make_message("orders", type="order.paid", data={"crash": True}, attempt=3)
         result = await deliver(sync_payment, msg, max_attempts=3)
         assert result.outcome == "dead_letter" and isinstance(result.error, RuntimeError)
+
+    async def test_redis_refusing_writes_is_a_retry_even_on_the_last_attempt(self) -> None:
+        """OOM (or READONLY, BUSY...) from the handler's Redis spends no attempt: a retry."""
+
+        @handler(stream="orders")
+        async def full(msg: Message) -> None:
+            raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+
+        msg = make_message("orders", type="order.paid", attempt=3)
+        result = await deliver(full, msg, max_attempts=3)
+        assert result.outcome == "retry" and isinstance(result.error, OutOfMemoryError)

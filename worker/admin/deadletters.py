@@ -1,47 +1,99 @@
 """Reading, replaying and purging dead letters.
 
-A dead letter is the original entry's fields plus metadata fields prefixed `dlq_` (see
-`worker.runtime.settle`). Replaying strips the metadata and appends the original fields to the
-original stream, in one Lua script with the removal from the dead-letter stream: the entry is
-removed only by the same atomic step that wrote it back, so a crash can neither lose it nor
-leave it in both places, and two operators replaying at once replay it once.
+A dead letter is the original entry's exact fields followed by metadata fields prefixed `dlq_`
+(see `worker.runtime.dead_letter`). Replaying writes the original fields back to the original
+stream, followed by `replay_of_stream` and `replay_of_id` (the entry it copies; kept as they
+are when the dead letter is itself a replay), so that the handlers' deduplication recognises
+a replay of an entry whose effect has landed. The removal from the dead-letter stream happens
+in the same atomic step as the write (one Lua script, or for entries too wide for Lua one
+MULTI/EXEC): a crash can neither lose a dead letter nor leave it in both places, and two
+operators replaying at once replay it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 from worker.connection import text
-from worker.runtime.dead_letter import DEAD_LETTER_PREFIX
+from worker.message import REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.runtime.dead_letter import DEAD_LETTER_PREFIX, FIELDS_MARKER, split
+from worker.wide import DROP_NEWEST, LUA_ITEMS, add_then_check, read_fields, read_range, tail
 
 REPLAY = """
 -- KEYS[1] dead-letter stream, KEYS[2] stream to write to
--- ARGV[1] dead-letter entry id, ARGV[2] metadata field prefix
--- Returns the new entry id, or false when the dead letter no longer exists.
-local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #found == 0 then
-  return false
+-- ARGV[1] dead-letter entry id, ARGV[2] metadata field prefix, ARGV[3] the `dlq_fields` name,
+-- ARGV[4] most items one XADD may take, ARGV[5] and ARGV[6] the names of the fields that
+-- say which entry a replay copies (replay_of_stream, replay_of_id).
+-- Returns {'replayed', new id}, {'missing'} when the dead letter no longer exists, or
+-- {'too_wide'} (nothing written) when the entry has too many fields for a script.
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
+if not found then
+  return {'missing'}
 end
-local fields = found[1][2]
-local prefix_length = #ARGV[2]
-local original = {}
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, prefix_length) ~= ARGV[2] then
-    original[#original + 1] = fields[i]
-    original[#original + 1] = fields[i + 1]
+local fields = found[2]
+local args = {KEYS[2], '*'}
+local n = #fields
+local count = nil
+if n >= 2 and fields[n - 1] == ARGV[3] then
+  count = tonumber(fields[n])
+end
+local stream, id = nil, nil
+local replayed = false
+for i = 1, n - 1, 2 do
+  local name = fields[i]
+  local original
+  if count and count * 2 <= n - 2 then
+    original = i <= count * 2
+  else
+    original = string.sub(name, 1, #ARGV[2]) ~= ARGV[2]
+  end
+  if original then
+    args[#args + 1] = name
+    args[#args + 1] = fields[i + 1]
+    if name == ARGV[5] then
+      replayed = true
+    end
+  elseif name == ARGV[2] .. 'stream' then
+    stream = fields[i + 1]
+  elseif name == ARGV[2] .. 'id' then
+    id = fields[i + 1]
   end
 end
-if #original == 0 then
+if #args == 2 then
   return redis.error_reply('dead letter ' .. ARGV[1] .. ' has no original fields')
 end
-local new_id = redis.call('XADD', KEYS[2], '*', unpack(original))
+if stream and id and not replayed then
+  args[#args + 1] = ARGV[5]
+  args[#args + 1] = stream
+  args[#args + 1] = ARGV[6]
+  args[#args + 1] = id
+end
+if #args > tonumber(ARGV[4]) then
+  return {'too_wide'}
+end
+local new_id = redis.call('XADD', unpack(args))
 redis.call('XDEL', KEYS[1], ARGV[1])
-return new_id
+return {'replayed', new_id}
 """
+
+REPLAY_WIDE = (
+    DROP_NEWEST
+    + """
+-- KEYS[1] dead-letter stream, KEYS[2] stream written to
+-- ARGV[1] dead-letter entry id, ARGV[2] items of the entry just added, ARGV[3..6] its last
+-- items. Runs in MULTI right after the XADD of a wide replay: removes the dead letter, or,
+-- if another replay removed it first, the entry just added.
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  return 'replayed'
+end
+drop_newest(KEYS[2], tonumber(ARGV[2]), 3)
+return 'missing'
+"""
+)
 
 PAGE = 200
 """Dead letters read (or replayed) per round trip."""
@@ -54,35 +106,49 @@ class DeadLetterEntry:
     """One entry of a dead-letter stream, split into the original fields and the metadata."""
 
     id: str
-    fields: dict[bytes, bytes]
-    """The original entry's fields, exactly as they were."""
+    pairs: list[tuple[bytes, bytes]]
+    """The original entry's fields, exactly as they were: in order, repeated names kept."""
     meta: dict[str, str]
-    """stream, id, group, consumer, attempts, handler, error_type, error, failed_at."""
+    """stream, id, group, consumer, attempts, handler, error_type, error, traceback,
+    failed_at (without the `dlq_` prefix)."""
 
     @classmethod
-    def parse(cls, entry_id: Any, raw: dict[bytes, bytes]) -> DeadLetterEntry:
-        prefix = DEAD_LETTER_PREFIX.encode()
-        fields = {k: v for k, v in raw.items() if not k.startswith(prefix)}
+    def parse(cls, entry_id: Any, flat: Sequence[bytes]) -> DeadLetterEntry:
+        original, metadata = split(flat)
+        prefix = len(DEAD_LETTER_PREFIX)
         meta = {
-            k[len(prefix) :].decode(): v.decode("utf-8", "replace")
-            for k, v in raw.items()
-            if k.startswith(prefix)
+            metadata[i][prefix:].decode("utf-8", "replace"): metadata[i + 1].decode(
+                "utf-8", "replace"
+            )
+            for i in range(0, len(metadata) - 1, 2)
+            if metadata[i] != FIELDS_MARKER.encode()
         }
-        return cls(text(entry_id), fields, meta)
+        pairs = list(zip(original[::2], original[1::2], strict=True))
+        return cls(text(entry_id), pairs, meta)
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """The original fields as a dict: a repeated name keeps its last value."""
+        return dict(self.pairs)
 
     def decoded_fields(self) -> dict[str, str]:
-        return {text(k): text(v) for k, v in self.fields.items()}
+        return {text(k): text(v) for k, v in self.pairs}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "fields": self.decoded_fields(), "meta": self.meta}
+        return {
+            "id": self.id,
+            "fields": self.decoded_fields(),
+            "pairs": [[text(k), text(v)] for k, v in self.pairs],
+            "meta": self.meta,
+        }
 
 
 async def read(
     redis: Redis, dead_letter_stream: str, start: str = "-", end: str = "+", count: int = PAGE
 ) -> list[DeadLetterEntry]:
     """Up to `count` dead letters from `start` to `end` (inclusive), oldest first."""
-    entries: Any = await redis.xrange(dead_letter_stream, start, end, count=count)
-    return [DeadLetterEntry.parse(entry_id, raw) for entry_id, raw in entries]
+    entries = await read_range(redis, dead_letter_stream, start, end, count)
+    return [DeadLetterEntry.parse(entry_id, flat) for entry_id, flat in entries]
 
 
 async def pages(
@@ -121,10 +187,59 @@ async def replay(
     pipe = redis.pipeline(transaction=False)
     for dead_id in ids:
         await script(
-            keys=[dead_letter_stream, stream], args=[dead_id, DEAD_LETTER_PREFIX], client=pipe
+            keys=[dead_letter_stream, stream],
+            args=[
+                dead_id,
+                DEAD_LETTER_PREFIX,
+                FIELDS_MARKER,
+                LUA_ITEMS,
+                REPLAY_OF_STREAM,
+                REPLAY_OF_ID,
+            ],
+            client=pipe,
         )
     results = await pipe.execute(raise_on_error=True)
-    return [None if r is None else text(r) for r in results]
+    replayed: list[str | None] = []
+    for dead_id, (status, *new_id) in zip(ids, results, strict=True):
+        if status == b"too_wide":
+            replayed.append(await _replay_wide(redis, dead_letter_stream, stream, dead_id))
+        else:
+            replayed.append(text(new_id[0]) if status == b"replayed" else None)
+    return replayed
+
+
+async def _replay_wide(
+    redis: Redis, dead_letter_stream: str, stream: str, dead_id: str
+) -> str | None:
+    """Replay one dead letter too wide for Lua: XADD, then in the same MULTI remove the dead
+    letter, or the new entry if another replay got there first."""
+    flat = await read_fields(redis, dead_letter_stream, dead_id)
+    if flat is None:
+        return None
+    items = replayed_fields(flat)
+    (added,), status = await add_then_check(
+        redis,
+        [[stream, "*", *items]],
+        redis.register_script(REPLAY_WIDE),
+        keys=[dead_letter_stream, stream],
+        args=[dead_id, len(items), *tail(items)],
+    )
+    for reply in (added, status):
+        if isinstance(reply, Exception):
+            raise reply
+    return text(added) if status == b"replayed" else None
+
+
+def replayed_fields(flat: Sequence[bytes]) -> list[bytes | str]:
+    """The items a replay of this dead letter writes (what REPLAY computes in Lua)."""
+    original, metadata = split(flat)
+    meta = dict(zip(metadata[::2], metadata[1::2], strict=True))
+    items: list[bytes | str] = list(original)
+    stream = meta.get((DEAD_LETTER_PREFIX + "stream").encode())
+    entry_id = meta.get((DEAD_LETTER_PREFIX + "id").encode())
+    if stream and entry_id and REPLAY_OF_STREAM.encode() not in original[::2]:
+        items += (REPLAY_OF_STREAM, stream, REPLAY_OF_ID, entry_id)
+    return items
 
 
 async def purge(redis: Redis, dead_letter_stream: str, ids: list[str]) -> list[bool]:

@@ -20,6 +20,7 @@ from worker.commands.support import (
     print_json,
     table,
 )
+from worker.connection import text
 from worker.settings import WorkerSettings
 
 EXAMPLE = """STREAM is the original stream; its dead letters live in STREAM plus
@@ -33,12 +34,15 @@ examples:
   syncworker dlq purge orders --id 1700000000000-0
 """
 
-REPLAY_HELP = """Replay writes each dead letter's ORIGINAL fields (without the dlq_* metadata)
-to the original stream as a new entry, and removes the dead letter in the same atomic step, so a
-crash never loses one and never leaves one in both places. The new entry is delivered to
-EVERY consumer group of the stream, including groups that had processed it already:
-handlers should be idempotent (event_id / version). With --all, only the dead letters that
-exist when the command starts are replayed; one that fails again is not replayed twice.
+REPLAY_HELP = """Replay writes each dead letter's ORIGINAL fields (exactly as they were, without
+the dlq_* metadata) to the original stream as a new entry, followed by replay_of_stream and
+replay_of_id naming the entry it copies, and removes the dead letter in the same atomic step, so
+a crash never loses one and never leaves one in both places. The built-in handlers deduplicate
+on replay_of_stream/replay_of_id, so a replay of an entry whose effect landed is a duplicate.
+The new entry is delivered to EVERY consumer group of the stream, including groups that had
+processed it already: handlers should be idempotent (event_id / version). With --all, only the
+dead letters that exist when the command starts are replayed; one that fails again is not
+replayed twice.
 
 example:
   syncworker dlq replay orders --all
@@ -185,10 +189,15 @@ def show_command(args: argparse.Namespace) -> int:
 
 def render(dlq: str, letter: DeadLetterEntry) -> str:
     lines = [f"dead letter {letter.id} in {dlq}", "", "original fields:"]
-    lines += [f"  {k}: {v}" for k, v in letter.decoded_fields().items()]
+    lines += [f"  {text(k)}: {text(v)}" for k, v in letter.pairs]
     lines += ["", "failure:"]
-    lines += [f"  {k}: {v}" for k, v in letter.meta.items()]
+    lines += [f"  {k}: {_indented(v)}" for k, v in letter.meta.items()]
     return "\n".join(lines)
+
+
+def _indented(value: str) -> str:
+    """A multi-line value (a traceback) indented under its name."""
+    return value.rstrip("\n").replace("\n", "\n    ")
 
 
 # replay / purge -------------------------------------------------------------------------

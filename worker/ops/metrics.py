@@ -140,6 +140,12 @@ class WorkerCollector(Collector):
                 self.stats.deleted_pending,
             ),
             (
+                "syncworker_dead_letter_not_owned_total",
+                "Dead letters not written because the entry was no longer pending on this "
+                "consumer (acked already, or taken over by another).",
+                self.stats.dead_letter_not_owned,
+            ),
+            (
                 "syncworker_group_recreated_total",
                 "Times the consumer group was found missing (NOGROUP) and created again.",
                 self.stats.group_recreated,

@@ -1,10 +1,11 @@
 """Settler: the outcome of each delivery reaches Redis here, batched, and never lost.
 
 Handlers finish in any order; their outcomes are queued and flushed in one pipeline per
-round trip: XACK per stream for successes, a Lua script per dead letter (XADD then XACK),
-and an idle-time reset for failures so that their backoff counts from the failure. A flush
-that fails on a connection error is put back and tried again with backoff: an entry whose
-ack was lost is at worst processed again, never lost.
+round trip: XACK per stream for successes, a Lua script per dead letter (ownership check,
+XADD, XACK), and an idle-time reset for failures so that their backoff counts from the
+failure. A flush that fails on a connection error, or that Redis refuses for now (OOM,
+READONLY, ...), is put back and tried again with backoff: an entry whose ack was lost is at
+worst processed again, never lost, and a full Redis is an outage, never a poison message.
 """
 
 from __future__ import annotations
@@ -18,11 +19,22 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.connection import REDIS_DOWN, Reconnect
+from worker.connection import REDIS_DOWN, Reconnect, RedisRefused, refused_for_now
 from worker.message import Message
-from worker.runtime.dead_letter import DEAD_LETTER, DeadLetter, dead_letter_fields, describe
+from worker.runtime.dead_letter import (
+    DEAD_LETTER,
+    NOT_OWNED,
+    SETTLE_WIDE,
+    TOO_WIDE,
+    DeadLetter,
+    describe,
+    script_args,
+    traceback_of,
+    write_wide,
+)
 from worker.runtime.heartbeat import TOUCH_OWNED
 from worker.runtime.ledger import Ledger
+from worker.runtime.outage import OUTAGE_CAP_S, REWIND_OWNED
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
@@ -74,11 +86,17 @@ class Settler:
         self._acks: defaultdict[str, list[Message]] = defaultdict(list)
         self._ok: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._touches: defaultdict[str, list[str]] = defaultdict(list)
+        self._rewinds: defaultdict[str, list[str | int]] = defaultdict(list)
         self._dead: list[DeadLetter] = []
+        self._last_failure: dict[tuple[str, str], DeadLetter] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._dead_letter = redis.register_script(DEAD_LETTER)
+        self._settle_wide = redis.register_script(SETTLE_WIDE)
         self._touch = redis.register_script(TOUCH_OWNED)
+        self._rewind = redis.register_script(REWIND_OWNED)
+        cap = min(OUTAGE_CAP_S, max(policy.backoff.cap, 0.1))
+        self._refusals = Reconnect("handler", stats, first=min(0.1, cap), cap=cap)
 
     # Outcomes, called by the dispatcher -------------------------------------------------
 
@@ -86,14 +104,24 @@ class Settler:
         """The handlers succeeded (or none wanted the entry): acknowledge it."""
         self._acks[msg.stream].append(msg)
         self._ok[(msg.stream, handler, "skipped" if skipped else "ok")] += 1
+        if self._last_failure:
+            self._last_failure.pop((msg.stream, msg.id), None)
+        if self._refusals.down:
+            self._refusals.succeeded()
         self._wake.set()
 
     def failed(self, msg: Message, exc: Exception, handler: str) -> None:
-        """A handler raised: retry after backoff, or dead-letter once attempts are spent."""
-        error_type, error = describe(exc)
+        """A handler raised: retry after backoff, or dead-letter once attempts are spent.
+
+        Redis refusing the handler's writes for now (OOM, READONLY, ...) spends no attempt.
+        """
+        if refused_for_now(exc):
+            self._wait_for_redis(msg, exc)
+            return
         if self.policy.spent(msg.attempt):
             self.dead_letter(msg, exc, handler, reason="attempts exhausted")
             return
+        error_type, error = describe(exc)
         delay = self.policy.delay(msg.attempt, msg.id, exc)
         log.warning(
             "message.retry",
@@ -105,8 +133,10 @@ class Settler:
             retry_in_s=round(delay, 3),
             error_type=error_type,
             error=error,
+            exc_info=exc,
         )
         self.stats.messages[(msg.stream, handler, "retry")] += 1
+        self._remember(DeadLetter(msg, error_type, error, handler, traceback_of(exc)))
         self.ledger.wait_for_retry(msg, delay)
         self._touches[msg.stream].append(msg.id)
         self._wake.set()
@@ -114,26 +144,53 @@ class Settler:
     def dead_letter(
         self, msg: Message, exc: BaseException, handler: str, *, reason: str = "rejected"
     ) -> None:
-        """Move the entry to its dead-letter stream, then acknowledge it."""
-        error_type, error = describe(exc)
+        """Move the entry to its dead-letter stream, then acknowledge it.
+
+        `handler` is empty when the runtime gives up on an entry without running it again
+        (its attempts were spent); the dead letter then carries the last failure seen here,
+        if any, rather than only that the attempts ran out.
+        """
+        last = self._last_failure.pop((msg.stream, msg.id), None)
+        if not handler and last is not None:
+            letter = DeadLetter(msg, last.error_type, last.error, last.handler, last.traceback)
+        else:
+            error_type, error = describe(exc)
+            letter = DeadLetter(msg, error_type, error, handler, traceback_of(exc))
         log.warning(
             "message.dead_lettered",
             stream=msg.stream,
             message_id=msg.id,
-            handler=handler,
+            handler=letter.handler,
             attempt=msg.attempt,
             reason=reason,
-            error_type=error_type,
-            error=error,
+            error_type=letter.error_type,
+            error=letter.error,
             dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
+            exc_info=exc,
         )
-        self._dead.append(DeadLetter(msg, error_type, error, handler))
+        self._dead.append(letter)
+        self._wake.set()
+
+    def _remember(self, letter: DeadLetter) -> None:
+        """Keep an entry's last failure until it is acked or dead-lettered (bounded)."""
+        failures = self._last_failure
+        failures[(letter.msg.stream, letter.msg.id)] = letter
+        if len(failures) > self.ledger.capacity:
+            del failures[next(iter(failures))]  # the oldest; its dead letter says less
+
+    def _wait_for_redis(self, msg: Message, exc: Exception) -> None:
+        """Redis refused the handler's writes: run the entry again later, same attempt."""
+        delay = self._refusals.failed(exc)  # logs redis.unavailable once per outage
+        log.debug("message.waiting_for_redis", stream=msg.stream, message_id=msg.id, error=str(exc))
+        rewound = Message(msg.stream, msg.id, msg.raw, msg.attempt - 1, msg.group)
+        self.ledger.wait_for_retry(rewound, delay)
+        self._rewinds[msg.stream] += (msg.id, rewound.attempt)
         self._wake.set()
 
     # Flushing ---------------------------------------------------------------------------
 
     def pending(self) -> bool:
-        return bool(self._acks or self._dead or self._touches)
+        return bool(self._acks or self._dead or self._touches or self._rewinds)
 
     def close(self) -> None:
         """Make `run` return after the flush in progress; `drain` sends the rest."""
@@ -155,7 +212,7 @@ class Settler:
             try:
                 await self.flush()
                 reconnect.succeeded()
-            except REDIS_DOWN as exc:
+            except (*REDIS_DOWN, RedisRefused) as exc:
                 self._wake.set()
                 await reconnect.pause(exc)
 
@@ -166,7 +223,7 @@ class Settler:
         while self.pending():
             try:
                 await asyncio.wait_for(self.flush(), max(deadline - time.monotonic(), 0.01))
-            except (TimeoutError, *REDIS_DOWN):
+            except (TimeoutError, RedisRefused, *REDIS_DOWN):
                 if time.monotonic() + delay >= deadline:
                     return False
                 await asyncio.sleep(delay)
@@ -174,27 +231,36 @@ class Settler:
         return True
 
     async def flush(self) -> None:
-        """Send every queued outcome in one pipeline; requeue them all if it fails."""
+        """Send every queued outcome in one pipeline; requeue them all if it fails.
+
+        Raises:
+            RedisRefused: Redis refused some outcomes for now; they are queued again.
+        """
         acks, self._acks = self._acks, defaultdict(list)
         ok, self._ok = self._ok, defaultdict(int)
         touches, self._touches = self._touches, defaultdict(list)
+        rewinds, self._rewinds = self._rewinds, defaultdict(list)
         dead, self._dead = self._dead, []
-        if not (acks or touches or dead):
+        if not (acks or touches or rewinds or dead):
             return
         try:
-            results = await self._send(acks, touches, dead)
+            results = await self._send(acks, touches, rewinds, dead)
         except BaseException:
-            self._requeue(acks, ok, touches, dead)
+            self._requeue(acks, ok, touches, rewinds, dead)
             raise
-        self._record(acks, ok, touches, dead, results)
+        await self._write_wide(dead, results)
+        refused = self._record(acks, ok, touches, rewinds, dead, results)
+        if refused is not None:
+            raise RedisRefused(refused)
 
     async def _send(
         self,
         acks: dict[str, list[Message]],
         touches: dict[str, list[str]],
+        rewinds: dict[str, list[str | int]],
         dead: list[DeadLetter],
     ) -> list[Any]:
-        if not dead and not touches and len(acks) == 1:
+        if not dead and not touches and not rewinds and len(acks) == 1:
             # The common case: successes on one stream. A lone XACK skips the pipeline
             # machinery, which costs more than the command when flushes come thick and fast.
             ((stream, messages),) = acks.items()
@@ -207,7 +273,7 @@ class Settler:
             msg = letter.msg
             await self._dead_letter(
                 keys=[self.settings.dead_letter_stream(msg.stream), msg.stream],
-                args=[self.group, msg.id, *dead_letter_fields(letter, self.group, self.consumer)],
+                args=script_args(letter, self.group, self.consumer),
                 client=pipe,
             )
         for stream, messages in acks.items():
@@ -217,13 +283,29 @@ class Settler:
             await self._touch(
                 keys=[stream], args=[self.group, self.consumer, idle_ms, *ids], client=pipe
             )
+        for stream, pairs in rewinds.items():
+            await self._rewind(keys=[stream], args=[self.group, self.consumer, *pairs], client=pipe)
         return list(await pipe.execute(raise_on_error=False))
+
+    async def _write_wide(self, dead: list[DeadLetter], results: list[Any]) -> None:
+        """Write the dead letters the script found too wide for Lua, in place of its reply."""
+        for position, letter in enumerate(dead):
+            result = results[position]
+            if isinstance(result, list) and result and result[0] == TOO_WIDE:
+                dlq = self.settings.dead_letter_stream(letter.msg.stream)
+                try:
+                    results[position] = await write_wide(
+                        self.redis, self._settle_wide, dlq, letter, self.group, self.consumer
+                    )
+                except (ResponseError, *REDIS_DOWN) as exc:
+                    results[position] = exc
 
     def _requeue(
         self,
         acks: dict[str, list[Message]],
         ok: dict[tuple[str, str, str], int],
         touches: dict[str, list[str]],
+        rewinds: dict[str, list[str | int]],
         dead: list[DeadLetter],
     ) -> None:
         for stream, messages in acks.items():
@@ -232,6 +314,8 @@ class Settler:
             self._ok[key] += n
         for stream, ids in touches.items():
             self._touches[stream][:0] = ids
+        for stream, pairs in rewinds.items():
+            self._rewinds[stream][:0] = pairs
         self._dead[:0] = dead
 
     def _record(
@@ -239,23 +323,28 @@ class Settler:
         acks: dict[str, list[Message]],
         ok: dict[tuple[str, str, str], int],
         touches: dict[str, list[str]],
+        rewinds: dict[str, list[str | int]],
         dead: list[DeadLetter],
         results: list[Any],
-    ) -> None:
+    ) -> BaseException | None:
+        """Account for each reply; returns what Redis refused for now, if anything (those
+        outcomes are queued again)."""
+        refused: BaseException | None = None
+        for letter, result in zip(dead, results, strict=False):
+            if isinstance(result, Exception) and _for_now(result):
+                self._dead.append(letter)
+                refused = result
+            else:
+                self._dead_letter_done(letter, result)
+        position = len(dead)
         now_ms = time.time() * 1000.0
-        position = 0
-        for letter in dead:
-            result = results[position]
-            position += 1
-            msg = letter.msg
-            if isinstance(result, Exception):
-                self._dead_letter_failed(letter, result)
-                continue
-            self.stats.messages[(msg.stream, letter.handler, "dead_letter")] += 1
-            self.ledger.drop(msg)
         for stream, messages in acks.items():
             result = results[position]
             position += 1
+            if isinstance(result, Exception) and _for_now(result):
+                self._acks[stream].extend(messages)
+                refused = result
+                continue
             if isinstance(result, Exception):
                 # Not a connection problem (those raise and are retried) but a refusal, such
                 # as NOGROUP after the group was lost. The entries stay pending, if anywhere,
@@ -273,6 +362,38 @@ class Settler:
                 self.stats.redis_errors["touch"] += 1
             position += 1
             self.ledger.touched(stream, ids, touched_at)
+        for stream, pairs in rewinds.items():
+            if isinstance(results[position], Exception):
+                # The entry keeps the attempt its claim counted: one spent, none lost.
+                self.stats.redis_errors["rewind"] += 1
+            position += 1
+            self.ledger.touched(stream, [str(i) for i in pairs[::2]], touched_at)
+        return refused
+
+    def _dead_letter_done(self, letter: DeadLetter, result: Any) -> None:
+        msg = letter.msg
+        if isinstance(result, Exception):
+            self._dead_letter_failed(letter, result)
+        elif result[0] == NOT_OWNED:
+            self._not_owned(letter)
+        else:
+            self.stats.messages[(msg.stream, letter.handler, "dead_letter")] += 1
+            self.ledger.drop(msg)
+
+    def _not_owned(self, letter: DeadLetter) -> None:
+        """The entry is no longer pending on this consumer: acked already (a resend after a
+        lost reply), or taken over by a peer, which settles it. Nothing was written."""
+        msg = letter.msg
+        self.stats.dead_letter_not_owned[msg.stream] += 1
+        log.warning(
+            "dead_letter.not_owned",
+            stream=msg.stream,
+            message_id=msg.id,
+            handler=letter.handler,
+            attempt=msg.attempt,
+            note="not pending on this consumer any more: acked already, or taken over",
+        )
+        self.ledger.drop(msg)
 
     def _dead_letter_failed(self, letter: DeadLetter, error: Exception) -> None:
         msg = letter.msg
@@ -284,6 +405,7 @@ class Settler:
             handler=letter.handler,
             attempt=msg.attempt,
             dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
+            error_type=type(error).__name__,
             error=str(error),
             note="the entry stays pending and is tried again",
         )
@@ -291,6 +413,12 @@ class Settler:
             self.ledger.drop(msg)  # the group is gone, and with it this entry's pending state
             return
         # Stays pending on this consumer; its next claim finds the attempts spent and
-        # dead-letters it again without running the handler.
+        # dead-letters it again without running the handler, with this failure's reason.
+        self._remember(letter)
         self.ledger.wait_for_retry(msg, self.policy.delay(msg.attempt, msg.id))
         self.ledger.touched(msg.stream, [msg.id], time.monotonic())
+
+
+def _for_now(error: Exception) -> bool:
+    """A failure the same command survives later: the connection, or a refusal for now."""
+    return isinstance(error, REDIS_DOWN) or refused_for_now(error)

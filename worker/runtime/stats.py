@@ -100,6 +100,9 @@ class Stats:
     """stream -> entries taken over from other (or earlier) consumers."""
     deleted_pending: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """stream -> pending entries found deleted or trimmed and cleared."""
+    dead_letter_not_owned: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """stream -> dead letters not written because the entry was no longer pending on this
+    consumer (acked already, or taken over by a peer)."""
     redis_errors: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """operation -> failed Redis calls."""
     group_recreated: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
