@@ -10,8 +10,10 @@ as they are, anything else as compact JSON (`12.5`, `true`, `{"a":1}`).
 - `delete`: remove the entity.
 
 Versions. Every entity remembers the version it last applied (in the hash `<state>:versions`,
-which outlives a deleted entity, so a stale event cannot bring it back). An event whose
-`version` is not newer is skipped and counted as `stale`: duplicates and reordering leave the
+which outlives a deleted entity, so a stale event cannot bring it back). Versions are integers
+of any size, negative ones included, compared exactly (as decimal digits, not as Lua's doubles,
+so 2^53 + 1 is newer than 2^53). An event whose `version` is not newer is skipped and counted
+as `stale`: duplicates and reordering leave the
 state of the newest version. With out-of-order delivery, an older event that arrives late is
 dropped whole, so events should carry the entity's full state (event-carried state transfer):
 a partial `merge` event that lost the race is not applied later.
@@ -65,14 +67,55 @@ PROJECT = """
 -- ARGV[9 .. 8+n] field/value pairs to write, ARGV[9+n ..] fields to remove (null in data)
 -- Redis does not roll a script back when a command fails half-way, so everything that can
 -- fail is checked before the first write.
+--
+-- Versions are compared as decimal integers of any size, never with tonumber: Lua numbers
+-- are doubles, which cannot tell 2^53 from 2^53 + 1 (nanosecond timestamps, snowflake ids).
+-- Digits are compared byte by byte, not with `<` on strings, which follows the locale.
+-- The digits of integer v without sign or leading zeros, and whether it is below zero;
+-- nil when v is not an integer.
+local function parse(v)
+  local sign, digits = string.match(v, '^([+-]?)0*(%d+)$')
+  if not digits then
+    return nil
+  end
+  return digits, sign == '-' and digits ~= '0'
+end
+-- -1, 0 or 1 as integer a is below, equal to or above integer b (canonical digit strings).
+local function compare(a, b)
+  local a_digits, a_negative = parse(a)
+  local b_digits, b_negative = parse(b)
+  if a_negative ~= b_negative then
+    return a_negative and -1 or 1
+  end
+  local order = 0
+  if #a_digits ~= #b_digits then
+    order = #a_digits < #b_digits and -1 or 1
+  else
+    for i = 1, #a_digits do
+      local x, y = string.byte(a_digits, i), string.byte(b_digits, i)
+      if x ~= y then
+        order = x < y and -1 or 1
+        break
+      end
+    end
+  end
+  return a_negative and -order or order
+end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a hash')
 end
 local outcome
 if ARGV[2] ~= '' then
+  if not parse(ARGV[2]) then
+    return redis.error_reply('ERR version is not an integer: ' .. ARGV[2])
+  end
   local current = redis.call('HGET', KEYS[2], ARGV[1])
-  if current and tonumber(current) >= tonumber(ARGV[2]) then
+  if current and not parse(current) then
+    return redis.error_reply('ERR ' .. KEYS[2] .. ' holds a version that is not an integer for '
+      .. ARGV[1] .. ': ' .. current)
+  end
+  if current and compare(current, ARGV[2]) >= 0 then
     outcome = 'stale'
   end
 elseif redis.call('EXISTS', KEYS[5]) == 1 then
@@ -219,7 +262,7 @@ class Projection(Handler):
             keys=[self.entity(key), self.versions_key, self.counts_key, msg.stream, marker],
             args=[
                 key,
-                "" if version is None else str(version),
+                "" if version is None else str(version),  # canonical: no '+', no zeros
                 rule.action,
                 msg.group,
                 msg.id,

@@ -26,6 +26,12 @@ effect lands once. The inbox grows by one row per message; delete rows older tha
 time a message can stay pending (e.g. a day) with a periodic
 `DELETE FROM syncworker_inbox WHERE handled_at < now() - interval '1 day'`.
 
+Versions are integers compared by PostgreSQL, exactly at any size; the version column's type
+bounds them (bigint: up to 2^63 - 1; numeric: any). An event whose version (or any value) the
+column cannot hold, a data exception in PostgreSQL's terms (SQLSTATE class 22, e.g. "value out
+of range for type bigint"), raises `Reject` with PostgreSQL's reason: it is dead-lettered at
+once, since retrying the same event cannot change the answer.
+
 Failures. A connection that cannot be had within `connect_timeout`, or that breaks mid-way,
 raises; the runtime retries the message with backoff like any handler failure. A pooled
 connection that PostgreSQL dropped (a restart) fails the first statement sent on it; the pool
@@ -52,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from handlers._fields import FieldMap, data_object, entity_key, field_map, pick
-from worker import Handler, HandlerContext, Message
+from worker import Handler, HandlerContext, Message, Reject
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -224,6 +230,7 @@ class SqlSink(Handler):
     ) -> str:
         """Inbox row, guarded upsert and outcome in ONE statement: atomic by itself (the
         connection is in autocommit mode), and one round trip."""
+        from psycopg.errors import DataError
         from psycopg.types.json import Jsonb
 
         versioned = version is not None and self.version_column is not None
@@ -231,7 +238,16 @@ class SqlSink(Handler):
         if versioned:
             record[self.version_column or ""] = version
         statement = self._sql(tuple(record), versioned)
-        cursor = await conn.execute(statement, [msg.group, *msg.origin, self.table, Jsonb(record)])
+        try:
+            cursor = await conn.execute(
+                statement, [msg.group, *msg.origin, self.table, Jsonb(record)]
+            )
+        except DataError as exc:
+            # A data exception (SQLSTATE class 22: a version or value out of range for its
+            # column, text in a number column) comes from the event itself: no retry can
+            # change it. The statement failed whole, so nothing was written, inbox included.
+            reason = exc.diag.message_primary or str(exc)
+            raise Reject(f"PostgreSQL refused the event for table {self.table}: {reason}") from None
         result = await cursor.fetchone()
         fresh, applied = result if result else (False, False)
         if not fresh:

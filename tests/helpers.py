@@ -113,10 +113,13 @@ class WorkerProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"syncworker-{consumer}.log"
 
-    async def start(self) -> WorkerProcess:
+    async def start(self, *, output: int | None = None) -> WorkerProcess:
+        """Start the process; its stdout and stderr go to the log file, or to fd `output`
+        (say, a pipe the test reads, fills or closes) when one is given."""
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        target = self.log.fileno() if output is None else output
         self.process = await asyncio.create_subprocess_exec(
-            *self.args, env=self.env, stdout=self.log, stderr=self.log
+            *self.args, env=self.env, stdout=target, stderr=target
         )
         WorkerProcess.started.append(self)
         return self

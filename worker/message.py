@@ -9,6 +9,7 @@ path for nothing. Values that are not UTF-8 never raise here: `fields` replaces 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,8 +132,8 @@ class Message:
         """The `data` field decoded as JSON (None when absent); decoded on first use.
 
         Raises:
-            MalformedMessage: the field is not valid UTF-8 JSON. Retrying cannot fix that, so
-                the runtime dead-letters the message at once.
+            MalformedMessage: the field is not valid UTF-8 JSON, or is nested too deeply to
+                decode. Retrying cannot fix that, so the runtime dead-letters the message at once.
         """
         if self._data is _MISSING:
             value = self.raw.get(b"data")
@@ -143,6 +144,13 @@ class Message:
                     self._data = decode_json(value)
                 except ValueError as exc:
                     raise MalformedMessage(f"data is not valid JSON: {exc}") from None
+                except RecursionError:
+                    # The decoder recurses once per nesting level; `[` * 100000 hits the
+                    # interpreter's limit. That is not a ValueError, and no retry can fix it.
+                    raise MalformedMessage(
+                        "data is nested too deeply to decode (deeper than the interpreter's "
+                        f"recursion limit, {sys.getrecursionlimit()})"
+                    ) from None
         return self._data
 
     @property

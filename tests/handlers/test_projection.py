@@ -201,6 +201,76 @@ class TestGuards:
         assert p.counts == {"ignored": 1}
 
 
+_EXP = st.integers(0, 90)
+_SIGN = st.sampled_from([1, -1])
+
+
+class TestLargeVersions:
+    """Versions are compared as exact integers: Lua numbers are doubles, exact only to 2^53."""
+
+    @pytest.mark.parametrize(
+        ("older", "newer"),
+        [
+            (2**53, 2**53 + 1),  # equal as doubles
+            (2**53 + 1, 2**53 + 2),
+            (2**63 - 2, 2**63 - 1),  # nanosecond timestamps, snowflake ids
+            (2**64 + 1, 2**64 + 2),  # past 64 bits
+            (9, 10),  # more digits, yet "10" < "9" as text
+            (-(2**53) - 2, -(2**53) - 1),
+            (-1, 0),
+            (-5, 3),
+        ],
+    )
+    async def test_the_newer_of_two_close_versions_wins(
+        self, redis: Redis, older: int, newer: int
+    ) -> None:
+        """The newer version applies and the older one is stale, in either delivery order."""
+        for order in ((older, newer), (newer, older)):
+            run = uuid.uuid4().hex[:8]
+            events = [Event("item.set", "k", v, {"x": v, "y": str(v)}) for v in order]
+            msgs = await delivered(redis, *await _stream(redis, run, "s", events), 2)
+            p = projection(f"{run}:p:")
+            p.use(redis)
+            for msg in msgs:
+                await p.handle(msg)
+            assert await hashes(redis, f"{run}:p:") == {"k": {"x": str(newer), "y": str(newer)}}
+            expected = {"applied": 2} if order[0] == older else {"applied": 1, "stale": 1}
+            assert await counts(redis, p) == expected
+            assert await redis.hget(p.versions_key, "k") == str(newer).encode()
+
+    @PROPERTY
+    @given(
+        first=st.builds(lambda e, o, sign: sign * (2**e + o), _EXP, st.integers(-3, 3), _SIGN),
+        delta=st.integers(-2, 2) | st.integers(),
+    )
+    async def test_stale_exactly_when_not_above_the_applied_version(
+        self, redis: Redis, first: int, delta: int
+    ) -> None:
+        """After version `first`, version `second` applies if and only if it is larger."""
+        second = first + delta
+        run = uuid.uuid4().hex[:8]
+        p = projection(f"{run}:p:", ack=False)
+        p.use(redis)
+        for n, version in enumerate((first, second)):
+            raw = {b"type": b"item.set", b"key": b"k", b"version": str(version).encode()}
+            await p.handle(Message("s", f"{n + 1}-0", raw, 1, "g"))
+        assert p.counts == ({"applied": 2} if second > first else {"applied": 1, "stale": 1})
+        assert await redis.hget(p.versions_key, "k") == str(max(first, second)).encode()
+
+    async def test_a_repeated_large_version_is_stale(self, redis: Redis) -> None:
+        """The same version twice, even when written differently (+0012), applies once."""
+        run = uuid.uuid4().hex[:8]
+        stream, group = await _stream(redis, run, "s", [])
+        for version in (b"9007199254740993", b"+0009007199254740993"):
+            await redis.xadd(stream, {"type": "item.set", "key": "k", "version": version})
+        msgs = await delivered(redis, stream, group, 2)
+        p = projection(f"{run}:p:")
+        p.use(redis)
+        for msg in msgs:
+            await p.handle(msg)
+        assert await counts(redis, p) == {"applied": 1, "stale": 1}
+
+
 class TestConfiguration:
     def test_routes_build_projections_from_options(self, redis_server: RedisServer) -> None:
         """A [[routes]] entry naming `projection` builds the plugin through its entry point."""

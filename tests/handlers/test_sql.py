@@ -26,6 +26,7 @@ from tests.handlers.events import (
 )
 from tests.handlers.tcp_proxy import Proxy
 from tests.helpers import eventually, make_settings, pending_count, running
+from worker import Message, Reject
 from worker.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -185,6 +186,77 @@ class TestInbox:
             SqlSink(dsn="x", table="t", columns=["id", "a"])
         with pytest.raises(ValueError, match="SYNCWORKER_POSTGRES_DSN"):
             SqlSink(table="t", columns=["a"])
+
+
+def versioned(run: str, n: int, version: int, x: int = 0) -> Message:
+    """Entry `n` of stream `<run>:s`: an item.set of entity k at `version`."""
+    raw = {
+        b"type": b"item.set",
+        b"key": b"k",
+        b"version": str(version).encode(),
+        b"data": f'{{"x": {x}, "y": "{version}"}}'.encode(),
+    }
+    return Message(f"{run}:s", f"{n}-0", raw, 1, "g")
+
+
+class TestLargeVersions:
+    """Versions are compared by PostgreSQL as exact integers, beyond 2^53 too."""
+
+    @pytest.mark.parametrize(
+        ("column", "older", "newer"),
+        [
+            ("bigint", 2**53 + 1, 2**53 + 2),
+            ("bigint", 2**53, 2**53 + 1),  # equal as doubles
+            ("bigint", 2**63 - 2, 2**63 - 1),  # the largest bigint
+            ("numeric", 2**64 + 1, 2**64 + 2),  # past bigint: a numeric column holds any
+        ],
+    )
+    async def test_the_newer_of_two_close_versions_wins(
+        self, pg_dsn: str, pg: Any, closing: list[SqlSink], column: str, older: int, newer: int
+    ) -> None:
+        """The newer version is applied over the older one, and the older one after it is stale."""
+        run = uuid.uuid4().hex[:8]
+        s = SqlSink(
+            dsn=pg_dsn,
+            table=f"t_{run}",
+            columns=["x", "y"],
+            schema=f"CREATE TABLE t_{run} (id text PRIMARY KEY, x integer, y text, "
+            f"version {column})",
+        )
+        await s.open()
+        closing.append(s)
+        for n, version in enumerate((older, newer, older)):
+            await s.handle(versioned(run, n + 1, version))
+        assert pg.execute(f"SELECT y, version FROM t_{run}").fetchall() == [(str(newer), newer)]
+        assert s.counts == {"applied": 2, "stale": 1}
+
+    async def test_a_version_the_column_cannot_hold_is_rejected(
+        self, pg_dsn: str, pg: Any, closing: list[SqlSink]
+    ) -> None:
+        """2^63 does not fit a bigint version column: Reject (dead letter at once), not a retry,
+        with PostgreSQL's reason; nothing is written, the inbox row included."""
+        run = uuid.uuid4().hex[:8]
+        s = await opened(sink(pg_dsn, f"t_{run}"))
+        closing.append(s)
+        await s.handle(versioned(run, 1, 2**63 - 1))
+        with pytest.raises(Reject, match=f"t_{run}.*out of range for type bigint"):
+            await s.handle(versioned(run, 2, 2**63, x=5))
+        assert rows(pg, f"t_{run}") == {"k": (0, str(2**63 - 1), 2**63 - 1)}
+        assert inbox(pg, f"{run}:s") == 1
+        assert s.counts == {"applied": 1}
+
+    async def test_a_value_a_column_cannot_hold_is_rejected(
+        self, pg_dsn: str, pg: Any, closing: list[SqlSink]
+    ) -> None:
+        """Data PostgreSQL refuses as a data exception (here text in an integer column) is
+        rejected at once: no retry can change it."""
+        run = uuid.uuid4().hex[:8]
+        s = await opened(sink(pg_dsn, f"t_{run}"))
+        closing.append(s)
+        raw = {b"type": b"item.set", b"key": b"k", b"version": b"1", b"data": b'{"x": "many"}'}
+        with pytest.raises(Reject, match="invalid input syntax for type integer"):
+            await s.handle(Message(f"{run}:s", "1-0", raw, 1, "g"))
+        assert inbox(pg, f"{run}:s") == 0
 
 
 class TestFailures:

@@ -161,6 +161,26 @@ class TestDeadLetter:
         assert letter["dlq_error_type"] == "MalformedMessage"
         assert letter["data"] == "{not json"
 
+    async def test_deeply_nested_json_is_dead_lettered_without_retry(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """JSON nested past the recursion limit is dead-lettered after one attempt, with why."""
+        stream, group = names["stream"], names["group"]
+        calls: list[int] = []
+
+        @handler(stream=stream)
+        async def reads_data(msg: Message) -> None:
+            calls.append(msg.attempt)
+            _ = msg.data
+
+        await redis.xadd(stream, {"type": "order.paid", "data": "[" * 100_000})
+        async with running(make_settings(redis_server.url, group), [reads_data]):
+            await eventually(lambda: _all_acked(redis, stream, group))
+        [letter] = await dead_letters(redis, stream)
+        assert calls == [1]
+        assert letter["dlq_error_type"] == "MalformedMessage"
+        assert "nested too deeply" in letter["dlq_error"]
+
 
 class TestHandlerTimeout:
     async def test_a_handler_over_its_time_limit_counts_as_failed(

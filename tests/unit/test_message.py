@@ -53,6 +53,12 @@ class TestMalformed:
         with pytest.raises(MalformedMessage, match="version"):
             _ = make(version=b"v2").version
 
+    @pytest.mark.parametrize("data", [b"[" * 100_000, b'{"a":' * 100_000, b"[" * 100_000 + b"]"])
+    def test_data_nested_too_deeply_is_malformed(self, data: bytes) -> None:
+        """JSON nested past the recursion limit raises MalformedMessage, not RecursionError."""
+        with pytest.raises(MalformedMessage, match="nested too deeply"):
+            _ = make(data=data).data
+
     def test_data_is_decoded_once(self) -> None:
         """The decoded document is cached: the same object on every access."""
         msg = make(data=b'{"a": [1]}')

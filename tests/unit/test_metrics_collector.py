@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
@@ -79,6 +80,14 @@ class TestCollector:
             frozenset({("stream", "orders"), ("group", "billing")}),
         ) not in found
         assert value(found, "syncworker_group_pending", stream="orders", group="billing") == 0
+
+    def test_dropped_log_records_are_exported(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Log records the process dropped (stderr closed or full) are a counter per group."""
+        monkeypatch.setattr("worker.log_output._dropped", 0)  # process-wide: other tests count
+        assert value(scrape(Stats()), "syncworker_log_records_dropped_total", group="billing") == 0
+        monkeypatch.setattr("worker.log_output._dropped", 17)
+        found = scrape(Stats())
+        assert value(found, "syncworker_log_records_dropped_total", group="billing") == 17
 
     def test_build_registry_adds_process_metrics(self) -> None:
         """The default registry carries process series beside the worker's."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.exceptions import OutOfMemoryError
 
-from worker import Message, Reject, Retry, handler
+from worker import MalformedMessage, Message, Reject, Retry, handler
 from worker.testing import deliver, make_message
 
 
@@ -29,6 +29,12 @@ class TestDeliver:
         assert (busy.outcome, busy.retry_delay) == ("retry", 2.5)
         bad_json = await deliver(sync_payment, type="order.paid", data="{oops")
         assert bad_json.outcome == "dead_letter"
+
+    async def test_deeply_nested_data_dead_letters_on_the_first_attempt(self) -> None:
+        """JSON nested past the recursion limit is a MalformedMessage: dead letter, no retry."""
+        result = await deliver(sync_payment, type="order.paid", data="[" * 100_000)
+        assert result.outcome == "dead_letter" and isinstance(result.error, MalformedMessage)
+        assert "nested too deeply" in str(result.error)
 
     async def test_last_attempt_dead_letters(self) -> None:
         """A failure on the last allowed attempt dead-letters instead of retrying."""

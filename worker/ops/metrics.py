@@ -4,7 +4,7 @@ The hot path only bumps plain counters in `worker.runtime.stats.Stats`; this col
 them into series when Prometheus asks. Scrapes run on the worker's event loop (see
 `worker.ops.server`), so the dictionaries are never read while the loop changes them. Every
 series carries `stream` and `group` labels (plus `handler` where one applies), except the Redis
-error counter, which is per operation.
+error counter, which is per operation, and the process-wide ones (dropped log records).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from worker.admin.groups import GroupState
+from worker.log_output import dropped_records
 from worker.runtime.stats import Histogram, Stats
 
 OUTCOMES = ("ok", "retry", "dead_letter")
@@ -70,6 +71,7 @@ class WorkerCollector(Collector):
         yield from self._group_gauges()
         yield self._redis_errors()
         yield self._redis_unsafe()
+        yield self._log_dropped()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -227,6 +229,18 @@ class WorkerCollector(Collector):
         )
         for reason, flag in sorted(self.stats.redis_unsafe.items()):
             family.add_metric([self.group, reason], flag)
+        return family
+
+    def _log_dropped(self) -> Metric:
+        # Read from worker.log_output, not Stats: logging is configured (and can fail) before
+        # any Worker exists, and the process has one stderr whatever the number of workers.
+        family = CounterMetricFamily(
+            "syncworker_log_records_dropped_total",
+            "Log records this process dropped instead of writing: stderr was closed, its "
+            "reader gone, or the pipe full with nobody reading.",
+            labels=["group"],
+        )
+        family.add_metric([self.group], dropped_records())
         return family
 
 
