@@ -69,6 +69,23 @@ def printed_keys(report: str) -> list[str]:
     return [line.split()[0] for line in section(report, "Keys of this run")]
 
 
+def titles(report: str) -> list[str]:
+    """The report's unindented lines, with run ids and numbers blanked out."""
+    lines = [x for x in report.splitlines() if x.strip() and not x.startswith(" ")]
+    return [
+        re.sub(r"\d+", "#", re.sub(r"(?<![0-9a-f])[0-9a-f]{8}(?![0-9a-f])", "RUN", x))
+        for x in lines
+    ]
+
+
+def readme_sample() -> str:
+    """The demo output the README shows (its first ```text block after the demo section)."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index("### The order & payment example") :]
+    start = after.index("```text\n") + len("```text\n")
+    return after[start : after.index("```", start)]
+
+
 class TestDemo:
     @pytest.mark.postgres
     async def test_kill_and_terminate_hand_over_and_every_event_is_accounted_for(
@@ -111,6 +128,8 @@ class TestDemo:
         assert report.rstrip().endswith(
             "nothing lost, nothing applied twice, every copy matches the truth."
         )
+        # And: the README shows the same report, section for section.
+        assert titles(report) == titles(readme_sample())
         # And: without --keep nothing of the run is left behind.
         assert [k async for k in redis.scan_iter(match="demo:*")] == []
 

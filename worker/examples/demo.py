@@ -284,10 +284,10 @@ async def show_keys(
     rows = await keys.run_keys(redis, names, GROUP)
     keys.print_keys(out, rows, mask_url(target.url), db.name)
     if not keep:
-        database = f" database {db.name}," if db.name else ""
+        database = f" the database {db.name} and" if db.name else ""
         out.write(
-            f"Deleted at exit, with the{database} run directory (worker.toml, the workers' logs)"
-            f"; `syncworker demo --keep` keeps them to look at.\n\n"
+            f"Deleted at exit, with{database} the run directory (worker.toml, the workers' "
+            "logs); `syncworker demo --keep` keeps them to look at.\n\n"
         )
         return
     kept = keys.Kept(

@@ -81,11 +81,12 @@ def hand_overs(out: TextIO, reports: list[HandOver], claim_idle: float) -> bool:
 
 def accounting(out: TextIO, books: Accounting) -> bool:
     """Published, applied, dead-lettered, lost, applied twice; True if none lost or twice."""
-    where = "acknowledged and in the SQL inbox" if books.inbox is not None else "acknowledged"
+    sql = books.inbox is not None
+    where = "acknowledged and in the SQL inbox" if sql else "acknowledged"
     lost, twice = books.lost, books.twice
     _table(
         out,
-        "Every event accounted for (read back from Redis and PostgreSQL)",
+        f"Every event accounted for (read back from Redis{' and PostgreSQL' if sql else ''})",
         [
             ("published", len(books.published)),
             (f"applied ({where})", books.applied),
@@ -98,9 +99,11 @@ def accounting(out: TextIO, books: Accounting) -> bool:
         out.write(f"  APPLIED TWICE: {line}\n")
     if lost:
         out.write(f"  LOST: {', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}\n\n")
+    runs = sum(books.projection.values())
     rows = [
         ("projection: applied", books.projection.get("applied", 0)),
         ("projection: skipped, not newer than the entity", books.projection.get("stale", 0)),
+        ("projection: runs beyond one per entry (redeliveries)", max(runs - books.applied, 0)),
         ("relay: payment.requested forwarded", books.relay.get("forwarded", 0)),
         ("relay: already forwarded, dropped", books.relay.get("duplicate", 0)),
     ]
