@@ -25,7 +25,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -176,45 +175,53 @@ async def timeline(
     await handover.wait_started(first)
     clock = handover.Clock(out)
     clock.say(f"publishing; {', '.join(w.name for w in first)} are consuming")
+    signals = handover.Signaller(redis, names.orders, GROUP, fleet, clock)
     ids: list[str] = []
-    watchers: list[asyncio.Task[handover.HandOver]] = []
-
-    async def signal(sig: str) -> str:
-        candidates = [w.name for w in first if not w.signalled]
-        victim, held = await handover.busiest(redis, names.orders, GROUP, candidates)
-        child = next(w for w in first if w.name == victim)
-        (fleet.kill if sig == "SIGKILL" else fleet.terminate)(child)
-        h = handover.HandOver(victim, child.pid, sig, clock.since(), sent=time.monotonic())
-        clock.say(f"{sig} {victim} (pid {child.pid}), the busiest: it holds {held} entries")
-        watchers.append(
-            asyncio.create_task(handover.watch(redis, names.orders, GROUP, child, h, clock))
-        )
-        return victim
-
-    async def kill() -> None:
-        await signal("SIGKILL")
-
-    async def terminate() -> None:
-        victim = await signal("SIGTERM")
-        spare = await fleet.start("worker-4")
-        clock.say(f"started worker-4 (pid {spare.pid}) in place of {victim}")
-
-    milestones = [(0.25, kill), (0.5, terminate)]
+    milestones = [(0.25, signals.kill), (0.5, signals.terminate)]
     await handover.publish_paced(redis, names.orders, scenario.published, seconds, ids, milestones)
     clock.say(f"all {len(ids)} events published")
     await handover.until_settled(redis, names.orders, GROUP, ids[-1])
-    reports = list(await asyncio.gather(*watchers))
+    reports = await signals.hand_overs()
     clock.say(f"every entry settled: nothing pending in group {GROUP}")
     codes = await fleet.stop_all()
-    stopped = [
-        f"{w.name} (exit {code})"
-        for w, code in zip(fleet.workers, codes, strict=True)
-        if not w.signalled
-    ]
+    rest = zip(fleet.workers, codes, strict=True)
+    stopped = [f"{w.name} (exit {code})" for w, code in rest if not w.signalled]
     clock.say(f"SIGTERM to the rest: {', '.join(stopped)}")
     for h in reports:
         handover.taken_over(fleet, h)
     return ids, reports
+
+
+@dataclass
+class Setup:
+    """Where the run happens."""
+
+    target: Target
+    db: Database
+    fleet: Fleet
+    redis: Redis
+
+
+async def prepare(
+    stack: AsyncExitStack, run_id: str, names: Names, postgres: bool, keep: bool
+) -> Setup:
+    """Find Redis and PostgreSQL, write the run's worker.toml; clean-ups go on `stack`."""
+    directory = Path(tempfile.mkdtemp(prefix=f"syncworker-demo-{run_id}-"))
+    if not keep:
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    target = await find_redis(stack, keep)
+    if postgres:
+        db = await find_postgres(stack, run_id, keep)
+    else:
+        db = Database("skipped (--no-postgres): running without the SQL sink")
+    toml = worker_toml(SETTINGS, routes(names, sql=db.dsn is not None))
+    fleet = Fleet.create(directory, toml, target.url, db.dsn)
+    redis = Redis.from_url(target.url)
+    stack.push_async_callback(redis.aclose)
+    if not keep:
+        stack.push_async_callback(delete_run_keys, redis, run_id)
+    stack.push_async_callback(fleet.stop_all)
+    return Setup(target, db, fleet, redis)
 
 
 async def run(
@@ -231,36 +238,23 @@ async def run(
     run_id = uuid.uuid4().hex[:8]
     names = Names.isolated(run_id)
     scenario: History = history(orders, seed)
-    directory = Path(tempfile.mkdtemp(prefix=f"syncworker-demo-{run_id}-"))
     async with AsyncExitStack() as stack:
-        if not keep:
-            stack.callback(shutil.rmtree, directory, ignore_errors=True)
-        target = await find_redis(stack, keep)
-        if postgres:
-            db = await find_postgres(stack, run_id, keep)
-        else:
-            db = Database("skipped (--no-postgres): running without the SQL sink")
-        toml = worker_toml(SETTINGS, routes(names, sql=db.dsn is not None))
-        fleet = Fleet.create(directory, toml, target.url, db.dsn)
-        redis = Redis.from_url(target.url)
-        stack.push_async_callback(redis.aclose)
-        if not keep:
-            stack.push_async_callback(delete_run_keys, redis, run_id)
-        stack.push_async_callback(fleet.stop_all)
+        setup = await prepare(stack, run_id, names, postgres, keep)
+        redis, db = setup.redis, setup.db
         report.header(
             out,
-            target.note,
+            setup.target.note,
             db.note,
-            f"python -m worker run --config {fleet.config}  (group {GROUP}, claim_idle "
+            f"python -m worker run --config {setup.fleet.config}  (group {GROUP}, claim_idle "
             f"{SETTINGS['claim_idle']:g} s, claim_interval {SETTINGS['claim_interval']:g} s)",
         )
         report.published(out, scenario, orders, names.orders)
-        ids, reports = await timeline(redis, names, scenario, fleet, out, seconds)
+        ids, reports = await timeline(redis, names, scenario, setup.fleet, out, seconds)
         handed = report.hand_overs(out, reports, SETTINGS["claim_idle"])
         books = await checks.account(redis, names, GROUP, ids, scenario, db.dsn)
         counted = report.accounting(out, books)
         matched = await report.copies(out, redis, names, scenario, db.dsn)
-        await show_keys(out, redis, names, target, db, directory, keep)
+        await show_keys(out, setup, names, keep)
         ok = handed and counted and matched
         out.write(
             "Result: nothing lost, nothing applied twice, every copy matches the truth.\n"
@@ -271,16 +265,9 @@ async def run(
     return 1  # unreachable; keeps mypy aware of the exit stack's exception handling
 
 
-async def show_keys(
-    out: TextIO,
-    redis: Redis,
-    names: Names,
-    target: Target,
-    db: Database,
-    directory: Path,
-    keep: bool,
-) -> None:
+async def show_keys(out: TextIO, setup: Setup, names: Names, keep: bool) -> None:
     """Name the run's keys; with --keep, how to look at them and remove them."""
+    target, db, redis = setup.target, setup.db, setup.redis
     rows = await keys.run_keys(redis, names, GROUP)
     keys.print_keys(out, rows, mask_url(target.url), db.name)
     if not keep:
@@ -290,12 +277,13 @@ async def show_keys(
             "logs); `syncworker demo --keep` keeps them to look at.\n\n"
         )
         return
+    server = target.server
     kept = keys.Kept(
-        directory=str(directory),
+        directory=str(setup.fleet.config.parent),
         psql=db.psql,
         drop_database=db.drop,
-        server_pid=target.server.process.pid if target.server and target.server.process else None,
-        server_dir=str(target.server.dir) if target.server else None,
+        server_pid=server.process.pid if server and server.process else None,
+        server_dir=str(server.dir) if server else None,
     )
     example = await keys.example_key(redis, names.read_model + "*")
     keys.print_kept(out, keys.redis_cli(target.url), names, GROUP, example, kept)

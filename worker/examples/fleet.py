@@ -154,6 +154,6 @@ class Fleet:
                 codes.append(await asyncio.wait_for(child.process.wait(), timeout))
             except TimeoutError:
                 child.process.kill()
-                await child.process.wait()
+                await asyncio.wait_for(child.process.wait(), timeout)
                 codes.append(None)
         return codes

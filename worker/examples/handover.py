@@ -150,6 +150,46 @@ async def watch(
     return report
 
 
+class Signaller:
+    """Sends the demo's signals, each to the busiest worker that has had none, and starts a
+    watcher for each hand-over."""
+
+    def __init__(self, redis: Redis, stream: str, group: str, fleet: Fleet, clock: Clock) -> None:
+        self.redis, self.stream, self.group = redis, stream, group
+        self.fleet = fleet
+        self.clock = clock
+        self.candidates = list(fleet.workers)
+        self.watchers: list[asyncio.Task[HandOver]] = []
+
+    async def send(self, sig: str) -> WorkerProcess:
+        names = [w.name for w in self.candidates if not w.signalled]
+        name, held = await busiest(self.redis, self.stream, self.group, names)
+        child = next(w for w in self.candidates if w.name == name)
+        (self.fleet.kill if sig == "SIGKILL" else self.fleet.terminate)(child)
+        report = HandOver(name, child.pid, sig, self.clock.since(), sent=time.monotonic())
+        self.clock.say(f"{sig} {name} (pid {child.pid}), the busiest: it holds {held} entries")
+        self.watchers.append(
+            asyncio.create_task(
+                watch(self.redis, self.stream, self.group, child, report, self.clock)
+            )
+        )
+        return child
+
+    async def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a lost node would."""
+        await self.send("SIGKILL")
+
+    async def terminate(self) -> None:
+        """SIGTERM and a replacement, as a rolling update would."""
+        victim = await self.send("SIGTERM")
+        spare = await self.fleet.start(f"worker-{len(self.fleet.workers) + 1}")
+        self.clock.say(f"started {spare.name} (pid {spare.pid}) in place of {victim.name}")
+
+    async def hand_overs(self) -> list[HandOver]:
+        """Every watcher's report, once each hand-over finished (or timed out)."""
+        return list(await asyncio.gather(*self.watchers))
+
+
 def taken_over(fleet: Fleet, report: HandOver) -> None:
     """Fill `report.taken_by` from the survivors' `message.reclaimed` log lines."""
     left = set(report.left)
