@@ -105,7 +105,9 @@ class TestDemo:
         # Then: both signals were sent to live workers holding entries, and the entries
         # they left were finished by the others, with the time it took.
         hand_over = "\n".join(section(report, "Hand-over"))
-        killed = re.search(r"(worker-\d)  SIGKILL, exit code -9: (\d+) entries left", hand_over)
+        killed = re.search(
+            r"(worker-\d)  SIGKILL, exit code -9: (\d+) entr(?:y|ies) left", hand_over
+        )
         assert killed and int(killed.group(2)) > 0, report
         stopped = re.search(r"(worker-\d)  SIGTERM, exit code 0: drained in", hand_over)
         assert stopped and stopped.group(1) != killed.group(1), report

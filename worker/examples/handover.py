@@ -133,7 +133,7 @@ async def watch(
         report.drain = next(iter(child.events("worker.drained")), {})
         clock.say(
             f"{child.name} exited with code {report.exit_code}; "
-            f"{len(left)} entries pending on it were handed back"
+            f"{entries(len(left))} pending on it were handed back"
         )
     deadline = signalled + TIMEOUT_S
     while left and time.monotonic() < deadline:
@@ -144,7 +144,7 @@ async def watch(
     if not left:
         report.finished_after = time.monotonic() - signalled
         clock.say(
-            f"{child.name}: all {len(report.left)} entries it left are finished "
+            f"{child.name}: all {entries(len(report.left))} it left are finished "
             f"({report.finished_after:.2f} s after the {child.signalled})"
         )
     return report
@@ -167,7 +167,7 @@ class Signaller:
         child = next(w for w in self.candidates if w.name == name)
         (self.fleet.kill if sig == "SIGKILL" else self.fleet.terminate)(child)
         report = HandOver(name, child.pid, sig, self.clock.since(), sent=time.monotonic())
-        self.clock.say(f"{sig} {name} (pid {child.pid}), the busiest: it holds {held} entries")
+        self.clock.say(f"{sig} {name} (pid {child.pid}), the busiest: it holds {entries(held)}")
         self.watchers.append(
             asyncio.create_task(
                 watch(self.redis, self.stream, self.group, child, report, self.clock)
@@ -241,6 +241,11 @@ async def until_settled(redis: Redis, stream: str, group: str, last_id: str) -> 
             return
         await asyncio.sleep(0.05)
     raise SystemExit(f"syncworker demo: entries still unsettled after {TIMEOUT_S:.0f} s")
+
+
+def entries(n: int) -> str:
+    """'1 entry', '2 entries'."""
+    return "1 entry" if n == 1 else f"{n} entries"
 
 
 def _id(entry_id: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from worker.examples.checks import Accounting
-from worker.examples.handover import HandOver
+from worker.examples.handover import HandOver, entries
 from worker.examples.order_payment import History, Names, expected_read_model, expected_rows
 
 SAMPLE = 5
@@ -47,14 +47,14 @@ def hand_overs(out: TextIO, reports: list[HandOver], claim_idle: float) -> bool:
     for h in reports:
         out.write(f"  {h.worker}  {h.signal}, exit code {h.exit_code}: ")
         if h.signal == "SIGKILL":
-            out.write(f"{len(h.left)} entries left pending on it\n")
+            out.write(f"{entries(len(h.left))} left pending on it\n")
         else:
             drain = h.drain
             released, interrupted = drain.get("released", 0), drain.get("interrupted", 0)
             other = len(h.left) - int(released) - int(interrupted)
             out.write(
                 f"drained in {float(drain.get('duration_s', 0.0)):.2f} s; "
-                f"{len(h.left)} entries left pending on it ({released} released unstarted, "
+                f"{entries(len(h.left))} left pending on it ({released} released unstarted, "
                 f"{interrupted} interrupted, {other} not released)\n"
             )
         taken = ", ".join(f"{name} {n}" for name, n in sorted(h.taken_by.items())) or "none"
