@@ -191,6 +191,7 @@ class TestDemo:
             report = out.getvalue()
             assert server.process is not None and server.process.poll() is None
             assert f"kill {server.process.pid}   # the throwaway redis-server" in report
+            assert f"pid {server.process.pid}, left running (--keep)" in report
             assert f"redis-cli -p {server.port} XINFO GROUPS demo:" in report
             redis = Redis.from_url(server.url)
             try:

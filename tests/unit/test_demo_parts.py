@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import tomllib
 from collections import Counter
 
 import pytest
 
+from worker.examples import report
 from worker.examples.checks import Accounting
 from worker.examples.fleet import SETTINGS, worker_toml
 from worker.examples.keys import redis_cli
@@ -79,3 +81,22 @@ class TestAccounting:
         assert books(projection={"applied": 3}).twice == [
             "projection: more versions applied than were published"
         ]
+
+
+class TestAccountingReport:
+    def test_a_lost_entry_fails_the_demo(self) -> None:
+        """The accounting prints the lost entry and returns False, so the demo exits 1."""
+        out = io.StringIO()
+        assert report.accounting(out, books(pending={"2-0"})) is False
+        assert "LOST: 2-0" in out.getvalue()
+        assert "lost (neither applied nor dead-lettered)" in out.getvalue()
+
+    def test_an_effect_applied_twice_fails_the_demo(self) -> None:
+        """An event forwarded twice is printed and fails the accounting."""
+        out = io.StringIO()
+        assert report.accounting(out, books(relayed=Counter({"e1": 2}))) is False
+        assert "APPLIED TWICE: relay: 1 event ids forwarded twice" in out.getvalue()
+
+    def test_all_accounted_for_passes(self) -> None:
+        """Nothing lost or twice: the accounting passes."""
+        assert report.accounting(io.StringIO(), books()) is True

@@ -91,7 +91,11 @@ async def find_redis(stack: AsyncExitStack, keep: bool) -> Target:
         KEPT_SERVERS.append(server)
     else:
         stack.callback(server.cleanup)
-    note = f"a throwaway redis-server on port {server.port} ({mask_url(url)}: {reason})"
+    kept = f", pid {server.process.pid if server.process else '?'}, left running (--keep)"
+    note = (
+        f"a throwaway redis-server on port {server.port}{kept if keep else ''} "
+        f"({mask_url(url)}: {reason})"
+    )
     return Target(server.url, note, server)
 
 
