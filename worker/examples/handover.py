@@ -122,18 +122,28 @@ async def wait_started(workers: list[WorkerProcess]) -> None:
 
 
 async def watch(
-    redis: Redis, stream: str, group: str, child: WorkerProcess, report: HandOver, clock: Clock
+    redis: Redis,
+    stream: str,
+    group: str,
+    fleet: Fleet,
+    child: WorkerProcess,
+    report: HandOver,
+    clock: Clock,
 ) -> HandOver:
-    """Wait for `child` to exit, note what it left pending, and time until that is done."""
+    """Wait for `child` to exit, note what it left, and time until that is finished.
+
+    What it left: the entries still pending on its name once it is gone, and those a
+    survivor already took over from it (a SIGTERMed worker releases entries before it has
+    exited, and a survivor may claim them in the meantime).
+    """
     signalled = report.sent
     report.exit_code = await asyncio.wait_for(child.process.wait(), TIMEOUT_S)
-    left = await pending_ids(redis, stream, group, child.name)
+    left = await pending_ids(redis, stream, group, child.name) | reclaimed_from(fleet, child.name)
     report.left = sorted(left)
     if child.signalled == "SIGTERM":
         report.drain = next(iter(child.events("worker.drained")), {})
         clock.say(
-            f"{child.name} exited with code {report.exit_code}; "
-            f"{entries(len(left))} pending on it were handed back"
+            f"{child.name} exited with code {report.exit_code}; {entries(len(left))} handed back"
         )
     deadline = signalled + TIMEOUT_S
     while left and time.monotonic() < deadline:
@@ -170,7 +180,7 @@ class Signaller:
         self.clock.say(f"{sig} {name} (pid {child.pid}), the busiest: it holds {entries(held)}")
         self.watchers.append(
             asyncio.create_task(
-                watch(self.redis, self.stream, self.group, child, report, self.clock)
+                watch(self.redis, self.stream, self.group, self.fleet, child, report, self.clock)
             )
         )
         return child
@@ -188,6 +198,16 @@ class Signaller:
     async def hand_overs(self) -> list[HandOver]:
         """Every watcher's report, once each hand-over finished (or timed out)."""
         return list(await asyncio.gather(*self.watchers))
+
+
+def reclaimed_from(fleet: Fleet, name: str) -> set[str]:
+    """Ids the other workers logged as taken over from consumer `name` (so far)."""
+    return {
+        str(e.get("message_id"))
+        for other in fleet.workers
+        for e in other.events("message.reclaimed")
+        if e.get("from_consumer") == name
+    }
 
 
 def taken_over(fleet: Fleet, report: HandOver) -> None:

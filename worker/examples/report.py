@@ -51,11 +51,11 @@ def hand_overs(out: TextIO, reports: list[HandOver], claim_idle: float) -> bool:
         else:
             drain = h.drain
             released, interrupted = drain.get("released", 0), drain.get("interrupted", 0)
-            other = len(h.left) - int(released) - int(interrupted)
+            other = max(len(h.left) - int(released) - int(interrupted), 0)
             out.write(
                 f"drained in {float(drain.get('duration_s', 0.0)):.2f} s; "
-                f"{entries(len(h.left))} left pending on it ({released} released unstarted, "
-                f"{interrupted} interrupted, {other} not released)\n"
+                f"{entries(len(h.left))} handed back ({released} released unstarted, "
+                f"{interrupted} interrupted, {other} left pending unreleased)\n"
             )
         taken = ", ".join(f"{name} {n}" for name, n in sorted(h.taken_by.items())) or "none"
         out.write(f"            taken over by: {taken}\n")
