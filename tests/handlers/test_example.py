@@ -111,6 +111,14 @@ class TestDemo:
         assert killed and int(killed.group(2)) > 0, report
         stopped = re.search(r"(worker-\d)  SIGTERM, exit code 0: drained in", hand_over)
         assert stopped and stopped.group(1) != killed.group(1), report
+        # Every entry the SIGTERMed worker released counts as handed back, even one a
+        # survivor claimed before it had exited.
+        back = re.search(
+            r"(\d+) entr(?:y|ies) handed back \((\d+) released unstarted, "
+            r"(\d+) interrupted",
+            hand_over,
+        )
+        assert back and int(back.group(1)) >= int(back.group(2)) + int(back.group(3)), report
         assert re.search(r"all finished \d+\.\d\d s after the SIGKILL", hand_over), report
         assert "started worker-4 (pid " in report and f"in place of {stopped.group(1)}" in report
         taken = re.findall(r"taken over by: (.*)", hand_over)
