@@ -10,6 +10,7 @@ from worker.commands.common import add_config_option, settings_from
 EXAMPLE = """examples:
   syncworker demo                      # everything, on a local or throwaway Redis
   syncworker demo --no-postgres        # without the PostgreSQL sink
+  syncworker demo --keep               # keep the keys and print redis-cli commands for them
   SYNCWORKER_REDIS_URL=redis://redis:6379/0 syncworker demo publish --orders 5000
 """
 
@@ -19,13 +20,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "demo",
         help="run the order & payment example end to end",
         description="Publish the order service's events (duplicates, out-of-order versions "
-        "and a malformed event included), run a worker on them in this process, and print "
-        "the payment read model, the payments table, the outcome counts and the dead letter.",
+        "and a malformed event included) over a few seconds to three `syncworker run` "
+        "processes; SIGKILL one and SIGTERM another mid-run (a replacement starts), then "
+        "account for every event (applied, dead-lettered, lost, applied twice), time the "
+        "hand-overs, and print the synced copies and the real names of the keys used.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _scenario_options(parser)
     parser.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL sink")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the run's keys, database and logs (and a throwaway redis-server running), "
+        "and print the commands to look at them and to remove them",
+    )
     parser.set_defaults(func=demo)
     actions = parser.add_subparsers(dest="demo_action", metavar="ACTION")
     publish = actions.add_parser(
@@ -53,7 +62,7 @@ def _scenario_options(parser: argparse.ArgumentParser) -> None:
 def demo(args: argparse.Namespace) -> int:
     from worker.examples.demo import main
 
-    return main(args.orders, args.seed, not args.no_postgres)
+    return main(args.orders, args.seed, not args.no_postgres, args.keep)
 
 
 def publish_only(args: argparse.Namespace) -> int:

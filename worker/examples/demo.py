@@ -1,41 +1,54 @@
-"""`syncworker demo`: the order & payment scenario end to end, on whatever this machine has.
+"""`syncworker demo`: the order & payment scenario on a small fleet of real worker processes.
 
 Redis: `SYNCWORKER_REDIS_URL` (default redis://localhost:6379/0) if it answers, else a
 throwaway `redis-server` on a free port. PostgreSQL: `SYNCWORKER_POSTGRES_DSN` (default
 postgresql://postgres@127.0.0.1:5432/postgres) if it answers, in a database created for the
-run and dropped after it; otherwise the demo runs without the SQL sink and says why.
+run; otherwise the demo runs without the SQL sink and says why.
 
-Everything the run writes to Redis lives under `demo:<run id>:` and is deleted at the end,
-so a second run prints the same report (the timings go to stderr with the progress bar).
+Three `python -m worker run --config <run dir>/worker.toml` processes consume the orders
+stream while the events are published over a few seconds. A quarter of the way in, one is
+killed (SIGKILL); half-way, another gets SIGTERM and a replacement starts. The report then
+accounts for every published entry from what Redis and PostgreSQL hold, and times the
+hand-overs.
+
+Everything the run writes to Redis lives under `demo:<run id>:`. Without `--keep` it is
+deleted at the end, with the run's database and directory; with `--keep` it stays, and the
+report prints the commands to look at it and to remove it. A throwaway redis-server is then
+left running (its pid is printed), since a stopped one would keep nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import sys
-import time
+import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.connection import mask_url
-from worker.examples import report
+from worker.examples import checks, handover, keys, report
+from worker.examples.fleet import SETTINGS, Fleet, worker_toml
 from worker.examples.order_payment import History, Names, history, routes
 from worker.logs import configure_logging
 from worker.redis_server import INSTALL_HINT, RedisServer
-from worker.registry import handlers_from_settings
-from worker.runtime.stats import Stats
-from worker.runtime.worker import Worker
-from worker.settings import WorkerSettings
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-TIMEOUT_S = 180.0
+GROUP: str = SETTINGS["group"]
+PUBLISH_S = 4.0
+"""Seconds over which the events are published: long enough to kill workers mid-stream."""
+
+KEPT_SERVERS: list[RedisServer] = []
+"""Throwaway servers that `--keep` left running, referenced so that nothing reaps them."""
 
 
 async def publish(redis: Redis, stream: str, events: list[dict[str, str]]) -> None:
@@ -47,13 +60,23 @@ async def publish(redis: Redis, stream: str, events: list[dict[str, str]]) -> No
         await pipe.execute()
 
 
-async def find_redis(stack: AsyncExitStack) -> tuple[str, str]:
-    """(url, how it was found): the configured Redis if it answers, else a throwaway one."""
+@dataclass
+class Target:
+    """The Redis the demo runs on."""
+
+    url: str
+    note: str
+    server: RedisServer | None = None
+    """The throwaway server, if the demo started one."""
+
+
+async def find_redis(stack: AsyncExitStack, keep: bool) -> Target:
+    """The configured Redis if it answers, else a throwaway one (stopped at exit unless kept)."""
     url = os.environ.get("SYNCWORKER_REDIS_URL", DEFAULT_REDIS_URL)
     client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
     try:
         await client.ping()
-        return url, f"{mask_url(url)} (answered)"
+        return Target(url, f"{mask_url(url)} (answered)")
     except (RedisError, OSError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
     finally:
@@ -64,45 +87,76 @@ async def find_redis(stack: AsyncExitStack) -> tuple[str, str]:
         raise SystemExit(
             f"syncworker demo: nothing answers at {mask_url(url)}, and {exc}"
         ) from None
-    stack.callback(server.cleanup)
-    return server.url, f"a throwaway redis-server ({mask_url(url)}: {reason})"
+    if keep:
+        KEPT_SERVERS.append(server)
+    else:
+        stack.callback(server.cleanup)
+    kept = f", pid {server.process.pid if server.process else '?'}, left running (--keep)"
+    note = (
+        f"a throwaway redis-server on port {server.port}{kept if keep else ''} "
+        f"({mask_url(url)}: {reason})"
+    )
+    return Target(server.url, note, server)
 
 
-async def find_postgres(stack: AsyncExitStack, run: str) -> tuple[str | None, str]:
-    """(DSN of a database made for this run, or None; what to tell the user)."""
+@dataclass
+class Database:
+    """The PostgreSQL database of the run, or why there is none."""
+
+    note: str
+    dsn: str | None = None
+    name: str | None = None
+    psql: str | None = None
+    """`psql '<conninfo>'` for it, without the password."""
+    drop: str | None = None
+    """The command that drops it (for --keep)."""
+
+
+async def find_postgres(stack: AsyncExitStack, run: str, keep: bool) -> Database:
+    """A database made for this run (dropped at exit unless kept), or why there is none."""
     without = "running without the SQL sink"
     try:
         import psycopg
         from psycopg import sql
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
     except ImportError:
-        return None, f"psycopg is not installed (pip install 'syncworker[postgres]'): {without}"
+        return Database(f"psycopg is not installed (pip install 'syncworker[postgres]'): {without}")
     admin_dsn = os.environ.get("SYNCWORKER_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
     params = conninfo_to_dict(admin_dsn)
-    shown = make_conninfo("", **{k: v for k, v in params.items() if k != "password"})
+    public = {k: v for k, v in params.items() if k != "password"}
+    shown = make_conninfo("", **public)
     try:
         admin = await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True, connect_timeout=2)
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"not reachable at {shown} ({reason}): {without}"
+        return Database(f"not reachable at {shown} ({reason}): {without}")
     database = f"syncworker_demo_{run}"
     try:
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     except psycopg.Error as exc:
         await admin.close()
-        return None, f"cannot create a database at {shown} ({exc}): {without}"
+        return Database(f"cannot create a database at {shown} ({exc}): {without}")
 
     async def drop() -> None:
         try:
-            await admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
+            if not keep:
+                await admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(database)
+                    )
+                )
         finally:
             await admin.close()
 
     stack.push_async_callback(drop)
-    params["dbname"] = database
-    return make_conninfo("", **params), f"{shown} (answered; a database made for this run)"
+    params["dbname"] = public["dbname"] = database
+    return Database(
+        f"{shown} (answered; database {database} made for this run)",
+        dsn=make_conninfo("", **params),
+        name=database,
+        psql="psql " + shlex.quote(make_conninfo("", **public)),
+        drop=f"psql {shlex.quote(shown)} -c 'DROP DATABASE {database}'",
+    )
 
 
 async def delete_run_keys(redis: Redis, run: str) -> None:
@@ -117,124 +171,133 @@ async def delete_run_keys(redis: Redis, run: str) -> None:
         await redis.delete(*batch)
 
 
-def processed(stats: Stats, stream: str) -> int:
-    """Entries of `stream` settled for good: acknowledged or dead-lettered."""
-    return sum(
-        n
-        for (s, _, outcome), n in stats.messages.items()
-        if s == stream and outcome in ("ok", "dead_letter", "skipped")
-    )
+async def timeline(
+    redis: Redis, names: Names, scenario: History, fleet: Fleet, out: TextIO, seconds: float
+) -> tuple[list[str], list[handover.HandOver]]:
+    """Run the fleet through the scenario; the published ids and the two hand-overs."""
+    first = [await fleet.start(f"worker-{n}") for n in (1, 2, 3)]
+    await handover.wait_started(first)
+    clock = handover.Clock(out)
+    clock.say(f"publishing; {', '.join(w.name for w in first)} are consuming")
+    signals = handover.Signaller(redis, names.orders, GROUP, fleet, clock)
+    ids: list[str] = []
+    milestones = [(0.25, signals.kill), (0.5, signals.terminate)]
+    await handover.publish_paced(redis, names.orders, scenario.published, seconds, ids, milestones)
+    clock.say(f"all {len(ids)} events published")
+    await handover.until_settled(redis, names.orders, GROUP, ids[-1])
+    reports = await signals.hand_overs()
+    clock.say(f"every entry settled: nothing pending in group {GROUP}")
+    codes = await fleet.stop_all()
+    rest = zip(fleet.workers, codes, strict=True)
+    stopped = [f"{w.name} (exit {code})" for w, code in rest if not w.signalled]
+    clock.say(f"SIGTERM to the rest: {', '.join(stopped)}")
+    for h in reports:
+        handover.taken_over(fleet, h)
+    return ids, reports
 
 
-class ProgressBar:
-    """A one-line bar on stderr, redrawn in place on a terminal, every quarter otherwise."""
+@dataclass
+class Setup:
+    """Where the run happens."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = max(total, 1)
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self._quarter = 0  # non-terminals get a line per quarter done, from 25%
-
-    def update(self, done: int, retries: int) -> None:
-        fraction = min(done / self.total, 1.0)
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        filled = int(fraction * 30)
-        line = (
-            f"  syncing [{'#' * filled}{'.' * (30 - filled)}] {done:>6}/{self.total} "
-            f"{fraction:4.0%}  {done / elapsed:7.0f} msg/s"
-        )
-        if retries:
-            line += f"  {retries} retries"
-        if self.tty:
-            self.stream.write("\r" + line)
-        elif int(fraction * 4) > self._quarter:
-            self._quarter = int(fraction * 4)
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-        elapsed = time.monotonic() - self.started
-        self.stream.write(f"  done in {elapsed:.1f} s\n")
-        self.stream.flush()
+    target: Target
+    db: Database
+    fleet: Fleet
+    redis: Redis
 
 
-async def run_worker(
-    worker: Worker, until: Callable[[], Awaitable[bool]], bar: ProgressBar, stream: str
-) -> None:
-    """Run `worker` in this process until `until()` holds, drawing progress; then stop it."""
-    task = asyncio.create_task(worker.run())
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not await until():
-            if task.done():
-                task.result()
-                raise SystemExit("syncworker demo: the worker stopped early")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"syncworker demo: not done after {TIMEOUT_S:.0f} s")
-            retries = sum(n for (s, _, o), n in worker.stats.messages.items() if o == "retry")
-            bar.update(processed(worker.stats, stream), retries)
-            await asyncio.sleep(0.1)
-        bar.update(processed(worker.stats, stream), 0)
-        bar.finish()
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
+async def prepare(
+    stack: AsyncExitStack, run_id: str, names: Names, postgres: bool, keep: bool
+) -> Setup:
+    """Find Redis and PostgreSQL, write the run's worker.toml; clean-ups go on `stack`."""
+    directory = Path(tempfile.mkdtemp(prefix=f"syncworker-demo-{run_id}-"))
+    if not keep:
+        stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    target = await find_redis(stack, keep)
+    if postgres:
+        db = await find_postgres(stack, run_id, keep)
+    else:
+        db = Database("skipped (--no-postgres): running without the SQL sink")
+    toml = worker_toml(SETTINGS, routes(names, sql=db.dsn is not None))
+    fleet = Fleet.create(directory, toml, target.url, db.dsn)
+    redis = Redis.from_url(target.url)
+    stack.push_async_callback(redis.aclose)
+    if not keep:
+        stack.push_async_callback(delete_run_keys, redis, run_id)
+    stack.push_async_callback(fleet.stop_all)
+    return Setup(target, db, fleet, redis)
 
 
-async def run(orders: int, seed: int, postgres: bool, out: TextIO, err: TextIO) -> int:
-    """The whole demo; returns the exit code (0 when every copy matches the truth)."""
+async def run(
+    orders: int,
+    seed: int,
+    postgres: bool,
+    out: TextIO,
+    *,
+    keep: bool = False,
+    seconds: float = PUBLISH_S,
+) -> int:
+    """The whole demo; returns the exit code: 0 when nothing was lost or applied twice, every
+    hand-over finished and every copy matches the truth."""
     run_id = uuid.uuid4().hex[:8]
     names = Names.isolated(run_id)
     scenario: History = history(orders, seed)
     async with AsyncExitStack() as stack:
-        url, redis_note = await find_redis(stack)
-        if postgres:
-            dsn, pg_note = await find_postgres(stack, run_id)
-        else:
-            dsn, pg_note = None, "skipped (--no-postgres): running without the SQL sink"
-        report.header(out, redis_note, pg_note)
-        redis = Redis.from_url(url)
-        stack.push_async_callback(redis.aclose)
-        stack.push_async_callback(delete_run_keys, redis, run_id)
-        await publish(redis, names.orders, scenario.published)
-        report.published(out, scenario, orders)
-        values: dict[str, Any] = {
-            "redis_url": url,
-            "group": "demo",
-            "consumer": f"demo-{run_id}",
-            "routes": routes(names, sql=dsn is not None, dsn=dsn),
-            "metrics_port": 0,
-            "block": 0.1,
-            "claim_interval": 0.2,
-            "retry_base": 0.1,
-            "retry_max": 1.0,
-            "shutdown_timeout": 5.0,
-        }
-        settings = WorkerSettings(**values)
-        handlers = handlers_from_settings(settings)
-        worker = Worker(settings, handlers, stats=Stats())
-        total = len(scenario.published)
-
-        async def finished() -> bool:
-            if processed(worker.stats, names.orders) < total:
-                return False
-            summary: Any = await redis.xpending(names.orders, "demo")
-            return int(summary["pending"]) == 0
-
-        await run_worker(worker, finished, ProgressBar(total, err), names.orders)
-        return await report.results(out, redis, names, scenario, worker, dsn)
+        setup = await prepare(stack, run_id, names, postgres, keep)
+        redis, db = setup.redis, setup.db
+        report.header(
+            out,
+            setup.target.note,
+            db.note,
+            f"python -m worker run --config {setup.fleet.config}  (group {GROUP}, claim_idle "
+            f"{SETTINGS['claim_idle']:g} s, claim_interval {SETTINGS['claim_interval']:g} s)",
+        )
+        report.published(out, scenario, orders, names.orders)
+        ids, reports = await timeline(redis, names, scenario, setup.fleet, out, seconds)
+        handed = report.hand_overs(out, reports, SETTINGS["claim_idle"])
+        books = await checks.account(redis, names, GROUP, ids, scenario, db.dsn)
+        counted = report.accounting(out, books)
+        matched = await report.copies(out, redis, names, scenario, db.dsn)
+        await show_keys(out, setup, names, keep)
+        ok = handed and counted and matched
+        out.write(
+            "Result: nothing lost, nothing applied twice, every copy matches the truth.\n"
+            if ok
+            else "Result: FAILED (see above).\n"
+        )
+        return 0 if ok else 1
     return 1  # unreachable; keeps mypy aware of the exit stack's exception handling
 
 
-def main(orders: int, seed: int, postgres: bool) -> int:
+async def show_keys(out: TextIO, setup: Setup, names: Names, keep: bool) -> None:
+    """Name the run's keys; with --keep, how to look at them and remove them."""
+    target, db, redis = setup.target, setup.db, setup.redis
+    rows = await keys.run_keys(redis, names, GROUP)
+    keys.print_keys(out, rows, mask_url(target.url), db.name)
+    if not keep:
+        database = f" the database {db.name} and" if db.name else ""
+        out.write(
+            f"Deleted at exit, with{database} the run directory (worker.toml, the workers' "
+            "logs); `syncworker demo --keep` keeps them to look at.\n\n"
+        )
+        return
+    server = target.server
+    kept = keys.Kept(
+        directory=str(setup.fleet.config.parent),
+        psql=db.psql,
+        drop_database=db.drop,
+        server_pid=server.process.pid if server and server.process else None,
+        server_dir=str(server.dir) if server else None,
+    )
+    example = await keys.example_key(redis, names.read_model + "*")
+    keys.print_kept(out, keys.redis_cli(target.url), names, GROUP, example, kept)
+
+
+def main(orders: int, seed: int, postgres: bool, keep: bool = False) -> int:
     """Entry point of `syncworker demo`."""
-    configure_logging("ERROR", "console")  # the report says what matters; warnings would
-    # only interleave with the progress bar (the dead letter is shown at the end)
+    configure_logging("ERROR", "console")
     try:
-        return asyncio.run(run(orders, seed, postgres, sys.stdout, sys.stderr))
+        return asyncio.run(run(orders, seed, postgres, sys.stdout, keep=keep))
     except RuntimeError as exc:
         if "redis-server" in str(exc):
             print(INSTALL_HINT, file=sys.stderr)

@@ -1,7 +1,7 @@
-"""What `syncworker demo` prints: the set-up, the published history, and the synced copies.
+"""What `syncworker demo` prints: the set-up, the timeline, the hand-overs, the accounting of
+every event, the synced copies and the keys the run used.
 
-Only what is the same on every run goes to stdout (no timings, ids or run names), so two runs
-print the same report.
+Ids, pids, key names and timings differ from run to run; the counts of the scenario do not.
 """
 
 from __future__ import annotations
@@ -12,33 +12,111 @@ from typing import Any, TextIO
 
 from redis.asyncio import Redis
 
+from worker.examples.checks import Accounting
+from worker.examples.handover import HandOver, entries
 from worker.examples.order_payment import History, Names, expected_read_model, expected_rows
-from worker.runtime.worker import Worker
 
 SAMPLE = 5
 """Entries of each copy shown in full."""
 
 
-def header(out: TextIO, redis_note: str, pg_note: str) -> None:
-    out.write("syncworker demo: the order & payment example\n")
+def header(out: TextIO, redis_note: str, pg_note: str, workers: str) -> None:
+    out.write("syncworker demo: the order & payment example, with workers killed mid-run\n")
     out.write(f"  Redis       {redis_note}\n")
-    out.write(f"  PostgreSQL  {pg_note}\n\n")
+    out.write(f"  PostgreSQL  {pg_note}\n")
+    out.write(f"  Workers     {workers}\n\n")
     out.flush()
 
 
-def published(out: TextIO, scenario: History, orders: int) -> None:
+def published(out: TextIO, scenario: History, orders: int, stream: str) -> None:
     out.write(
-        f"The order service published {len(scenario.published)} events for {orders} orders "
-        f"on 'orders': {scenario.duplicates} published twice, {scenario.swapped} orders with "
+        f"The order service publishes {len(scenario.published)} events for {orders} orders "
+        f"on {stream}: {scenario.duplicates} published twice, {scenario.swapped} orders with "
         f"two versions swapped, {scenario.malformed} malformed.\n\n"
+        "Timeline (seconds since the first event was published)\n"
     )
     out.flush()
+
+
+def hand_overs(out: TextIO, reports: list[HandOver], claim_idle: float) -> bool:
+    """The hand-over of each signalled worker; True if every one finished."""
+    out.write(
+        "\nHand-over (measured in Redis from the signal until the entries left are finished)\n"
+    )
+    ok = True
+    for h in reports:
+        out.write(f"  {h.worker}  {h.signal}, exit code {h.exit_code}: ")
+        if h.signal == "SIGKILL":
+            out.write(f"{entries(len(h.left))} left pending on it\n")
+        else:
+            drain = h.drain
+            released, interrupted = drain.get("released", 0), drain.get("interrupted", 0)
+            other = max(len(h.left) - int(released) - int(interrupted), 0)
+            out.write(
+                f"drained in {float(drain.get('duration_s', 0.0)):.2f} s; "
+                f"{entries(len(h.left))} handed back ({released} released unstarted, "
+                f"{interrupted} interrupted, {other} left pending unreleased)\n"
+            )
+        taken = ", ".join(f"{name} {n}" for name, n in sorted(h.taken_by.items())) or "none"
+        out.write(f"            taken over by: {taken}\n")
+        if h.finished_after is None:
+            ok = False
+            out.write(
+                f"            NOT FINISHED: {len(h.left) - len(h.finish_times)} still pending\n"
+            )
+        elif h.finish_times:
+            half = sorted(h.finish_times)[(len(h.finish_times) - 1) // 2]
+            out.write(
+                f"            all finished {h.finished_after:.2f} s after the {h.signal} "
+                f"(half of them after {half:.2f} s)\n"
+            )
+        else:
+            out.write("            nothing to hand over\n")
+    out.write(
+        f"  Survivors take over a silent consumer's entries once they sat idle for "
+        f"claim_idle ({claim_idle:g} s here, 60 s by default).\n\n"
+    )
+    return ok
+
+
+def accounting(out: TextIO, books: Accounting) -> bool:
+    """Published, applied, dead-lettered, lost, applied twice; True if none lost or twice."""
+    sql = books.inbox is not None
+    where = "acknowledged and in the SQL inbox" if sql else "acknowledged"
+    lost, twice = books.lost, books.twice
+    _table(
+        out,
+        f"Every event accounted for (read back from Redis{' and PostgreSQL' if sql else ''})",
+        [
+            ("published", len(books.published)),
+            (f"applied ({where})", books.applied),
+            ("dead-lettered", len(books.dead)),
+            ("lost (neither applied nor dead-lettered)", len(lost)),
+            ("applied twice", len(twice)),
+        ],
+    )
+    for line in twice:
+        out.write(f"  APPLIED TWICE: {line}\n")
+    if lost:
+        out.write(f"  LOST: {', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}\n\n")
+    runs = sum(books.projection.values())
+    rows = [
+        ("projection: applied", books.projection.get("applied", 0)),
+        ("projection: skipped, not newer than the entity", books.projection.get("stale", 0)),
+        ("projection: runs beyond one per entry (redeliveries)", max(runs - books.applied, 0)),
+        ("relay: payment.requested forwarded", books.relay.get("forwarded", 0)),
+        ("relay: already forwarded, dropped", books.relay.get("duplicate", 0)),
+    ]
+    if books.inbox is not None:
+        rows.append(("sql: inbox rows (entries committed)", books.inbox_rows))
+    _table(out, "Guards (counters the handlers keep in Redis; redeliveries count as skipped)", rows)
+    return not lost and not twice
 
 
 def _table(out: TextIO, title: str, rows: list[tuple[str, int]]) -> None:
     out.write(f"{title}\n")
     for label, n in rows:
-        out.write(f"  {label:<48}{n:>7}\n")
+        out.write(f"  {label:<52}{n:>7}\n")
     out.write("\n")
 
 
@@ -46,45 +124,10 @@ def money(cents: Any, currency: Any) -> str:
     return f"{int(cents) / 100:>9.2f} {currency}"
 
 
-async def results(
-    out: TextIO,
-    redis: Redis,
-    names: Names,
-    scenario: History,
-    worker: Worker,
-    dsn: str | None,
-) -> int:
-    """Print outcomes, the read model, the table and the dead letter; 0 if all match."""
-    outcomes: Counter[str] = Counter()
-    for (stream, _, outcome), n in worker.stats.messages.items():
-        if stream == names.orders:
-            outcomes[outcome] += n
-    _table(
-        out,
-        "Deliveries (runtime)",
-        [
-            ("acknowledged", outcomes["ok"]),
-            ("dead-lettered", outcomes["dead_letter"]),
-            ("retried", outcomes["retry"]),
-        ],
-    )
-    by_name = {h.name: h for h in worker.handlers}
-    counts = {name: getattr(h, "counts", Counter()) for name, h in by_name.items()}
-    rows = [
-        ("projection: applied", counts["projection"]["applied"]),
-        ("projection: skipped, not newer than the entity", counts["projection"]["stale"]),
-    ]
-    if "sql" in counts:
-        rows += [
-            ("sql: rows written", counts["sql"]["applied"]),
-            ("sql: skipped, not newer than the row", counts["sql"]["stale"]),
-            ("sql: redeliveries found in the inbox", counts["sql"]["duplicate"]),
-        ]
-    rows += [
-        ("relay: payment.requested forwarded", counts["relay"]["forwarded"]),
-        ("relay: duplicate events dropped", counts["relay"]["duplicate"]),
-    ]
-    _table(out, "Handlers", rows)
+async def copies(
+    out: TextIO, redis: Redis, names: Names, scenario: History, dsn: str | None
+) -> bool:
+    """Print the read model, the table, the relay stream and the dead letter; True if all match."""
     ok = await _read_model(out, redis, names, scenario)
     if dsn is not None:
         ok = await _payments_table(out, dsn, names, scenario) and ok
@@ -92,11 +135,11 @@ async def results(
     completed = sum(1 for e in scenario.truth.values() if e.type == "order.completed")
     match = requests == completed
     out.write(
-        f"payment-requests stream: {requests} entries for {completed} completed orders: "
-        f"{'exactly one each' if match else 'MISMATCH'}\n\n"
+        f"Stream {names.requests}: {requests} payment.requested for {completed} completed "
+        f"orders: {'exactly one each' if match else 'MISMATCH'}\n\n"
     )
     await _dead_letters(out, redis, names)
-    return 0 if ok and match else 1
+    return ok and match
 
 
 async def _read_model(out: TextIO, redis: Redis, names: Names, scenario: History) -> bool:
@@ -105,7 +148,7 @@ async def _read_model(out: TextIO, redis: Redis, names: Names, scenario: History
         fields: dict[Any, Any] = await redis.hgetall(key)
         found[_text(key)[len(names.read_model) :]] = {_text(k): _text(v) for k, v in fields.items()}
     statuses = Counter(f.get("status", "?") for f in found.values())
-    out.write(f"Read model in Redis (hash payment:<order_id>): {len(found)} payments\n")
+    out.write(f"Read model in Redis (hashes {names.read_model}<order_id>): {len(found)} payments\n")
     out.write("  " + "   ".join(f"{s} {statuses[s]}" for s in sorted(statuses)) + "\n")
     for order_id in sorted(found)[:SAMPLE]:
         f = found[order_id]
@@ -114,7 +157,10 @@ async def _read_model(out: TextIO, redis: Redis, names: Names, scenario: History
             f"  {order_id}  {f['status']:<9} {f['customer']}  "
             f"{money(f['amount_cents'], f['currency'])}  {paid}\n"
         )
-    match = found == expected_read_model(scenario.truth)
+    raw: dict[Any, Any] = await redis.hgetall(names.state + ":projection:versions")
+    versions = {_text(k): int(v) for k, v in raw.items()}
+    newest = {order_id: event.version for order_id, event in scenario.truth.items()}
+    match = found == expected_read_model(scenario.truth) and versions == newest
     out.write(
         f"  matches the newest version of every order: {'yes' if match else 'NO'} "
         f"(cancelled orders are deleted)\n\n"
@@ -156,7 +202,7 @@ def _datetime(value: str | None) -> datetime | None:
 
 async def _dead_letters(out: TextIO, redis: Redis, names: Names) -> None:
     entries: list[Any] = await redis.xrange(names.orders + ":dlq") or []
-    out.write(f"Dead-lettered ({len(entries)}), on orders:dlq with why:\n")
+    out.write(f"Dead-lettered ({len(entries)}), on {names.orders}:dlq with why:\n")
     for _, raw in entries:
         f = {_text(k): _text(v) for k, v in raw.items()}
         out.write(f"  type      {f.get('type')}   key {f.get('key')}\n")
