@@ -97,7 +97,9 @@ class Worker:
         self.services = list(default_services(settings) if services is None else services)
         self.routes = RouteTable(self.handlers, self.stats)
         self.streams = self.routes.streams
-        self.ledger = Ledger(2 * settings.batch_size + settings.concurrency)
+        self.ledger = Ledger(
+            2 * settings.batch_size + settings.concurrency, settings.held_bytes_max
+        )
         self.threads = HandlerThreads(settings.concurrency, self.stats)
         self.gate = ReadGate()
         self.started = asyncio.Event()
