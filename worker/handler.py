@@ -102,12 +102,16 @@ class FunctionHandler(Handler):
         self.streams = streams
         self.types = types
         self._is_async = inspect.iscoroutinefunction(func)
+        self.blocking: Callable[[Message], Any] | None = None if self._is_async else func
+        """The plain function, which the worker runs in a thread of its own rather than call
+        `handle` (see `worker.runtime.threads`); None for an async function."""
 
     async def handle(self, msg: Message) -> None:
         if self._is_async:
             await self.func(msg)
         else:
-            # A blocking function must not stall every other message of the process.
+            # A blocking function must not stall every other message of the process. The
+            # worker itself does not come here: it runs `blocking` in its own threads.
             await asyncio.to_thread(self.func, msg)
 
     def __call__(self, msg: Message) -> Any:

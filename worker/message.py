@@ -70,7 +70,18 @@ class Message:
 
     # `_handler` (set by the dispatcher before each handler call) and `_log` stay unset until
     # used, so a message whose handler never logs costs nothing extra.
-    __slots__ = ("_data", "_fields", "_handler", "_log", "attempt", "group", "id", "raw", "stream")
+    __slots__ = (
+        "_data",
+        "_fields",
+        "_handler",
+        "_log",
+        "attempt",
+        "group",
+        "id",
+        "raw",
+        "size",
+        "stream",
+    )
     _handler: str
     _log: tuple[str, FilteringBoundLogger]
 
@@ -89,6 +100,8 @@ class Message:
         self.group = group
         self._fields: dict[str, str] | None = None
         self._data: Any = _MISSING
+        self.size = 0
+        """Bytes of the fields, set by the runtime's ledger when it holds the entry."""
 
     @property
     def fields(self) -> dict[str, str]:

@@ -113,6 +113,13 @@ class WorkerSettings(BaseSettings):
         description="Most entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    held_bytes_max: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes (sum of field name and value lengths) of the entries a process "
+        "keeps at once, held or waiting for a retry; reading pauses while they exceed it. An "
+        "entry larger than this still runs, alone. Default 64 MiB; 0 = no byte bound.",
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
         description="Event loop of `syncworker run`: uvloop when installed (a dependency "

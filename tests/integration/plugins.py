@@ -52,3 +52,23 @@ recorder_handler = Recorder
 @handler(stream="plugins:noop")
 async def noop(msg: Message) -> None:
     """Does nothing: for commands that only need a valid handler reference."""
+
+
+def sync_recorder() -> Handler:
+    """A blocking (non-async) handler: records each id, sleeping TEST_SLEEP seconds between.
+
+    It runs in a worker thread, which no timeout or cancellation can stop.
+    """
+    import time
+
+    import redis
+
+    client = redis.Redis.from_url(os.environ["SYNCWORKER_REDIS_URL"])
+    sleep = float(os.environ.get("TEST_SLEEP", "0"))
+
+    def record(msg: Message) -> None:
+        client.rpush(f"{msg.stream}:started", msg.id)
+        time.sleep(sleep)
+        client.rpush(f"{msg.stream}:processed", msg.id)
+
+    return handler(stream=os.environ["TEST_STREAM"], name="sync-recorder")(record)

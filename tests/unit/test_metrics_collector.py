@@ -94,3 +94,17 @@ class TestCollector:
         collector = WorkerCollector(Stats(), "g", {}, dict, GroupGauges())
         text = generate_latest(build_registry(collector)).decode()
         assert "syncworker_messages_total" in text and "python_info" in text
+
+
+class TestMemoryAndThreadGauges:
+    def test_held_bytes_and_overrunning_threads(self) -> None:
+        """syncworker_held_bytes reads the ledger's bytes; overrunning threads come from Stats."""
+        stats = Stats()
+        stats.threads_overrunning = 2
+        registry = CollectorRegistry()
+        registry.register(
+            WorkerCollector(stats, "billing", {}, dict, GroupGauges(), held_bytes=lambda: 4096)
+        )
+        found = samples(generate_latest(registry).decode())
+        assert value(found, "syncworker_held_bytes", group="billing") == 4096
+        assert value(found, "syncworker_handler_threads_overrunning", group="billing") == 2

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from typing import NoReturn
 
 import structlog
 
@@ -40,7 +43,20 @@ def run(args: argparse.Namespace) -> int:
     handlers = handlers_from_settings(settings)
     worker = Worker(settings, handlers)
     tune_gc(settings.gc_threshold)  # last, so that everything set up so far is frozen
-    return run_in_loop(_serve(worker), settings.event_loop)
+    code = run_in_loop(_serve(worker), settings.event_loop)
+    if worker.threads.abandoned:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without interpreter finalisation, which would run beside the abandoned handler
+    threads (daemon threads: they are frozen or crash when they next touch the interpreter,
+    and one holding a lock, of stdout say, can hang the exit). The worker has drained: acks
+    are flushed and Redis connections closed; only the abandoned entries stay pending."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _serve(worker: Worker) -> int:

@@ -46,6 +46,7 @@ class WorkerCollector(Collector):
             that `rate()` and alerts see a series before the first message).
         inflight: returns stream -> entries held by this process right now.
         gauges: the group states refreshed from Redis.
+        held_bytes: returns the bytes of the entries this process keeps (held and waiting).
     """
 
     def __init__(
@@ -55,12 +56,14 @@ class WorkerCollector(Collector):
         routes: Mapping[str, Sequence[str]],
         inflight: Callable[[], Mapping[str, int]],
         gauges: GroupGauges,
+        held_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.stats = stats
         self.group = group
         self.routes = routes
         self.inflight = inflight
         self.gauges = gauges
+        self.held_bytes = held_bytes
 
     def collect(self) -> Iterator[Metric]:
         yield self._messages()
@@ -68,6 +71,7 @@ class WorkerCollector(Collector):
         yield from self._histograms()
         yield from self._per_stream_counters()
         yield self._inflight()
+        yield from self._memory_and_threads()
         yield from self._group_gauges()
         yield self._redis_errors()
         yield self._redis_unsafe()
@@ -172,6 +176,25 @@ class WorkerCollector(Collector):
         for stream, n in sorted(counts.items()):
             family.add_metric([stream, self.group], n)
         return family
+
+    def _memory_and_threads(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "syncworker_held_bytes",
+            "Bytes of entry fields (names and values) this process keeps: read or claimed and "
+            "not yet acked, including entries waiting for a retry; reading pauses above "
+            "SYNCWORKER_HELD_BYTES_MAX.",
+            labels=["group"],
+        )
+        held.add_metric([self.group], self.held_bytes())
+        yield held
+        overrunning = GaugeMetricFamily(
+            "syncworker_handler_threads_overrunning",
+            "Plain-function handler calls still running past SYNCWORKER_HANDLER_TIMEOUT; a "
+            "thread cannot be stopped, so each keeps its key and entry until it ends.",
+            labels=["group"],
+        )
+        overrunning.add_metric([self.group], self.stats.threads_overrunning)
+        yield overrunning
 
     def _group_gauges(self) -> Iterator[Metric]:
         labels = ["stream", "group"]

@@ -76,6 +76,7 @@ class OpsServer:
             {stream: worker.routes.handler_names(stream) for stream in worker.streams},
             lambda: {stream: len(held) for stream, held in worker.ledger.held.items()},
             self.gauges,
+            held_bytes=lambda: worker.ledger.bytes,
         )
         if self.registry is None:
             self.registry = build_registry(collector)

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import structlog
 
 from worker.errors import Reject
-from worker.handler import Handler
+from worker.handler import FunctionHandler, Handler
 from worker.message import Message
 from worker.runtime.stats import Histogram, Stats
+from worker.runtime.threads import HandlerThreads
 
 if TYPE_CHECKING:
     from worker.runtime.settle import Settler
@@ -23,12 +24,13 @@ log = structlog.get_logger("worker.runtime.dispatch")
 class Route:
     """One handler on one stream, with its precomputed metric slots."""
 
-    __slots__ = ("handler", "histogram", "name")
+    __slots__ = ("blocking", "handler", "histogram", "name")
 
     def __init__(self, handler: Handler, histogram: Histogram) -> None:
         self.handler = handler
         self.name = handler.name
         self.histogram = histogram
+        self.blocking = handler.blocking if isinstance(handler, FunctionHandler) else None
 
 
 class RouteTable:
@@ -73,10 +75,17 @@ class RouteTable:
 class Dispatcher:
     """Runs the handlers of each message and settles the outcome; never raises."""
 
-    def __init__(self, routes: RouteTable, settler: Settler, handler_timeout: float) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        settler: Settler,
+        handler_timeout: float,
+        threads: HandlerThreads | None = None,
+    ) -> None:
         self.routes = routes
         self.settler = settler
         self.handler_timeout = handler_timeout or None
+        self.threads = threads or HandlerThreads(1, Stats())
 
     async def process(self, msg: Message) -> None:
         routes = self.routes.lookup(msg.stream, msg.raw.get(b"type"))
@@ -89,7 +98,9 @@ class Dispatcher:
             for route in routes:
                 msg._handler = route.name  # for msg.log
                 started = perf_counter()
-                if timeout is None:
+                if route.blocking is not None:
+                    await self.threads.call(route.blocking, msg, timeout)
+                elif timeout is None:
                     await route.handler.handle(msg)
                 else:
                     async with asyncio.timeout(timeout):

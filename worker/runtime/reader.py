@@ -49,6 +49,8 @@ class Reader:
         self.connected = False
         self._stopping = False
         self._offsets: dict[Any, Any] = {stream: ">" for stream in streams}
+        self._entry_bytes = 0
+        """Bytes an entry is expected to take, from recent reads (0: none read yet)."""
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
         """Create the group on every stream where it is missing (with the stream itself)."""
@@ -94,7 +96,7 @@ class Reader:
             await self.gate.wait_open()
             if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
-            count = max(min(batch, self.ledger.room()) // streams, 1)
+            count = max(min(batch, self.ledger.room(), self._fit_in_bytes()) // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
                     self.group, self.consumer, self._offsets, count=count, block=block_ms
@@ -126,18 +128,35 @@ class Reader:
                 Message(stream, entry_id.decode(), fields or {}, 1, group)
                 for entry_id, fields in entries
             ]
-            self.ledger.hold_many(stream, messages)  # held before any of them can finish
+            size = self.ledger.hold_many(stream, messages)  # held before any can finish
+            if messages:
+                self._learn_entry_bytes(size // len(messages))
             for msg in messages:
                 submit(msg)
 
+    def _fit_in_bytes(self) -> int:
+        """Entries that fit in the byte budget left, at the expected size; XREADGROUP's COUNT
+        is the only bound a read has, so a read overshoots only when the entries outgrow
+        the expectation. The first read takes one entry, to learn their size."""
+        if not self.settings.held_bytes_max:
+            return self.settings.batch_size  # no byte budget: nothing to learn
+        if not self._entry_bytes:
+            return 1
+        return self.ledger.bytes_room() // self._entry_bytes
+
+    def _learn_entry_bytes(self, mean: int) -> None:
+        """Follow larger entries at once, smaller ones by halves."""
+        self._entry_bytes = max(mean, self._entry_bytes // 2, 1)
+
     async def _wait_for_room(self, wanted: int) -> bool:
-        """Wait until `wanted` entries fit; False if the gate closed first.
+        """Wait until `wanted` entries fit and the byte budget is not spent; False if the
+        gate closed first.
 
         Bounded waits keep the liveness timestamp fresh while slow handlers fill the room,
         and let the reclaimer park this loop even when the room is full of entries waiting
         for their retry (which only the reclaimer can start).
         """
-        while self.ledger.room() < wanted and not self._stopping:
+        while not self.ledger.fits(wanted) and not self._stopping:
             if not self.gate.is_open:
                 return False
             try:

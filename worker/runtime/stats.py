@@ -110,5 +110,8 @@ class Stats:
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
     `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
+    threads_overrunning: int = 0
+    """Blocking handler calls still running past `handler_timeout` (a thread cannot be
+    stopped; see `worker.runtime.threads`)."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

@@ -31,6 +31,7 @@ from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
 from worker.runtime.takeover import Takeover
+from worker.runtime.threads import HandlerThreads
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker")
@@ -96,7 +97,10 @@ class Worker:
         self.services = list(default_services(settings) if services is None else services)
         self.routes = RouteTable(self.handlers, self.stats)
         self.streams = self.routes.streams
-        self.ledger = Ledger(2 * settings.batch_size + settings.concurrency)
+        self.ledger = Ledger(
+            2 * settings.batch_size + settings.concurrency, settings.held_bytes_max
+        )
+        self.threads = HandlerThreads(settings.concurrency, self.stats)
         self.gate = ReadGate()
         self.started = asyncio.Event()
         self.stopping = False
@@ -177,7 +181,7 @@ class Worker:
     def _assemble(self, redis: Redis, reader_redis: Redis) -> Engine:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
         settler = Settler(redis, settings, policy, ledger, stats)
-        dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout)
+        dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout, self.threads)
         lanes = Lanes(settings.concurrency, dispatcher.process)
         self.reader = Reader(
             reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
@@ -262,6 +266,10 @@ class Worker:
         for msg in unstarted:
             self.ledger.drop(msg)
         interrupted = await engine.lanes.wait(self.settings.shutdown_timeout)
+        # A thread still running is abandoned, and its entry not released: released, it could
+        # be taken over and run again while this process still runs the first call.
+        abandoned = {id(msg) for msg in self.threads.close()}
+        interrupted = [msg for msg in interrupted if id(msg) not in abandoned]
         retry_task.cancel()
         takeover_task.cancel()
         engine.settler.close()
@@ -286,5 +294,6 @@ class Worker:
             duration_s=round(time.monotonic() - started, 3),
             released=len(unstarted),
             interrupted=len(interrupted),
+            threads_abandoned=len(abandoned),
             acks_flushed=flushed,
         )
