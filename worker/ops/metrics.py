@@ -70,6 +70,7 @@ class WorkerCollector(Collector):
         yield from self._group_gauges()
         yield self._redis_errors()
         yield self._redis_unsafe()
+        yield self._takeover_drain_timeouts()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -221,6 +222,16 @@ class WorkerCollector(Collector):
         )
         for reason, flag in sorted(self.stats.redis_unsafe.items()):
             family.add_metric([self.group, reason], flag)
+        return family
+
+    def _takeover_drain_timeouts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_takeover_drain_timeouts_total",
+            "Times takeover gave up waiting for handlers in flight (a call that never returns) "
+            "before running suspected poison messages, and resumed reading.",
+            labels=["group"],
+        )
+        family.add_metric([self.group], self.stats.takeover_drain_timeouts)
         return family
 
 

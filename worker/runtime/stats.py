@@ -107,5 +107,8 @@ class Stats:
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
     `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
+    takeover_drain_timeouts: int = 0
+    """Times takeover stopped waiting for work in flight (a handler call that never returns)
+    before running suspects, and reopened the read gate."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""
