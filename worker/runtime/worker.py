@@ -212,6 +212,10 @@ class Worker:
         heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
         recovery_task = asyncio.create_task(engine.takeover.recover(), name="syncworker-recover")
         await self._until_recovered(recovery_task, settler_task, heartbeat_task)
+        if self.stopping:  # stopped during recovery: the loops below must not take new work
+            engine.reader.stop()
+            engine.retries.stop()
+            engine.takeover.stop()
         self._reader_task = asyncio.create_task(engine.reader.run(), name="syncworker-reader")
         retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
         takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
