@@ -12,11 +12,19 @@ import contextlib
 import itertools
 import signal
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import WorkerProcess, eventually, make_settings, pending_count, running
+from tests.helpers import (
+    WorkerProcess,
+    dead_letters,
+    eventually,
+    make_settings,
+    pending_count,
+    running,
+)
 from tests.integration.test_crash_recovery import processed, publish_many, started
 from worker import Message, Retry, Worker, handler
 from worker.redis_server import RedisServer
@@ -203,6 +211,36 @@ class TestRequestedDelay:
         assert [attempt for attempt, _ in runs] == [1, 2]
         assert runs[1][1] - runs[0][1] >= 2.9
 
+    async def test_a_waiting_retry_handed_back_keeps_its_delay_and_attempt(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """A graceful stop hands a waiting retry over: the next worker runs it as attempt 2,
+        not before the requested delay."""
+        stream, group = names["stream"], names["group"]
+        runs: list[tuple[str, int, float]] = []
+
+        def recording(name: str) -> Any:
+            @handler(stream=stream, name=name)
+            async def later(msg: Message) -> None:
+                runs.append((name, msg.attempt, time.monotonic()))
+                if msg.attempt == 1:
+                    raise Retry("not yet", delay=3.0)
+
+            return later
+
+        common = {"claim_idle": 1.0, "claim_interval": 0.05}
+        one = make_settings(redis_server.url, group, consumer="one", **common)
+        two = make_settings(redis_server.url, group, consumer="two", **common)
+        async with running(one, [recording("one")]):
+            await redis.xadd(stream, {"n": "1"})
+            await eventually(lambda: len(runs) >= 1, timeout=10)
+        # "one" has stopped gracefully, with the entry waiting for its retry
+        async with running(two, [recording("two")]):
+            await eventually(lambda: len(runs) >= 2, timeout=10)
+            await asyncio.sleep(0.5)
+        assert [(name, attempt) for name, attempt, _ in runs] == [("one", 1), ("two", 2)]
+        assert runs[1][2] - runs[0][2] >= 2.9
+
 
 class TestReadGateBounded:
     async def test_a_handler_that_never_returns_does_not_stop_reading_for_ever(
@@ -342,3 +380,40 @@ class TestCrashWave:
             assert await survivor.wait() == 0
         later_runs = [s for s in await spans(redis, stream) if s[0] in abandoned]
         assert most_at_once(later_runs) >= 8
+
+    async def test_poison_in_a_group_is_cornered_and_dead_lettered_alone(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """Suspect groups halve with each crash; only the message that kills every worker
+        reaches the dead-letter stream, after max_attempts."""
+        stream, group = names["stream"], names["group"]
+        ids = await publish_many(redis, stream, 40, poison=13)
+        restarts = 0
+
+        async def done() -> bool:
+            handled = set(await processed(redis, stream))
+            return len(handled) == 39 and await pending_count(redis, stream, group) == 0
+
+        while not await done():
+            restarts += 1
+            assert restarts <= 8, "the poison message was never dead-lettered"
+            worker = await WorkerProcess(
+                redis_server.url,
+                group,
+                stream,
+                f"w{restarts}-{names['suffix']}",
+                SYNCWORKER_MAX_ATTEMPTS=4,
+                SYNCWORKER_CLAIM_BATCH=8,
+                SYNCWORKER_CLAIM_IDLE=0.5,
+                SYNCWORKER_CONCURRENCY=8,
+            ).start()
+            try:
+                assert await asyncio.wait_for(worker.wait(), timeout=4) == -signal.SIGKILL
+            except TimeoutError:
+                worker.signal(signal.SIGTERM)
+                assert await worker.wait() == 0
+        letters = await dead_letters(redis, stream)
+        assert [letter["dlq_id"] for letter in letters] == [ids[13]]
+        assert set(await processed(redis, stream)) == set(ids) - {ids[13]}
+        # The poison ran once per attempt: with 8, then 4 suspects, then alone.
+        assert (await attempts(redis, stream))[ids[13]] == [1, 2, 3, 4]
