@@ -34,12 +34,13 @@ CLAIM_IDLE_S = 2.0
 
 
 def worker(
-    url: str, stream: str, group: str, consumer: str, **settings: Any
+    url: str, stream: str, group: str, consumer: str, sleep: float, **settings: Any
 ) -> subprocess.Popen[bytes]:
     """`syncworker run` with the `bench.handlers:Sleep` handler on `stream`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWORKER_")}
     env.update(
         PYTHONPATH=str(ROOT),
+        BENCH_SLEEP_S=str(sleep),
         SYNCWORKER_REDIS_URL=url,
         SYNCWORKER_GROUP=group,
         SYNCWORKER_CONSUMER=consumer,
@@ -102,13 +103,13 @@ def hand_over(
     fill(redis, stream, entries + concurrency)
     redis.xgroup_create(stream, group, id="0")
     options = {"concurrency": concurrency, "batch_size": entries + concurrency}
-    first = worker(url, stream, group, "first", **options)
+    first = worker(url, stream, group, "first", sleep, **options)
     wait_until(lambda: pending(redis, stream, group) == entries + concurrency, 30)
     time.sleep(sleep / 2)  # `concurrency` of them are running now
     stop(first)
     released = pending(redis, stream, group)
     started = time.perf_counter()
-    survivor = worker(url, stream, group, "survivor", concurrency=concurrency)
+    survivor = worker(url, stream, group, "survivor", sleep, concurrency=concurrency)
     try:
         time.sleep(1.0)
         probe = redis.xadd(stream, {"type": "probe"}).decode()
@@ -142,7 +143,7 @@ def crash_wave(
                 redis.xreadgroup(group, f"dead-{n}", {stream: ">"}, count=count)
             time.sleep(CLAIM_IDLE_S + 0.1)
         started = time.perf_counter()
-        survivor = worker(url, stream, group, "survivor", concurrency=concurrency)
+        survivor = worker(url, stream, group, "survivor", sleep, concurrency=concurrency)
         try:
             last = redis.xinfo_stream(stream)["last-generated-id"].decode()
             finished = wait_until(
@@ -165,34 +166,43 @@ def crash_wave(
     }
 
 
+def run(redis: Redis, url: str, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Both scenarios, with the defaults unless `args` says otherwise."""
+    args = args or parser().parse_args([])
+    return {
+        "hand_over": hand_over(redis, url, args.entries, args.sleep, args.concurrency),
+        "crash_wave": crash_wave(redis, url, args.wave, args.wave_sleep, args.concurrency),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """The figures as two lines of text."""
+    h, w = results["hand_over"], results["crash_wave"]
+    return (
+        f"hand-over: {h['handed_back']} entries handed back, survivor done in "
+        f"{h['seconds']:.1f} s (ideal {h['ideal_s']:.1f} s, x{h['seconds'] / h['ideal_s']:.2f}, "
+        f"target x3 at most); a new event waited {h['new_event_wait_s']:.2f} s; "
+        f"runs by attempt {h['runs_by_attempt']}\n"
+        f"crash wave: {w['entries']} abandoned entries drained at {w['wave_rate']:.0f}/s, "
+        f"normal {w['normal_rate']:.0f}/s (x{w['ratio']:.2f}, target x0.5 at least); "
+        f"runs by attempt {w['runs_by_attempt']}\n"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.handover", description=__doc__)
+    p.add_argument("--entries", type=int, default=400, help="entries handed back")
+    p.add_argument("--sleep", type=float, default=0.2, help="handler seconds (hand-over)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--wave", type=int, default=6000, help="entries of the crash wave")
+    p.add_argument("--wave-sleep", type=float, default=0.02, help="handler seconds (wave)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.handover", description=__doc__)
-    parser.add_argument("--entries", type=int, default=400, help="entries handed back")
-    parser.add_argument("--sleep", type=float, default=0.2, help="handler seconds (hand-over)")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--wave", type=int, default=6000, help="entries of the crash wave")
-    parser.add_argument("--wave-sleep", type=float, default=0.02, help="handler seconds (wave)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     with RedisServer() as server:
-        redis = Redis.from_url(server.url)
-        os.environ["BENCH_SLEEP_S"] = str(args.sleep)
-        h = hand_over(redis, server.url, args.entries, args.sleep, args.concurrency)
-        print(
-            f"hand-over: {h['handed_back']} entries handed back, survivor done in "
-            f"{h['seconds']:.1f} s (ideal {h['ideal_s']:.1f} s, "
-            f"x{h['seconds'] / h['ideal_s']:.2f}); "
-            f"a new event waited {h['new_event_wait_s']:.2f} s; runs by attempt "
-            f"{h['runs_by_attempt']}",
-            flush=True,
-        )
-        os.environ["BENCH_SLEEP_S"] = str(args.wave_sleep)
-        w = crash_wave(redis, server.url, args.wave, args.wave_sleep, args.concurrency)
-        print(
-            f"crash wave: {w['entries']} abandoned entries drained at {w['wave_rate']:.0f}/s, "
-            f"normal {w['normal_rate']:.0f}/s (x{w['ratio']:.2f}); runs by attempt "
-            f"{w['runs_by_attempt']}",
-            flush=True,
-        )
+        print(render(run(Redis.from_url(server.url), server.url, args)), end="")
     return 0
 
 
