@@ -28,6 +28,7 @@ from tests.helpers import (
 from tests.integration.test_crash_recovery import processed, publish_many, started
 from worker import Message, Retry, Worker, handler
 from worker.redis_server import RedisServer
+from worker.runtime.claims import Claims, Guard, handover_key
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.retries import RetryScan
@@ -129,7 +130,7 @@ class TestRestartUnderTheSameName:
             await asyncio.sleep(30)
 
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        await redis.xadd(stream, {"n": "1"})
+        entry_id = (await redis.xadd(stream, {"n": "1"})).decode()
         await redis.xreadgroup(group, "pod-b", {stream: ">"}, count=1)
         settings = make_settings(redis_server.url, group, consumer="pod-b", shutdown_timeout=0.3)
         worker = Worker(settings, [slow])
@@ -143,9 +144,10 @@ class TestRestartUnderTheSameName:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 30)
         assert await pending_count(redis, stream, group) == 1  # handed back, not lost
+        assert await redis.hget(handover_key(stream), entry_id) is not None
 
 
-class TestRetryClaimGuard:
+class TestClaimGuards:
     async def test_the_retry_scan_leaves_an_entry_a_peer_took_over(
         self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
     ) -> None:
@@ -185,6 +187,28 @@ class TestRetryClaimGuard:
         rows = await redis.xpending_range(stream, group, min="-", max="+", count=10)
         owners = {r["message_id"].decode(): r["consumer"].decode() for r in rows}
         assert owners == {first: "peer", second: "me"}
+
+    async def test_a_takeover_claim_leaves_an_entry_that_moved_since_the_scan(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """A claim made on a scan's view takes only entries still as the scan saw them."""
+        stream, group = names["stream"], names["group"]
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        ids = [(await redis.xadd(stream, {"n": str(n)})).decode() for n in range(3)]
+        await redis.xreadgroup(group, "dead", {stream: ">"}, count=3)
+        for entry_id in ids:
+            await redis.xclaim(stream, group, "dead", 0, [entry_id], idle=5000, justid=True)
+        # Given a scan saw all three on "dead", idle 5 s; since then a peer took the first
+        # over, and the second was refreshed (its idle time reset)
+        await redis.xclaim(stream, group, "peer", 0, [ids[0]], idle=9000, justid=True)
+        await redis.xclaim(stream, group, "dead", 0, [ids[1]], idle=100, justid=True)
+        claims = Claims(redis, group, "me", Stats())
+        got = await claims.claim(stream, [Guard(i, "dead", 5000) for i in ids])
+        # Then only the third is claimed, with one more delivery
+        assert [(c.id, c.deliveries) for c in got] == [(ids[2], 2)]
+        rows = await redis.xpending_range(stream, group, min="-", max="+", count=10)
+        owners = {r["message_id"].decode(): r["consumer"].decode() for r in rows}
+        assert owners == {ids[0]: "peer", ids[1]: "dead", ids[2]: "me"}
 
 
 class TestRequestedDelay:
