@@ -85,3 +85,15 @@ class TestCollector:
         collector = WorkerCollector(Stats(), "g", {}, dict, GroupGauges())
         text = generate_latest(build_registry(collector)).decode()
         assert "syncworker_messages_total" in text and "python_info" in text
+
+
+class TestTakeoverDrainTimeouts:
+    def test_exported_from_zero(self) -> None:
+        """Bounded waits that gave up are a counter, 0 until the first."""
+        assert (
+            value(scrape(Stats()), "syncworker_takeover_drain_timeouts_total", group="billing") == 0
+        )
+        stats = Stats()
+        stats.takeover_drain_timeouts = 2
+        found = scrape(stats)
+        assert value(found, "syncworker_takeover_drain_timeouts_total", group="billing") == 2
