@@ -15,11 +15,13 @@ from typing import Any
 
 from redis import Redis
 
-from bench import report, sections
+from bench import handover, report, sections
 from bench.harness import Streams
 from worker.redis_server import RedisServer
 
 SECTIONS = ("throughput", "concurrency", "latency", "memory", "scaling")
+OPTIONAL = ("handover",)
+"""Sections run only when named in --only (`python -m bench.handover` runs it alone)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backlog:
         sizes.memory_backlogs = (sizes.memory_backlogs[0], args.backlog)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(wanted) - set(SECTIONS)
+    unknown = set(wanted) - set(SECTIONS) - set(OPTIONAL)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     out = Path(args.out)
@@ -90,6 +92,9 @@ def run(
             _say("scaling: 1 and 2 worker processes", results)
             results["scaling"] = sections.scaling(redis, streams, sizes)
             streams.drop()
+        if "handover" in wanted:
+            _say("handover: graceful hand-over and crash wave", results)
+            results["handover"] = handover.run(redis, server.url)
     at_end = report.machine()
     results["machine"]["load_at_end"] = at_end["load"]
     results["machine"]["speed_check_ms_at_end"] = at_end["speed_check_ms"]
@@ -136,6 +141,8 @@ def render(results: dict[str, Any], command: str) -> str:
         parts += ["", "### Memory", "", report.memory_table(results["memory"])]
     if "scaling" in results:
         parts += ["", "### Scaling (2 cores)", "", report.scaling_table(results["scaling"])]
+    if "handover" in results:
+        parts += ["", "### Hand-over and takeover", "", handover.render(results["handover"])]
     parts += ["", "### Against the targets", "", report.targets_table(results)]
     return "\n".join(parts) + "\n"
 

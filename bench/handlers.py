@@ -1,10 +1,14 @@
-"""The handlers the benchmarks run: a no-op, a no-op that decodes `data`, and 1 ms of I/O."""
+"""The handlers the benchmarks run: a no-op, a no-op that decodes `data`, 1 ms of I/O, and a
+configurable sleep for the hand-over benchmark."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
-from worker import Handler, Message
+from redis.asyncio import Redis
+
+from worker import Handler, HandlerContext, Message
 
 
 class Noop(Handler):
@@ -35,3 +39,24 @@ class Sleep1ms(Handler):
 
 
 HANDLERS: dict[str, type[Handler]] = {"noop": Noop, "noop_data": NoopData, "sleep_1ms": Sleep1ms}
+
+
+class Sleep(Handler):
+    """Awaits `BENCH_SLEEP_S` seconds of simulated I/O and counts runs by attempt.
+
+    The counts (`<stream>:attempts`, a hash attempt -> runs) show what a hand-over cost.
+    """
+
+    name = "sleep"
+
+    def __init__(self) -> None:
+        self.seconds = float(os.environ.get("BENCH_SLEEP_S", "0.2"))
+        self.redis: Redis | None = None
+
+    async def on_startup(self, ctx: HandlerContext) -> None:
+        self.redis = ctx.redis
+
+    async def handle(self, msg: Message) -> None:
+        await asyncio.sleep(self.seconds)
+        assert self.redis is not None
+        await self.redis.hincrby(f"{msg.stream}:attempts", str(msg.attempt), 1)

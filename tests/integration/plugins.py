@@ -1,7 +1,9 @@
 """Handlers that worker subprocesses load by `module:attr`, configured by environment.
 
 Every handled message is recorded in Redis (`<stream>:processed`, a list of ids), so a test
-can count deliveries across processes that were killed.
+can count deliveries across processes that were killed. Each run also leaves
+`<stream>:attempts` ("id attempt" when it starts) and `<stream>:spans` ("id start end" in
+wall-clock seconds when it ends), so a test can see overlapping runs of one entry.
 
 TEST_SLEEP: seconds each message takes (default 0).
 A message whose data has `"poison": true` kills the process with SIGKILL, every time.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 from redis.asyncio import Redis
 
@@ -33,12 +36,15 @@ class Recorder(Handler):
 
     async def handle(self, msg: Message) -> None:
         assert self.redis is not None
+        began = time.time()
         await self.redis.rpush(f"{msg.stream}:started", msg.id)
+        await self.redis.rpush(f"{msg.stream}:attempts", f"{msg.id} {msg.attempt}")
         data = msg.data
         if isinstance(data, dict) and data.get("poison"):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.sleep:
             await asyncio.sleep(self.sleep)
+        await self.redis.rpush(f"{msg.stream}:spans", f"{msg.id} {began} {time.time()}")
         await self.redis.rpush(f"{msg.stream}:processed", msg.id)
 
 

@@ -108,3 +108,15 @@ class TestMemoryAndThreadGauges:
         found = samples(generate_latest(registry).decode())
         assert value(found, "syncworker_held_bytes", group="billing") == 4096
         assert value(found, "syncworker_handler_threads_overrunning", group="billing") == 2
+
+
+class TestTakeoverDrainTimeouts:
+    def test_exported_from_zero(self) -> None:
+        """Bounded waits that gave up are a counter, 0 until the first."""
+        assert (
+            value(scrape(Stats()), "syncworker_takeover_drain_timeouts_total", group="billing") == 0
+        )
+        stats = Stats()
+        stats.takeover_drain_timeouts = 2
+        found = scrape(stats)
+        assert value(found, "syncworker_takeover_drain_timeouts_total", group="billing") == 2

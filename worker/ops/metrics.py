@@ -76,6 +76,7 @@ class WorkerCollector(Collector):
         yield self._redis_errors()
         yield self._redis_unsafe()
         yield self._log_dropped()
+        yield self._takeover_drain_timeouts()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -264,6 +265,16 @@ class WorkerCollector(Collector):
             labels=["group"],
         )
         family.add_metric([self.group], dropped_records())
+        return family
+
+    def _takeover_drain_timeouts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_takeover_drain_timeouts_total",
+            "Times takeover gave up waiting for handlers in flight (a call that never returns) "
+            "before running suspected poison messages, and resumed reading.",
+            labels=["group"],
+        )
+        family.add_metric([self.group], self.stats.takeover_drain_timeouts)
         return family
 
 

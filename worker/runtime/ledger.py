@@ -204,6 +204,13 @@ class Ledger:
             self.bytes -= kept.msg.size
             self._changed()
 
+    def waiting_ids(self) -> list[tuple[str, list[str]]]:
+        """Waiting entries by stream (a snapshot: safe to await while going through it)."""
+        per_stream: dict[str, list[str]] = {}
+        for stream, message_id in self.waiting:
+            per_stream.setdefault(stream, []).append(message_id)
+        return list(per_stream.items())
+
     def held_ids(self) -> Iterator[tuple[str, list[str]]]:
         for stream, held in self.held.items():
             if held:

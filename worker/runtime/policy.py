@@ -60,3 +60,18 @@ class RetryPolicy:
         """
         backoff_ms = int(self.backoff.delay(deliveries, message_id) * 1000)
         return max(int(self.claim_idle * 1000), backoff_ms)
+
+    def suspect_group(self, attempt: int, largest: int) -> int:
+        """How many suspects run together, with nothing else, as delivery number `attempt`.
+
+        A suspect was pending on a consumer that stopped without handing it back, so it may
+        be what killed it. Suspects first run in groups of `largest` (delivery 2: one crash).
+        A group that kills its worker raises the delivery count of all its members together,
+        so at their next delivery they run in halves, and so on; at the last attempt allowed
+        each runs alone. A poison message is therefore cornered in a few crashes and
+        dead-lettered on its own, while a wave of innocent entries abandoned by crashed
+        workers runs nearly at full speed.
+        """
+        if attempt >= self.max_attempts:
+            return 1
+        return max(largest >> max(attempt - 2, 0), 1)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from worker.connection import tolerate
 from worker.errors import SyncWorkerError
 from worker.message import Message
-from worker.runtime.claims import entries_by_id
+from worker.runtime.claims import Claims, Guard
 from worker.runtime.ledger import Ledger, ReadGate, Waiting
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.settle import Settler
@@ -56,6 +56,7 @@ class RetryScan:
         self.stats = stats
         self.group = settings.group
         self.consumer = settings.consumer
+        self.claims = Claims(redis, settings.group, settings.consumer, stats)
         self._stopping = False
 
     def stop(self) -> None:
@@ -76,26 +77,26 @@ class RetryScan:
         for entry in due:
             per_stream[entry.msg.stream].append(entry)
         for stream, entries in per_stream.items():
-            # Only entries untouched since our reset qualify: one another consumer took over
-            # in the meantime has a younger idle time, and stays with it.
-            min_idle_ms = max(int((now - max(e.touched_at for e in entries)) * 1000) - 500, 0)
-            claimed = await self.redis.xclaim(
-                stream, self.group, self.consumer, min_idle_ms, [e.msg.id for e in entries]
-            )
-            fresh = entries_by_id(claimed)
+            # Each entry only if it is still pending on this consumer: one that a peer took
+            # over meanwhile (after a stall of this process) stays with it.
+            guards = [Guard(e.msg.id, self.consumer, 0) for e in entries]
+            claimed = {c.id: c for c in await self.claims.claim(stream, guards)}
             for entry in entries:
-                fields = fresh.get(entry.msg.id)
-                if fields is None:
+                got = claimed.get(entry.msg.id)
+                if got is None or got.fields is None:
                     self.ledger.forget_waiting(entry)
+                    if got is not None:
+                        await self.claims.forget_deleted(stream, entry.msg.id, self.consumer)
+                        continue
                     log.info(
                         "retry.lost",
                         stream=stream,
                         message_id=entry.msg.id,
                         attempt=entry.msg.attempt,
-                        note="deleted, or taken over by another consumer",
+                        note="taken over by another consumer",
                     )
                     continue
-                msg = Message(stream, entry.msg.id, fields, entry.msg.attempt + 1, self.group)
+                msg = Message(stream, entry.msg.id, got.fields, got.deliveries, self.group)
                 entry.msg = msg
                 self.ledger.resume(entry)
                 if self.policy.over(msg.attempt):

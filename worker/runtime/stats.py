@@ -113,5 +113,8 @@ class Stats:
     threads_overrunning: int = 0
     """Blocking handler calls still running past `handler_timeout` (a thread cannot be
     stopped; see `worker.runtime.threads`)."""
+    takeover_drain_timeouts: int = 0
+    """Times takeover stopped waiting for work in flight (a handler call that never returns)
+    before running suspects, and reopened the read gate."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

@@ -211,17 +211,36 @@ class Worker:
     async def _serve(self, engine: Engine) -> None:
         engine.lanes.start()
         settler_task = asyncio.create_task(engine.settler.run(), name="syncworker-settler")
-        await engine.takeover.recover()
+        # The heartbeat first: a leftover that recovery runs must not look abandoned to a live
+        # peer while it runs, however long that takes.
+        heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
+        recovery_task = asyncio.create_task(engine.takeover.recover(), name="syncworker-recover")
+        await self._until_recovered(recovery_task, settler_task, heartbeat_task)
+        if self.stopping:  # stopped during recovery: the loops below must not take new work
+            engine.reader.stop()
+            engine.retries.stop()
+            engine.takeover.stop()
         self._reader_task = asyncio.create_task(engine.reader.run(), name="syncworker-reader")
         retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
         takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
-        heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
         await self._until_stopped(*background, heartbeat_task)
-        await self._drain(engine, retry_task, takeover_task, settler_task)
+        await self._drain(engine, retry_task, takeover_task, settler_task, recovery_task)
         heartbeat_task.cancel()
+
+    async def _until_recovered(
+        self, recovery: asyncio.Task[None], *tasks: asyncio.Task[None]
+    ) -> None:
+        """Wait for start-up recovery, or for stop(): then the drain bounds what is left."""
+        stop_task = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait(
+            {stop_task, recovery, *tasks}, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop_task.cancel()
+        for task in done - {stop_task}:
+            task.result()  # re-raise what killed it
 
     async def _connect_and_create_groups(self) -> bool:
         assert self.reader is not None
@@ -251,6 +270,7 @@ class Worker:
         retry_task: asyncio.Task[None],
         takeover_task: asyncio.Task[None],
         settler_task: asyncio.Task[None],
+        recovery_task: asyncio.Task[None],
     ) -> None:
         """Stop reading, let running handlers finish, ack them, and release the rest."""
         started = time.monotonic()
@@ -272,20 +292,22 @@ class Worker:
         interrupted = [msg for msg in interrupted if id(msg) not in abandoned]
         retry_task.cancel()
         takeover_task.cancel()
+        recovery_task.cancel()
         engine.settler.close()
-        background = (self._reader_task, retry_task, takeover_task, settler_task)
+        background = (self._reader_task, retry_task, takeover_task, settler_task, recovery_task)
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
         flushed = await engine.settler.drain(FINAL_FLUSH_S)
         to_release: list[Message] = unstarted + interrupted
-        if to_release:
+        waiting = list(self.ledger.waiting.values())
+        if to_release or waiting:
             try:
-                await asyncio.wait_for(engine.heartbeat.release(to_release), FINAL_FLUSH_S)
+                await asyncio.wait_for(engine.heartbeat.release(to_release, waiting), FINAL_FLUSH_S)
             except (*REDIS_DOWN, TimeoutError) as exc:
                 log.warning(
                     "release.failed",
-                    count=len(to_release),
+                    count=len(to_release) + len(waiting),
                     error=str(exc),
                     note="they stay pending and are taken over after claim_idle",
                 )
@@ -295,5 +317,6 @@ class Worker:
             released=len(unstarted),
             interrupted=len(interrupted),
             threads_abandoned=len(abandoned),
+            waiting=len(waiting),
             acks_flushed=flushed,
         )
