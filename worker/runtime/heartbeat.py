@@ -67,7 +67,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         """Reset the idle time of every held entry that is still pending on this consumer."""
-        for stream, ids in self.ledger.held_ids():
+        for stream, ids in list(self.ledger.held_ids()):  # a snapshot: set_idle awaits
             await self.set_idle(stream, ids, 0)
 
     async def release(self, messages: list[Message]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from worker.message import Message
@@ -146,10 +145,10 @@ class Ledger:
             self._count -= 1
             self._changed()
 
-    def held_ids(self) -> Iterator[tuple[str, list[str]]]:
-        for stream, held in self.held.items():
-            if held:
-                yield stream, list(held)
+    def held_ids(self) -> list[tuple[str, list[str]]]:
+        """A snapshot of the held ids per stream: callers await between streams, and a read
+        of a stream seen for the first time adds to `held` meanwhile."""
+        return [(stream, list(held)) for stream, held in list(self.held.items()) if held]
 
     def _changed(self) -> None:
         if self.capacity - self._count >= self._wanted:
