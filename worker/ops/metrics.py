@@ -70,6 +70,7 @@ class WorkerCollector(Collector):
         yield from self._group_gauges()
         yield self._redis_errors()
         yield self._redis_unsafe()
+        yield self._lane_restarts()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -221,6 +222,16 @@ class WorkerCollector(Collector):
         )
         for reason, flag in sorted(self.stats.redis_unsafe.items()):
             family.add_metric([self.group, reason], flag)
+        return family
+
+    def _lane_restarts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_lane_restarts_total",
+            "Lanes that died outside any handler (a bug in the runtime) and were replaced; "
+            "the message each one held was settled as failed.",
+            labels=["group"],
+        )
+        family.add_metric([self.group], self.stats.lane_restarts)
         return family
 
 

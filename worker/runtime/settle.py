@@ -88,7 +88,7 @@ class Settler:
         self._ok[(msg.stream, handler, "skipped" if skipped else "ok")] += 1
         self._wake.set()
 
-    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+    def failed(self, msg: Message, exc: BaseException, handler: str) -> None:
         """A handler raised: retry after backoff, or dead-letter once attempts are spent."""
         error_type, error = describe(exc)
         if self.policy.spent(msg.attempt):

@@ -107,5 +107,7 @@ class Stats:
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
     `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
+    lane_restarts: int = 0
+    """Lanes that died outside any handler (a bug) and were replaced."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

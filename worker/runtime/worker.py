@@ -178,7 +178,7 @@ class Worker:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
         settler = Settler(redis, settings, policy, ledger, stats)
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout)
-        lanes = Lanes(settings.concurrency, dispatcher.process)
+        lanes = Lanes(settings.concurrency, dispatcher.process, lost=dispatcher.lost, stats=stats)
         self.reader = Reader(
             reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
         )
