@@ -8,7 +8,6 @@ counts can still be scraped during a graceful shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from worker.errors import ConfigError
 from worker.ops.health import Verdict, liveness, readiness, stuck_after
 from worker.ops.httpserver import HttpServer, Response
 from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
+from worker.runtime.supervise import bounded, wait_ended
 
 if TYPE_CHECKING:
     from worker.runtime.worker import Worker
@@ -33,6 +33,8 @@ log = structlog.get_logger("worker.ops.server")
 
 PROBE_TIMEOUT_S = 0.9
 """Readiness answers within this, inside Kubernetes' default one-second probe timeout."""
+STOP_STEP_S = 2.0
+"""Seconds each step of `stop` may take before it is given up on."""
 READY_CACHE_S = 1.0
 """A readiness answer is reused this long, so a burst of probes costs Redis one round trip."""
 
@@ -103,14 +105,19 @@ class OpsServer:
         )
 
     async def stop(self) -> None:
+        """Stop refreshing and serving; each step is bounded, so a lost cancellation (or a
+        Redis that does not answer) never keeps the process from exiting."""
         if self._refresher is not None:
             self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-        if self._http is not None:
-            await self._http.stop()
-        if self._redis is not None:
-            await self._redis.aclose()
+            self._refresher.set_name("ops refresher")
+            await wait_ended([self._refresher], STOP_STEP_S, "ops server")
+        try:
+            if self._http is not None:
+                await bounded(self._http.stop(), STOP_STEP_S, "ops http server")
+            if self._redis is not None:
+                await bounded(self._redis.aclose(), STOP_STEP_S, "ops redis client")
+        except Exception:
+            log.exception("ops.stop_failed")
 
     # Endpoints --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
+from worker.errors import GroupRefused, StartupError
 from worker.handler import Handler, HandlerContext
 from worker.logs import effective_settings
 from worker.message import Message
@@ -30,11 +31,15 @@ from worker.runtime.reader import Reader
 from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
+from worker.runtime.supervise import bounded
 from worker.runtime.takeover import Takeover
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker")
 
+CLOSE_STEP_S = 10.0
+"""Seconds each last step (a handler's on_shutdown, closing a client, stopping a service) may
+take before the process gives up on it and exits anyway."""
 FINAL_FLUSH_S = 5.0
 """Seconds the last acks get after the handlers stopped, on top of `shutdown_timeout`."""
 
@@ -163,16 +168,21 @@ class Worker:
                 await h.on_startup(context)
             await self._serve(engine)
         finally:
-            for h in self.handlers:
-                try:
-                    await h.on_shutdown()
-                except Exception:
-                    log.exception("handler.shutdown_failed", handler=h.name)
-            await self.redis.aclose()
-            await reader_redis.aclose()
-            for service in reversed(started):
-                await service.stop()
+            await self._close(started, reader_redis)
         log.info("worker.stopped", consumer=settings.consumer)
+
+    async def _close(self, started: list[Service], reader_redis: Redis) -> None:
+        """Shut handlers, clients and services down; each step bounded, none fatal."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            *((f"handler {h.name} on_shutdown", h.on_shutdown) for h in self.handlers),
+            *(("redis client", client.aclose) for client in (self.redis, reader_redis) if client),
+            *((f"service {type(s).__name__}", s.stop) for s in reversed(started)),
+        ]
+        for what, step in steps:
+            try:
+                await bounded(step(), CLOSE_STEP_S, what)
+            except Exception:
+                log.exception("shutdown.step_failed", step=what)
 
     def _assemble(self, redis: Redis, reader_redis: Redis) -> Engine:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
@@ -228,6 +238,18 @@ class Worker:
                 return True
             except REDIS_DOWN as exc:
                 delay = reconnect.failed(exc)
+            except GroupRefused as exc:
+                # Not an outage: this user, or this Redis, cannot create the group. Say so
+                # once and end, rather than retry in silence.
+                log.error(
+                    "worker.start_failed",
+                    stream=exc.stream,
+                    group=exc.group,
+                    error_type=type(exc.error).__name__,
+                    error=str(exc.error),
+                    hint=exc.hint,
+                )
+                raise StartupError(str(exc)) from None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
         return False
