@@ -21,7 +21,14 @@ from redis.exceptions import ResponseError
 from worker.admin.groups import read_group_states
 from worker.connection import REDIS_DOWN, connect
 from worker.errors import ConfigError
-from worker.ops.health import Verdict, liveness, readiness, stuck_after
+from worker.ops.health import (
+    ProgressWatch,
+    Verdict,
+    liveness,
+    progress_deadline,
+    readiness,
+    stuck_after,
+)
 from worker.ops.httpserver import HttpServer, Response
 from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
 from worker.runtime.supervise import bounded, wait_ended
@@ -67,6 +74,7 @@ class OpsServer:
         self._refresher: asyncio.Task[None] | None = None
         self._ready: tuple[float, Verdict] | None = None
         self._stats_failing = False
+        self._progress = ProgressWatch()
 
     async def start(self, worker: Worker) -> None:
         """Bind the HTTP server and start refreshing the gauges."""
@@ -127,14 +135,17 @@ class OpsServer:
 
     async def _healthz(self) -> Response:
         worker = self._require_worker()
+        now = time.monotonic()
         verdict = liveness(
-            now=time.monotonic(),
+            now=now,
             started=worker.started.is_set(),
             stopping=worker.stopping,
             reader_alive=worker.reader_alive(),
             gate_open=worker.gate.is_open,
             last_read_loop=worker.stats.last_read_loop,
             deadline=stuck_after(worker.settings),
+            stalled_s=self._progress.stalled_for(now, worker.stats.calls_ended, worker.busy()),
+            progress_deadline=progress_deadline(worker.settings),
         )
         return _json(verdict)
 

@@ -117,6 +117,7 @@ class Lanes:
         queue = self._queue
         owned = self._owned
         process = self._process
+        stats = self._stats
         loop = asyncio.get_running_loop()
         msg = first
         while True:
@@ -126,6 +127,7 @@ class Lanes:
                 lane.current = msg
                 await process(msg)  # never raises: the dispatcher settles every outcome
                 lane.current = None
+                stats.calls_ended += 1
                 key = msg.raw.get(b"key")
                 msg = None if key is None else self._next_of_key(key, owned)
             if self._closed:
@@ -153,6 +155,7 @@ class Lanes:
         )
         if msg is None:
             return None
+        self._stats.calls_ended += 1
         if self._lost is not None:
             try:
                 self._lost(msg, exc)
@@ -170,6 +173,10 @@ class Lanes:
             return None  # close() has handed the followers back
         owned.pop(key, None)
         return None
+
+    def busy(self) -> bool:
+        """Is any lane running a message? (Queued messages wait only while lanes are busy.)"""
+        return any(lane.current is not None for lane in self._lanes)
 
     def close(self) -> list[Message]:
         """Stop taking work; return the queued messages that never started."""

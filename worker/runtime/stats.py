@@ -107,6 +107,8 @@ class Stats:
     redis_unsafe: dict[str, int] = field(default_factory=dict)
     """reason -> 1 when the Redis server risks losing streams that way (see
     `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
+    calls_ended: int = 0
+    """Messages whose handler calls ended, whatever the outcome; liveness watches it move."""
     lane_restarts: int = 0
     """Lanes that died outside any handler (a bug) and were replaced."""
     last_read_loop: float = 0.0

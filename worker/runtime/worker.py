@@ -110,6 +110,7 @@ class Worker:
         self.redis: Redis | None = None
         self.policy = RetryPolicy.from_settings(settings)
         self.reader: Reader | None = None
+        self.lanes: Lanes | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -136,6 +137,10 @@ class Worker:
             "worker.stopping", signal=sig.name, shutdown_timeout_s=self.settings.shutdown_timeout
         )
         self.stop()
+
+    def busy(self) -> bool:
+        """Is a handler call running right now?"""
+        return self.lanes is not None and self.lanes.busy()
 
     def reader_alive(self) -> bool:
         return self._reader_task is not None and not self._reader_task.done()
@@ -189,6 +194,7 @@ class Worker:
         settler = Settler(redis, settings, policy, ledger, stats)
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout)
         lanes = Lanes(settings.concurrency, dispatcher.process, lost=dispatcher.lost, stats=stats)
+        self.lanes = lanes
         self.reader = Reader(
             reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
         )
