@@ -25,3 +25,11 @@ class TestRestartCounters:
         assert value(scrape(stats), "syncworker_lane_restarts_total", group="billing") == 0
         stats.lane_restarts = 3
         assert value(scrape(stats), "syncworker_lane_restarts_total", group="billing") == 3
+
+    def test_task_restarts_are_exported_per_task(self) -> None:
+        """syncworker_task_restarts_total has a zero series per loop, then the counts."""
+        name = "syncworker_task_restarts_total"
+        stats = Stats()
+        assert value(scrape(stats), name, group="billing", task="reader") == 0
+        stats.task_restarts["heartbeat"] = 2
+        assert value(scrape(stats), name, group="billing", task="heartbeat") == 2

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from worker.admin.groups import GroupState
-from worker.runtime.stats import Histogram, Stats
+from worker.runtime.stats import TASKS, Histogram, Stats
 
 OUTCOMES = ("ok", "retry", "dead_letter")
 """Values of the `outcome` label of syncworker_messages_total."""
@@ -71,6 +71,7 @@ class WorkerCollector(Collector):
         yield self._redis_errors()
         yield self._redis_unsafe()
         yield self._lane_restarts()
+        yield self._task_restarts()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -232,6 +233,19 @@ class WorkerCollector(Collector):
             labels=["group"],
         )
         family.add_metric([self.group], self.stats.lane_restarts)
+        return family
+
+    def _task_restarts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_task_restarts_total",
+            "Background loops (reader, settler, retries, takeover, heartbeat) that died of a "
+            "surprise and were restarted after a back-off.",
+            labels=["group", "task"],
+        )
+        counts = dict.fromkeys(TASKS, 0)
+        counts.update(self.stats.task_restarts)
+        for task, n in sorted(counts.items()):
+            family.add_metric([self.group, task], n)
         return family
 
 

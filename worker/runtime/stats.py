@@ -31,6 +31,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds (seconds) shared by the handler and end-to-end histograms."""
 
+TASKS = ("reader", "settler", "retries", "takeover", "heartbeat")
+"""The worker's supervised background loops, as labelled in logs and metrics."""
+
 OUTCOMES = ("ok", "retry", "dead_letter", "skipped")
 """ok: handled and acked; retry: failed, left pending; dead_letter: moved to the DLQ and acked;
 skipped: no handler wants the entry's type, acked untouched."""
@@ -109,6 +112,8 @@ class Stats:
     `worker.ops.redis_safety`), 0 when checked and fine; absent when it could not be checked."""
     calls_ended: int = 0
     """Messages whose handler calls ended, whatever the outcome; liveness watches it move."""
+    task_restarts: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """background loop (reader, settler, ...) -> times it died and was restarted."""
     lane_restarts: int = 0
     """Lanes that died outside any handler (a bug) and were replaced."""
     last_read_loop: float = 0.0

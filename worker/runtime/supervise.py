@@ -1,12 +1,16 @@
-"""Supervision helpers: a task's own cancellation told from a CancelledError it merely saw,
-and waits on a shutdown path that always end."""
+"""Supervision: long-lived loops restarted when they die, a task's own cancellation told from
+a CancelledError it merely saw, and waits on a shutdown path that always end."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
+
+from worker.errors import ConfigError, StartupError
+from worker.runtime.stats import Stats
 
 log = structlog.get_logger("worker.runtime.supervise")
 
@@ -54,3 +58,58 @@ async def bounded(step: Awaitable[object], timeout: float, what: str) -> None:
         task.cancel()
         return
     task.result()
+
+
+FATAL: tuple[type[BaseException], ...] = (ConfigError, StartupError)
+"""Errors that mean the configuration cannot work: restarting would only repeat them."""
+
+RESET_AFTER_S = 60.0
+"""A loop that ran this long before dying starts its back-off over."""
+
+
+async def supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    stats: Stats,
+    stopping: Callable[[], bool],
+    *,
+    first: float = 0.1,
+    cap: float = 5.0,
+) -> None:
+    """Run one of the worker's long-lived loops; restart it whenever it dies.
+
+    A loop dies when it raises (a bug, or a CancelledError it did not ask for) or returns
+    while the worker is not stopping. Each death is logged as `task.died` with its
+    traceback, counted in `stats.task_restarts[name]`, and followed by a restart after a
+    capped, doubling pause. Only the task's own cancellation, a normal end once `stopping()`,
+    the `FATAL` errors and `KeyboardInterrupt`/`SystemExit` end it.
+
+    Args:
+        name: the loop's label in logs and in `syncworker_task_restarts_total`.
+        run: starts one run of the loop.
+        stats: where restarts are counted.
+        stopping: true once the worker is shutting down.
+        first: seconds before the first restart; doubled per death up to `cap`.
+    """
+    delay = first
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            if stopping():
+                return
+            death: BaseException = RuntimeError(f"the {name} loop ended on its own")
+        except asyncio.CancelledError as exc:
+            if told_to_stop():
+                raise
+            death = exc
+        except FATAL:
+            raise
+        except Exception as exc:
+            death = exc
+        if time.monotonic() - started > RESET_AFTER_S:
+            delay = first
+        stats.task_restarts[name] += 1
+        log.error("task.died", task=name, restart_in_s=delay, exc_info=death)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap)

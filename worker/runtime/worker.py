@@ -31,7 +31,7 @@ from worker.runtime.reader import Reader
 from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
-from worker.runtime.supervise import bounded
+from worker.runtime.supervise import bounded, supervise
 from worker.runtime.takeover import Takeover
 from worker.settings import WorkerSettings
 
@@ -222,12 +222,12 @@ class Worker:
 
     async def _serve(self, engine: Engine) -> None:
         engine.lanes.start()
-        settler_task = asyncio.create_task(engine.settler.run(), name="syncworker-settler")
+        settler_task = self._spawn("settler", engine.settler.run)
         await engine.takeover.recover()
-        self._reader_task = asyncio.create_task(engine.reader.run(), name="syncworker-reader")
-        retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
-        takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
-        heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
+        self._reader_task = self._spawn("reader", engine.reader.run)
+        retry_task = self._spawn("retries", engine.retries.run)
+        takeover_task = self._spawn("takeover", engine.takeover.run)
+        heartbeat_task = self._spawn("heartbeat", engine.heartbeat.run)
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
@@ -260,8 +260,14 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), delay)
         return False
 
+    def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Start a background loop under supervision: restarted whenever it dies."""
+        loop = supervise(name, run, self.stats, lambda: self.stopping)
+        return asyncio.create_task(loop, name=f"syncworker-{name}")
+
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> None:
-        """Wait for stop(); a background task dying on its own is a bug worth crashing for."""
+        """Wait for stop(). Supervised loops restart after any surprise, so one that ends
+        here hit an error that means the configuration cannot work: the worker ends too."""
         stop_task = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({stop_task, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         if stop_task not in done:
