@@ -57,7 +57,7 @@ class _Recorder:
     def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
         self.results.append(Delivery("skipped" if skipped else "ok", msg))
 
-    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+    def failed(self, msg: Message, exc: BaseException, handler: str) -> None:
         if self.policy.spent(msg.attempt):
             self.results.append(Delivery("dead_letter", msg, exc))
             return

@@ -67,3 +67,15 @@ class TestHandlerBaseExceptions:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
         assert settler.outcomes == []
+
+    async def test_the_test_kit_reports_a_cancelled_error_as_a_retry(self) -> None:
+        """worker.testing.deliver follows the same rule as the runtime."""
+        from worker.testing import deliver
+
+        @handler(stream="s")
+        async def cancels(msg: Message) -> None:
+            raise asyncio.CancelledError()
+
+        delivery = await deliver(cancels)
+        assert delivery.outcome == "retry"
+        assert isinstance(delivery.error, asyncio.CancelledError)
