@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -119,13 +120,18 @@ class OpsServer:
             self._refresher.cancel()
             self._refresher.set_name("ops refresher")
             await wait_ended([self._refresher], STOP_STEP_S, "ops server")
-        try:
-            if self._http is not None:
-                await bounded(self._http.stop(), STOP_STEP_S, "ops http server")
-            if self._redis is not None:
-                await bounded(self._redis.aclose(), STOP_STEP_S, "ops redis client")
-        except Exception:
-            log.exception("ops.stop_failed")
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self._http is not None:
+            steps.append(("ops http server", self._http.stop))
+        if self._redis is not None:
+            steps.append(("ops redis client", self._redis.aclose))
+        for what, step in steps:
+            try:
+                await bounded(step(), STOP_STEP_S, what)
+            except TimeoutError:
+                pass  # logged as shutdown.stuck
+            except Exception:
+                log.exception("ops.stop_failed", step=what)
 
     # Endpoints --------------------------------------------------------------------------
 

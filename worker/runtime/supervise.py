@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import structlog
 
@@ -13,6 +14,8 @@ from worker.errors import ConfigError, StartupError
 from worker.runtime.stats import Stats
 
 log = structlog.get_logger("worker.runtime.supervise")
+
+T = TypeVar("T")
 
 
 def told_to_stop() -> bool:
@@ -46,18 +49,22 @@ async def wait_ended(tasks: Iterable[asyncio.Task[object]], timeout: float, what
     return not stuck
 
 
-async def bounded(step: Awaitable[object], timeout: float, what: str) -> None:
-    """Run one shutdown step for at most `timeout` seconds; log and move on if it hangs.
+async def bounded(step: Awaitable[T], timeout: float, what: str) -> T:
+    """Run one shutdown step for at most `timeout` seconds; log and give up if it hangs.
+
+    Unlike `asyncio.wait_for`, which awaits the step after cancelling it, this never waits
+    past `timeout`: the step is cancelled and left behind.
 
     Raises:
-        Exception: whatever the step raised, for the caller to log.
+        TimeoutError: the step did not end in time (already logged as `shutdown.stuck`).
+        Exception: whatever the step raised.
     """
     task = asyncio.ensure_future(step)
     task.set_name(what)
     if not await wait_ended([task], timeout, what):
         task.cancel()
-        return
-    task.result()
+        raise TimeoutError(f"{what} did not end within {timeout}s")
+    return task.result()
 
 
 FATAL: tuple[type[BaseException], ...] = (ConfigError, StartupError)

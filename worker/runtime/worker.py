@@ -186,6 +186,8 @@ class Worker:
         for what, step in steps:
             try:
                 await bounded(step(), CLOSE_STEP_S, what)
+            except TimeoutError:
+                pass  # logged as shutdown.stuck
             except Exception:
                 log.exception("shutdown.step_failed", step=what)
 
@@ -303,11 +305,14 @@ class Worker:
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
-        flushed = await engine.settler.drain(FINAL_FLUSH_S)
+        try:  # bounded, not wait_for: a cancelled flush may never end (a lost cancellation)
+            flushed = await bounded(engine.settler.drain(FINAL_FLUSH_S), FINAL_FLUSH_S, "acks")
+        except TimeoutError:
+            flushed = False
         to_release: list[Message] = unstarted + interrupted
         if to_release:
             try:
-                await asyncio.wait_for(engine.heartbeat.release(to_release), FINAL_FLUSH_S)
+                await bounded(engine.heartbeat.release(to_release), FINAL_FLUSH_S, "release")
             except (*REDIS_DOWN, TimeoutError) as exc:
                 log.warning(
                     "release.failed",
