@@ -5,6 +5,8 @@ can count deliveries across processes that were killed.
 
 TEST_SLEEP: seconds each message takes (default 0).
 A message whose data has `"poison": true` kills the process with SIGKILL, every time.
+A message whose data has `"raise": NAME` raises that exception (`SystemExit`,
+`KeyboardInterrupt` or `CancelledError`) from the handler on its first attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import signal
 from redis.asyncio import Redis
 
 from worker import Handler, HandlerContext, Message, handler
+
+RAISED: dict[str, BaseException] = {
+    "SystemExit": SystemExit(3),
+    "KeyboardInterrupt": KeyboardInterrupt(),
+    "CancelledError": asyncio.CancelledError(),
+}
 
 
 class Recorder(Handler):
@@ -37,6 +45,8 @@ class Recorder(Handler):
         data = msg.data
         if isinstance(data, dict) and data.get("poison"):
             os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(data, dict) and data.get("raise") and msg.attempt == 1:
+            raise RAISED[data["raise"]]
         if self.sleep:
             await asyncio.sleep(self.sleep)
         await self.redis.rpush(f"{msg.stream}:processed", msg.id)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
+from tests.helpers import (
+    WorkerProcess,
+    dead_letters,
+    eventually,
+    make_settings,
+    pending_count,
+    running,
+)
 from worker import Message, handler
 from worker.publish import Publisher
 from worker.redis_server import RedisServer
@@ -63,6 +71,31 @@ class TestHandlerCancelledError:
             await eventually(lambda: _acked(redis, stream, group))
         [letter] = await dead_letters(redis, stream)
         assert letter["dlq_error_type"] == "CancelledError"
+
+
+class TestInAWorkerProcess:
+    @pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt", "CancelledError"])
+    async def test_a_handler_raising_it_neither_ends_nor_stalls_the_process(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str], raised: str
+    ) -> None:
+        """`syncworker run` retries the message, processes the rest and keeps running."""
+        stream, group = names["stream"], names["group"]
+        publisher = Publisher(redis)
+        first = await publisher.publish(stream, "tick", {"raise": raised}, key="k")
+        second = await publisher.publish(stream, "tick", {"n": 2}, key="k")
+        worker = await WorkerProcess(
+            redis_server.url, group, stream, f"raise-{names['suffix']}"
+        ).start()
+
+        async def both_processed() -> bool:
+            processed = {i.decode() for i in await redis.lrange(f"{stream}:processed", 0, -1)}
+            return {first, second} <= processed
+
+        await eventually(both_processed, timeout=10)
+        await eventually(lambda: _acked(redis, stream, group))
+        assert worker.process is not None and worker.process.returncode is None
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=10) == 0
 
 
 async def _acked(redis: Redis, stream: str, group: str) -> bool:
