@@ -54,3 +54,34 @@ class HandlerNotFound(ConfigError):
 
 class DuplicateHandlerName(ConfigError):
     """Two handlers registered under one name; routing would be ambiguous."""
+
+
+class StartupError(SyncWorkerError):
+    """Start-up cannot go on; the cause is already logged as `worker.start_failed` (exit 1)."""
+
+
+class GroupRefused(SyncWorkerError):
+    """Redis refused to create a missing consumer group (an ACL without XGROUP, a full Redis).
+
+    Args:
+        stream: the stream whose group is missing.
+        group: the consumer group.
+        error: Redis's refusal.
+    """
+
+    def __init__(self, stream: str, group: str, error: Exception) -> None:
+        super().__init__(f"cannot create group {group!r} on {stream!r}: {error}")
+        self.stream = stream
+        self.group = group
+        self.error = error
+
+    @property
+    def hint(self) -> str:
+        """What an operator can do about it."""
+        fix = "create the group beforehand (XGROUP CREATE <stream> <group> 0 MKSTREAM)"
+        reply = str(self.error)
+        if "NOPERM" in reply or "permission" in reply:
+            return f"grant this user XGROUP, or {fix}"
+        if "maxmemory" in reply or "OOM" in reply:
+            return f"free memory in Redis (maxmemory is reached), or {fix}"
+        return fix

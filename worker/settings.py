@@ -132,7 +132,18 @@ class WorkerSettings(BaseSettings):
         "`syncworker run`, which also freezes the start-up heap; 0 keeps Python's defaults.",
     )
     handler_timeout: float = Field(
-        0.0, ge=0, description="Seconds a handler may run before it counts as failed; 0 = none."
+        300.0,
+        ge=0,
+        description="Seconds a handler call may run before it is cancelled and counts as "
+        "failed (retried, then dead-lettered); 0 = no limit. Default 300, like arq's job "
+        "timeout: a call that never returns must not hold its entry and its key for ever.",
+    )
+    progress_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds /healthz tolerates messages in flight while no handler call "
+        "ends before it answers 503 (wedged); 0 = handler_timeout plus the read loop's "
+        "margin (60 s by default), or no such check when handler_timeout is 0.",
     )
 
     # Retry and dead letters

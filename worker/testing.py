@@ -58,7 +58,7 @@ class _Recorder:
     def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
         self.results.append(Delivery("skipped" if skipped else "ok", msg))
 
-    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+    def failed(self, msg: Message, exc: BaseException, handler: str) -> None:
         if refused_for_now(exc):  # an outage: the runtime runs it again on the same attempt
             self.results.append(Delivery("retry", msg, exc))
             return

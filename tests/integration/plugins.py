@@ -7,6 +7,8 @@ wall-clock seconds when it ends), so a test can see overlapping runs of one entr
 
 TEST_SLEEP: seconds each message takes (default 0).
 A message whose data has `"poison": true` kills the process with SIGKILL, every time.
+A message whose data has `"raise": NAME` raises that exception (`SystemExit`,
+`KeyboardInterrupt` or `CancelledError`) from the handler on its first attempt.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import time
 from redis.asyncio import Redis
 
 from worker import Handler, HandlerContext, Message, handler
+
+RAISED: dict[str, BaseException] = {
+    "SystemExit": SystemExit(3),
+    "KeyboardInterrupt": KeyboardInterrupt(),
+    "CancelledError": asyncio.CancelledError(),
+}
 
 
 class Recorder(Handler):
@@ -42,6 +50,8 @@ class Recorder(Handler):
         data = msg.data
         if isinstance(data, dict) and data.get("poison"):
             os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(data, dict) and data.get("raise") and msg.attempt == 1:
+            raise RAISED[data["raise"]]
         if self.sleep:
             await asyncio.sleep(self.sleep)
         await self.redis.rpush(f"{msg.stream}:spans", f"{msg.id} {began} {time.time()}")

@@ -10,7 +10,7 @@ from typing import NoReturn
 import structlog
 
 from worker.commands.common import add_config_option, settings_from
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StartupError
 from worker.gc_tuning import tune_gc
 from worker.logs import configure_logging
 from worker.loop import run_in_loop
@@ -65,6 +65,8 @@ async def _serve(worker: Worker) -> int:
         await worker.run()
     except ConfigError:
         raise  # e.g. the metrics port is taken: one line and exit code 2
+    except StartupError:
+        return 1  # already logged as worker.start_failed, in one line
     except Exception:
         structlog.get_logger("worker").exception("worker.crashed")
         return 1

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from worker.admin.groups import GroupState
 from worker.log_output import dropped_records
-from worker.runtime.stats import Histogram, Stats
+from worker.runtime.stats import TASKS, Histogram, Stats
 
 OUTCOMES = ("ok", "retry", "dead_letter")
 """Values of the `outcome` label of syncworker_messages_total."""
@@ -77,6 +77,8 @@ class WorkerCollector(Collector):
         yield self._redis_unsafe()
         yield self._log_dropped()
         yield self._takeover_drain_timeouts()
+        yield self._lane_restarts()
+        yield self._task_restarts()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -275,6 +277,29 @@ class WorkerCollector(Collector):
             labels=["group"],
         )
         family.add_metric([self.group], self.stats.takeover_drain_timeouts)
+        return family
+
+    def _lane_restarts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_lane_restarts_total",
+            "Lanes that died outside any handler (a bug in the runtime) and were replaced; "
+            "the message each one held was settled as failed.",
+            labels=["group"],
+        )
+        family.add_metric([self.group], self.stats.lane_restarts)
+        return family
+
+    def _task_restarts(self) -> Metric:
+        family = CounterMetricFamily(
+            "syncworker_task_restarts_total",
+            "Background loops (reader, settler, retries, takeover, heartbeat) that died of a "
+            "surprise and were restarted after a back-off.",
+            labels=["group", "task"],
+        )
+        counts = dict.fromkeys(TASKS, 0)
+        counts.update(self.stats.task_restarts)
+        for task, n in sorted(counts.items()):
+            family.add_metric([self.group, task], n)
         return family
 
 

@@ -8,9 +8,9 @@ counts can still be scraped during a graceful shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -22,9 +22,17 @@ from redis.exceptions import ResponseError
 from worker.admin.groups import read_group_states
 from worker.connection import REDIS_DOWN, connect
 from worker.errors import ConfigError
-from worker.ops.health import Verdict, liveness, readiness, stuck_after
+from worker.ops.health import (
+    ProgressWatch,
+    Verdict,
+    liveness,
+    progress_deadline,
+    readiness,
+    stuck_after,
+)
 from worker.ops.httpserver import HttpServer, Response
 from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
+from worker.runtime.supervise import bounded, wait_ended
 
 if TYPE_CHECKING:
     from worker.runtime.worker import Worker
@@ -33,6 +41,8 @@ log = structlog.get_logger("worker.ops.server")
 
 PROBE_TIMEOUT_S = 0.9
 """Readiness answers within this, inside Kubernetes' default one-second probe timeout."""
+STOP_STEP_S = 2.0
+"""Seconds each step of `stop` may take before it is given up on."""
 READY_CACHE_S = 1.0
 """A readiness answer is reused this long, so a burst of probes costs Redis one round trip."""
 
@@ -65,6 +75,7 @@ class OpsServer:
         self._refresher: asyncio.Task[None] | None = None
         self._ready: tuple[float, Verdict] | None = None
         self._stats_failing = False
+        self._progress = ProgressWatch()
 
     async def start(self, worker: Worker) -> None:
         """Bind the HTTP server and start refreshing the gauges."""
@@ -104,14 +115,24 @@ class OpsServer:
         )
 
     async def stop(self) -> None:
+        """Stop refreshing and serving; each step is bounded, so a lost cancellation (or a
+        Redis that does not answer) never keeps the process from exiting."""
         if self._refresher is not None:
             self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            self._refresher.set_name("ops refresher")
+            await wait_ended([self._refresher], STOP_STEP_S, "ops server")
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if self._http is not None:
-            await self._http.stop()
+            steps.append(("ops http server", self._http.stop))
         if self._redis is not None:
-            await self._redis.aclose()
+            steps.append(("ops redis client", self._redis.aclose))
+        for what, step in steps:
+            try:
+                await bounded(step(), STOP_STEP_S, what)
+            except TimeoutError:
+                pass  # logged as shutdown.stuck
+            except Exception:
+                log.exception("ops.stop_failed", step=what)
 
     # Endpoints --------------------------------------------------------------------------
 
@@ -121,14 +142,17 @@ class OpsServer:
 
     async def _healthz(self) -> Response:
         worker = self._require_worker()
+        now = time.monotonic()
         verdict = liveness(
-            now=time.monotonic(),
+            now=now,
             started=worker.started.is_set(),
             stopping=worker.stopping,
             reader_alive=worker.reader_alive(),
             gate_open=worker.gate.is_open,
             last_read_loop=worker.stats.last_read_loop,
             deadline=stuck_after(worker.settings),
+            stalled_s=self._progress.stalled_for(now, worker.stats.calls_ended, worker.busy()),
+            progress_deadline=progress_deadline(worker.settings),
         )
         return _json(verdict)
 

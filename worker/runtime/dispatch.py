@@ -13,6 +13,7 @@ from worker.errors import Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import Message
 from worker.runtime.stats import Histogram, Stats
+from worker.runtime.supervise import told_to_stop
 from worker.runtime.threads import HandlerThreads
 
 if TYPE_CHECKING:
@@ -88,6 +89,14 @@ class Dispatcher:
         self.threads = threads or HandlerThreads(1, Stats())
 
     async def process(self, msg: Message) -> None:
+        """Run the handlers of `msg` and settle the outcome.
+
+        Whatever a handler raises is a failure of that handler, retried and dead-lettered like
+        any other: `CancelledError` (unless this task itself is being cancelled, which is
+        shutdown), and `SystemExit` or `KeyboardInterrupt` too, since signals reach the worker
+        through its own handlers and never as an exception inside a handler call. Letting them
+        escape would end the lane (or the event loop) with the entry held for ever.
+        """
         routes = self.routes.lookup(msg.stream, msg.raw.get(b"type"))
         if not routes:
             self.settler.ack(msg, "", skipped=True)
@@ -106,13 +115,19 @@ class Dispatcher:
                     async with asyncio.timeout(timeout):
                         await route.handler.handle(msg)
                 route.histogram.observe(perf_counter() - started)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if told_to_stop():
+                raise  # shutdown cancelled this lane: the message is released, not failed
+            self.settler.failed(msg, exc, route.name)  # the handler's own: a failure
         except Reject as exc:
             self.settler.dead_letter(msg, exc, route.name)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: see `process`
             self.settler.failed(msg, exc, route.name)
         else:
             self.settler.ack(
                 msg, route.name if len(routes) == 1 else "+".join(r.name for r in routes)
             )
+
+    def lost(self, msg: Message, exc: BaseException) -> None:
+        """The lane running `msg` died outside any handler: settle it as failed (retried)."""
+        self.settler.failed(msg, exc, getattr(msg, "_handler", ""))

@@ -9,6 +9,11 @@ it cost a third of the throughput). Per-key order comes from the *owned keys* in
 first message of a key to be queued owns that key until it has run; later messages of the key
 wait behind it, and the lane that ran the owner runs them next, in stream order. So two
 messages of one entity never run at once and never overtake each other.
+
+Lanes are supervised: a lane that dies of anything but its own cancellation (shutdown) is
+logged, counted and replaced, and the message it held is settled as failed, so that the
+entry is retried and the rest of its key goes on. A silently dead lane would otherwise keep
+its entry held (and refreshed by the heartbeat) for ever, and its key blocked with it.
 """
 
 from __future__ import annotations
@@ -17,9 +22,20 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import structlog
+
 from worker.message import Message
+from worker.runtime.stats import Stats
+from worker.runtime.supervise import told_to_stop
+
+log = structlog.get_logger("worker.runtime.lanes")
 
 Process = Callable[[Message], Awaitable[None]]
+Lost = Callable[[Message, BaseException], None]
+
+CANCEL_WAIT_S = 2.0
+"""Seconds cancelled lanes get to end; a handler that swallows its cancellation (or a client
+that loses one) must not hold up the shutdown."""
 
 
 class _Lane:
@@ -37,12 +53,23 @@ class Lanes:
     Args:
         size: number of lanes, which is the most messages processed at once.
         process: the per-message coroutine; it must settle every outcome itself.
+        lost: settles a message as failed when its lane died outside `process`'s own care.
+        stats: where lane restarts are counted.
     """
 
-    def __init__(self, size: int, process: Process) -> None:
+    def __init__(
+        self,
+        size: int,
+        process: Process,
+        *,
+        lost: Lost | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self._lanes = [_Lane() for _ in range(size)]
         self._idle: list[_Lane] = []
         self._process = process
+        self._lost = lost
+        self._stats = stats or Stats()
         self._queue: deque[Message] = deque()
         self._owned: dict[bytes, deque[Message] | None] = {}
         """key -> the messages of that key queued behind the one that owns it (None: none
@@ -72,25 +99,70 @@ class Lanes:
                 waiter.set_result(None)
 
     async def _run(self, lane: _Lane) -> None:
+        """Serve until closed; a lane that dies is replaced (in the same task) after its
+        message was settled, starting with the next message of that message's key."""
+        first: Message | None = None
+        while True:
+            try:
+                await self._serve(lane, first)
+                return
+            except asyncio.CancelledError as exc:
+                if told_to_stop():
+                    raise  # shutdown
+                first = self._died(lane, exc)
+            except BaseException as exc:  # no lane dies of anything silently
+                first = self._died(lane, exc)
+
+    async def _serve(self, lane: _Lane, first: Message | None) -> None:
         queue = self._queue
         owned = self._owned
         process = self._process
+        stats = self._stats
         loop = asyncio.get_running_loop()
+        msg = first
         while True:
-            while queue:
-                msg: Message | None = queue.popleft()
-                while msg is not None:
-                    lane.current = msg
-                    await process(msg)  # never raises: the dispatcher settles every outcome
-                    lane.current = None
-                    key = msg.raw.get(b"key")
-                    msg = None if key is None else self._next_of_key(key, owned)
+            while msg is not None or queue:
+                if msg is None:
+                    msg = queue.popleft()
+                lane.current = msg
+                await process(msg)  # never raises: the dispatcher settles every outcome
+                lane.current = None
+                stats.calls_ended += 1
+                key = msg.raw.get(b"key")
+                msg = None if key is None else self._next_of_key(key, owned)
             if self._closed:
                 return
             lane.waiter = loop.create_future()
             self._idle.append(lane)
             await lane.waiter
             lane.waiter = None
+
+    def _died(self, lane: _Lane, exc: BaseException) -> Message | None:
+        """Log and count a lane's death, settle its message; return the next of its key."""
+        msg, lane.current = lane.current, None
+        if lane.waiter is not None:
+            if lane in self._idle:
+                self._idle.remove(lane)
+            lane.waiter = None
+        self._stats.lane_restarts += 1
+        log.error(
+            "lane.died",
+            lane=self._lanes.index(lane),
+            stream=msg.stream if msg else None,
+            message_id=msg.id if msg else None,
+            note="the lane is replaced; its message is settled as failed",
+            exc_info=exc,
+        )
+        if msg is None:
+            return None
+        self._stats.calls_ended += 1
+        if self._lost is not None:
+            try:
+                self._lost(msg, exc)
+            except Exception:
+                log.exception("lane.settle_failed", stream=msg.stream, message_id=msg.id)
+        key = msg.raw.get(b"key")
+        return None if key is None else self._next_of_key(key, self._owned)
 
     def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message] | None]) -> Message | None:
         """The next message of `key`, which this lane runs now; or release the key."""
@@ -101,6 +173,10 @@ class Lanes:
             return None  # close() has handed the followers back
         owned.pop(key, None)
         return None
+
+    def busy(self) -> bool:
+        """Is any lane running a message? (Queued messages wait only while lanes are busy.)"""
+        return any(lane.current is not None for lane in self._lanes)
 
     def close(self) -> list[Message]:
         """Stop taking work; return the queued messages that never started."""
@@ -130,7 +206,13 @@ class Lanes:
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+            if stuck:
+                log.warning(
+                    "lanes.stuck",
+                    lanes=sorted(t.get_name() for t in stuck),
+                    note="a handler ignored its cancellation; shutting down without it",
+                )
         return interrupted
 
     def cancel(self) -> None:

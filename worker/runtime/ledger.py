@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.message import Message
@@ -211,10 +211,10 @@ class Ledger:
             per_stream.setdefault(stream, []).append(message_id)
         return list(per_stream.items())
 
-    def held_ids(self) -> Iterator[tuple[str, list[str]]]:
-        for stream, held in self.held.items():
-            if held:
-                yield stream, list(held)
+    def held_ids(self) -> list[tuple[str, list[str]]]:
+        """A snapshot of the held ids per stream: callers await between streams, and a read
+        of a stream seen for the first time adds to `held` meanwhile."""
+        return [(stream, list(held)) for stream, held in list(self.held.items()) if held]
 
     def _recount_bytes(self) -> None:
         kept = [m for held in self.held.values() for m in held.values()]

@@ -15,7 +15,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.connection import REDIS_DOWN, Reconnect
+from worker.connection import REDIS_DOWN, Reconnect, text
+from worker.errors import GroupRefused
 from worker.message import Message
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.stats import Stats
@@ -53,16 +54,17 @@ class Reader:
         """Bytes an entry is expected to take, from recent reads (0: none read yet)."""
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
-        """Create the group on every stream where it is missing (with the stream itself)."""
+        """Create the group on every stream where it is missing (with the stream itself).
+
+        Raises:
+            GroupRefused: Redis refused to create a missing group (ACL, OOM, ...).
+        """
         for stream in self.streams:
             try:
-                await self.redis.xgroup_create(
-                    stream, self.group, id=self.settings.start_id, mkstream=True
-                )
+                if not await self._create_if_missing(stream):
+                    continue
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-                continue
+                raise GroupRefused(stream, self.group, exc) from exc
             if recreated:
                 self.stats.group_recreated[stream] += 1
                 log.warning(
@@ -80,6 +82,31 @@ class Reader:
                     group=self.group,
                     start_id=self.settings.start_id,
                 )
+
+    async def _create_if_missing(self, stream: str) -> bool:
+        """Create the group on `stream` unless it exists; True if this call created it.
+
+        XGROUP CREATE is ACL-checked and refused when Redis is full (it is `denyoom`) before
+        it finds the group exists: ask XINFO GROUPS first, so that a user without XGROUP, or
+        a full Redis, still starts where the group is already there.
+        """
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+        else:
+            if any(text(info["name"]) == self.group for info in groups):
+                return False
+        try:
+            await self.redis.xgroup_create(
+                stream, self.group, id=self.settings.start_id, mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return False  # another consumer created it meanwhile
+        return True
 
     def stop(self) -> None:
         """End `run` at its next turn (the caller also cancels it, to cut a blocking read)."""
@@ -171,6 +198,9 @@ class Reader:
             await self.ensure_groups(recreated=True)
         except REDIS_DOWN as exc:
             self.connected = False
+            await reconnect.pause(exc)
+        except GroupRefused as exc:  # may clear up (memory freed, ACL fixed): keep trying
+            log.error("group.recreate_failed", stream=exc.stream, group=exc.group, error=str(exc))
             await reconnect.pause(exc)
 
 

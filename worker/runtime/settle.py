@@ -110,7 +110,7 @@ class Settler:
             self._refusals.succeeded()
         self._wake.set()
 
-    def failed(self, msg: Message, exc: Exception, handler: str) -> None:
+    def failed(self, msg: Message, exc: BaseException, handler: str) -> None:
         """A handler raised: retry after backoff, or dead-letter once attempts are spent.
 
         Redis refusing the handler's writes for now (OOM, READONLY, ...) spends no attempt.
@@ -178,7 +178,7 @@ class Settler:
         if len(failures) > self.ledger.capacity:
             del failures[next(iter(failures))]  # the oldest; its dead letter says less
 
-    def _wait_for_redis(self, msg: Message, exc: Exception) -> None:
+    def _wait_for_redis(self, msg: Message, exc: BaseException) -> None:
         """Redis refused the handler's writes: run the entry again later, same attempt."""
         delay = self._refusals.failed(exc)  # logs redis.unavailable once per outage
         log.debug("message.waiting_for_redis", stream=msg.stream, message_id=msg.id, error=str(exc))

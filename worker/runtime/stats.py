@@ -31,6 +31,9 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds (seconds) shared by the handler and end-to-end histograms."""
 
+TASKS = ("reader", "settler", "retries", "takeover", "heartbeat")
+"""The worker's supervised background loops, as labelled in logs and metrics."""
+
 OUTCOMES = ("ok", "retry", "dead_letter", "skipped")
 """ok: handled and acked; retry: failed, left pending; dead_letter: moved to the DLQ and acked;
 skipped: no handler wants the entry's type, acked untouched."""
@@ -116,5 +119,11 @@ class Stats:
     takeover_drain_timeouts: int = 0
     """Times takeover stopped waiting for work in flight (a handler call that never returns)
     before running suspects, and reopened the read gate."""
+    calls_ended: int = 0
+    """Messages whose handler calls ended, whatever the outcome; liveness watches it move."""
+    task_restarts: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """background loop (reader, settler, ...) -> times it died and was restarted."""
+    lane_restarts: int = 0
+    """Lanes that died outside any handler (a bug) and were replaced."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
+from worker.errors import GroupRefused, StartupError
 from worker.handler import Handler, HandlerContext
 from worker.logs import effective_settings
 from worker.message import Message
@@ -30,12 +31,16 @@ from worker.runtime.reader import Reader
 from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
+from worker.runtime.supervise import bounded, supervise
 from worker.runtime.takeover import Takeover
 from worker.runtime.threads import HandlerThreads
 from worker.settings import WorkerSettings
 
 log = structlog.get_logger("worker")
 
+CLOSE_STEP_S = 10.0
+"""Seconds each last step (a handler's on_shutdown, closing a client, stopping a service) may
+take before the process gives up on it and exits anyway."""
 FINAL_FLUSH_S = 5.0
 """Seconds the last acks get after the handlers stopped, on top of `shutdown_timeout`."""
 
@@ -109,6 +114,7 @@ class Worker:
         self.redis: Redis | None = None
         self.policy = RetryPolicy.from_settings(settings)
         self.reader: Reader | None = None
+        self.lanes: Lanes | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -135,6 +141,10 @@ class Worker:
             "worker.stopping", signal=sig.name, shutdown_timeout_s=self.settings.shutdown_timeout
         )
         self.stop()
+
+    def busy(self) -> bool:
+        """Is a handler call running right now?"""
+        return self.lanes is not None and self.lanes.busy()
 
     def reader_alive(self) -> bool:
         return self._reader_task is not None and not self._reader_task.done()
@@ -167,22 +177,30 @@ class Worker:
                 await h.on_startup(context)
             await self._serve(engine)
         finally:
-            for h in self.handlers:
-                try:
-                    await h.on_shutdown()
-                except Exception:
-                    log.exception("handler.shutdown_failed", handler=h.name)
-            await self.redis.aclose()
-            await reader_redis.aclose()
-            for service in reversed(started):
-                await service.stop()
+            await self._close(started, reader_redis)
         log.info("worker.stopped", consumer=settings.consumer)
+
+    async def _close(self, started: list[Service], reader_redis: Redis) -> None:
+        """Shut handlers, clients and services down; each step bounded, none fatal."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            *((f"handler {h.name} on_shutdown", h.on_shutdown) for h in self.handlers),
+            *(("redis client", client.aclose) for client in (self.redis, reader_redis) if client),
+            *((f"service {type(s).__name__}", s.stop) for s in reversed(started)),
+        ]
+        for what, step in steps:
+            try:
+                await bounded(step(), CLOSE_STEP_S, what)
+            except TimeoutError:
+                pass  # logged as shutdown.stuck
+            except Exception:
+                log.exception("shutdown.step_failed", step=what)
 
     def _assemble(self, redis: Redis, reader_redis: Redis) -> Engine:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
         settler = Settler(redis, settings, policy, ledger, stats)
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout, self.threads)
-        lanes = Lanes(settings.concurrency, dispatcher.process)
+        lanes = Lanes(settings.concurrency, dispatcher.process, lost=dispatcher.lost, stats=stats)
+        self.lanes = lanes
         self.reader = Reader(
             reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
         )
@@ -210,19 +228,19 @@ class Worker:
 
     async def _serve(self, engine: Engine) -> None:
         engine.lanes.start()
-        settler_task = asyncio.create_task(engine.settler.run(), name="syncworker-settler")
+        settler_task = self._spawn("settler", engine.settler.run)
         # The heartbeat first: a leftover that recovery runs must not look abandoned to a live
         # peer while it runs, however long that takes.
-        heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
+        heartbeat_task = self._spawn("heartbeat", engine.heartbeat.run)
         recovery_task = asyncio.create_task(engine.takeover.recover(), name="syncworker-recover")
         await self._until_recovered(recovery_task, settler_task, heartbeat_task)
         if self.stopping:  # stopped during recovery: the loops below must not take new work
             engine.reader.stop()
             engine.retries.stop()
             engine.takeover.stop()
-        self._reader_task = asyncio.create_task(engine.reader.run(), name="syncworker-reader")
-        retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
-        takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
+        self._reader_task = self._spawn("reader", engine.reader.run)
+        retry_task = self._spawn("retries", engine.retries.run)
+        takeover_task = self._spawn("takeover", engine.takeover.run)
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
@@ -251,12 +269,30 @@ class Worker:
                 return True
             except REDIS_DOWN as exc:
                 delay = reconnect.failed(exc)
+            except GroupRefused as exc:
+                # Not an outage: this user, or this Redis, cannot create the group. Say so
+                # once and end, rather than retry in silence.
+                log.error(
+                    "worker.start_failed",
+                    stream=exc.stream,
+                    group=exc.group,
+                    error_type=type(exc.error).__name__,
+                    error=str(exc.error),
+                    hint=exc.hint,
+                )
+                raise StartupError(str(exc)) from None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
         return False
 
+    def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Start a background loop under supervision: restarted whenever it dies."""
+        loop = supervise(name, run, self.stats, lambda: self.stopping)
+        return asyncio.create_task(loop, name=f"syncworker-{name}")
+
     async def _until_stopped(self, *tasks: asyncio.Task[None]) -> None:
-        """Wait for stop(); a background task dying on its own is a bug worth crashing for."""
+        """Wait for stop(). Supervised loops restart after any surprise, so one that ends
+        here hit an error that means the configuration cannot work: the worker ends too."""
         stop_task = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({stop_task, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         if stop_task not in done:
@@ -298,12 +334,17 @@ class Worker:
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
-        flushed = await engine.settler.drain(FINAL_FLUSH_S)
+        try:  # bounded, not wait_for: a cancelled flush may never end (a lost cancellation)
+            flushed = await bounded(engine.settler.drain(FINAL_FLUSH_S), FINAL_FLUSH_S, "acks")
+        except TimeoutError:
+            flushed = False
         to_release: list[Message] = unstarted + interrupted
         waiting = list(self.ledger.waiting.values())
         if to_release or waiting:
             try:
-                await asyncio.wait_for(engine.heartbeat.release(to_release, waiting), FINAL_FLUSH_S)
+                await bounded(
+                    engine.heartbeat.release(to_release, waiting), FINAL_FLUSH_S, "release"
+                )
             except (*REDIS_DOWN, TimeoutError) as exc:
                 log.warning(
                     "release.failed",
