@@ -1,0 +1,98 @@
+"""Reads the run logs of a chaos run: overlapping runs of one entry, and hand-over times.
+
+A run is one handler call on one entry in one process: from its `S` line to its `E` line. A
+run without an `E` line was cut short by the death of its process, so it ends when the process
+was seen dead. Two runs of one entry overlap when one starts before the other ended: the
+runtime let two handlers work on the same entry at once (in two processes, or twice in one).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.chaos.fleet import Life
+
+NEVER = 2**63
+"""The end of a run whose process was never seen to exit: it may still be running."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    entry: str
+    consumer: str
+    pid: int
+    start_ns: int
+    end_ns: int
+    outcome: str
+    """The projection's outcome (applied, stale), `error`, or `killed` (no end line)."""
+
+
+def read_runs(run_dir: Path, lives: list[Life]) -> dict[str, list[Run]]:
+    """Every run of every entry, sorted by start, from the files the handler wrote."""
+    death = {life.pid: life.ended_ns for life in lives}
+    runs: dict[str, list[Run]] = defaultdict(list)
+    for path in run_dir.glob("*.runs"):
+        consumer, pid_text, _ = path.name.rsplit(".", 2)
+        pid = int(pid_text)
+        open_runs: dict[str, list[int]] = defaultdict(list)
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if parts[0] == "S":
+                open_runs[parts[1]].append(int(parts[2]))
+            elif open_runs[parts[1]]:
+                start = open_runs[parts[1]].pop(0)
+                runs[parts[1]].append(Run(parts[1], consumer, pid, start, int(parts[2]), parts[3]))
+        for entry, starts in open_runs.items():
+            for start in starts:
+                end = death.get(pid) or NEVER
+                runs[entry].append(Run(entry, consumer, pid, start, end, "killed"))
+    for entry_runs in runs.values():
+        entry_runs.sort(key=lambda run: run.start_ns)
+    return runs
+
+
+def overlapping(runs: dict[str, list[Run]]) -> dict[str, list[Run]]:
+    """The entries some of whose runs overlap in time, with all their runs."""
+    found: dict[str, list[Run]] = {}
+    for entry, entry_runs in runs.items():
+        ended = 0
+        for run in entry_runs:
+            if run.start_ns < ended:
+                found[entry] = entry_runs
+                break
+            ended = max(ended, run.end_ns)
+    return found
+
+
+def hand_overs(runs: dict[str, list[Run]], lives: list[Life], end: str) -> list[float]:
+    """Seconds from each `end`-ended process's exit until its last pending entry ran again.
+
+    The entries are those the consumer had pending when it was signalled; an entry it
+    finished itself before exiting never runs again and does not count.
+    """
+    times: list[float] = []
+    for life in lives:
+        if life.end != end or life.ended_ns is None or not life.pending_at_signal:
+            continue
+        latest = 0
+        for entry in life.pending_at_signal:
+            later = [r.start_ns for r in runs.get(entry, []) if r.start_ns >= life.ended_ns]
+            if later:
+                latest = max(latest, min(later))
+        if latest:
+            times.append((latest - life.ended_ns) / 1e9)
+    return times
+
+
+def describe_overlap(entry: str, entry_runs: list[Run], origin_ns: int) -> str:
+    """One line per run of an overlapping entry, times in seconds since the run began."""
+    lines = [f"  entry {entry}:"]
+    for run in entry_runs:
+        start = (run.start_ns - origin_ns) / 1e9
+        end = (run.end_ns - origin_ns) / 1e9
+        lines.append(
+            f"    {run.consumer} pid {run.pid}: {start:.3f}s .. {end:.3f}s ({run.outcome})"
+        )
+    return "\n".join(lines)
