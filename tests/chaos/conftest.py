@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Generator
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,17 @@ def replay_hint() -> str:
 @pytest.fixture
 def chaos_seed() -> int:
     return SEED
+
+
+@pytest.fixture
+def chaos_dir(request: pytest.FixtureRequest, chaos_seed: int) -> Iterator[Path]:
+    """A directory for the run and worker logs, kept when the test fails (pytest's own
+    temporary directories are rotated away by the next sessions), removed when it passes."""
+    path = Path(tempfile.mkdtemp(prefix=f"syncworker-chaos-{chaos_seed}-"))
+    yield path
+    report = getattr(request.node, "chaos_call_report", None)
+    if report is not None and report.passed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -47,5 +61,7 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
     """Name the seed again under every failed chaos test."""
     outcome = yield
     report = outcome.get_result()
+    if report.when == "call":
+        item.chaos_call_report = report  # type: ignore[attr-defined]
     if report.failed and item.get_closest_marker("chaos") is not None:
         report.sections.append(("chaos seed", replay_hint()))

@@ -52,8 +52,9 @@ class Chaos:
     def schedule(
         self, kinds: tuple[str, ...], count: int, within: float
     ) -> list[tuple[float, str]]:
-        """`count` faults drawn from `kinds`, at sorted random times in (1 s, `within`)."""
-        times = sorted(self.rng.uniform(1.0, within) for _ in range(count))
+        """`count` faults drawn from `kinds`, at sorted random times in (2.5 s, `within`):
+        from when the workers have started until a little after the last entry."""
+        times = sorted(self.rng.uniform(2.5, within) for _ in range(count))
         return [(t, self.rng.choice(kinds)) for t in times]
 
     async def run(self, schedule: list[Fault]) -> None:

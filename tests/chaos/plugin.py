@@ -11,7 +11,7 @@ Strictness. Anything else is rejected (dead-lettered at once), including what th
 alone would accept or skip (no `data`, an unknown type): the chaos publisher's bad entries must
 all end in the dead-letter stream, never acknowledged nor pending.
 
-Work. Each run sleeps a random while (up to `$CHAOS_HANDLER_SLEEP` seconds, 0.15 by default)
+Work. Each run sleeps a random while (up to `$CHAOS_HANDLER_SLEEP` seconds, 0.25 by default)
 before its effect, so that every worker has entries in flight when a fault strikes.
 
 Run log. Each run writes `S <entry id> <t>` before and `E <entry id> <t> <outcome>` after it
@@ -76,7 +76,7 @@ class ChaosProjection(Projection):
     def __init__(self) -> None:
         super().__init__(prefix=PREFIX, events={"upsert": "set"}, ack=False)
         self.runs: RunLog | None = None
-        self.sleep = float(os.environ.get("CHAOS_HANDLER_SLEEP", "0.15"))
+        self.sleep = float(os.environ.get("CHAOS_HANDLER_SLEEP", "0.25"))
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         await super().on_startup(ctx)

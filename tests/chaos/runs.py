@@ -66,24 +66,26 @@ def overlapping(runs: dict[str, list[Run]]) -> dict[str, list[Run]]:
     return found
 
 
-def hand_overs(runs: dict[str, list[Run]], lives: list[Life], end: str) -> list[float]:
-    """Seconds from each `end`-ended process's exit until its last pending entry ran again.
+def hand_over(runs: dict[str, list[Run]], life: Life) -> tuple[int, float | None]:
+    """(entries re-run, seconds) from a stopped process's exit until the last entry it had
+    pending when it was signalled ran again; an entry it finished itself before exiting
+    never runs again and does not count. None when none ran again."""
+    if life.ended_ns is None:
+        return 0, None
+    firsts = []
+    for entry in life.pending_at_signal:
+        later = [r.start_ns for r in runs.get(entry, []) if r.start_ns >= life.ended_ns]
+        if later:
+            firsts.append(min(later))
+    if not firsts:
+        return 0, None
+    return len(firsts), (max(firsts) - life.ended_ns) / 1e9
 
-    The entries are those the consumer had pending when it was signalled; an entry it
-    finished itself before exiting never runs again and does not count.
-    """
-    times: list[float] = []
-    for life in lives:
-        if life.end != end or life.ended_ns is None or not life.pending_at_signal:
-            continue
-        latest = 0
-        for entry in life.pending_at_signal:
-            later = [r.start_ns for r in runs.get(entry, []) if r.start_ns >= life.ended_ns]
-            if later:
-                latest = max(latest, min(later))
-        if latest:
-            times.append((latest - life.ended_ns) / 1e9)
-    return times
+
+def hand_overs(runs: dict[str, list[Run]], lives: list[Life], end: str) -> list[float]:
+    """The hand-over seconds of every process that ended by `end` (sigkill, sigterm)."""
+    times = [hand_over(runs, life)[1] for life in lives if life.end == end]
+    return [t for t in times if t is not None]
 
 
 def describe_overlap(entry: str, entry_runs: list[Run], origin_ns: int) -> str:

@@ -14,7 +14,14 @@ from tests.chaos.events import Planned
 from tests.chaos.fleet import Life
 from tests.chaos.plugin import ChaosProjection
 from tests.chaos.publisher import Publisher
-from tests.chaos.runs import Run, describe_overlap, hand_overs, overlapping, read_runs
+from tests.chaos.runs import (
+    Run,
+    describe_overlap,
+    hand_over,
+    hand_overs,
+    overlapping,
+    read_runs,
+)
 
 
 @dataclass
@@ -41,6 +48,8 @@ class Tally:
     hand_over_kill: list[float] = field(default_factory=list)
     hand_over_term: list[float] = field(default_factory=list)
     did_not_exit: int = 0
+    stops: list[str] = field(default_factory=list)
+    """One line per worker stopped by a fault: pending entries, how many ran again, when."""
     lives: list[Life] = field(default_factory=list)
     scenario: str = ""
     seed: int = 0
@@ -87,11 +96,22 @@ class Tally:
         )
         width = max(len(label) for label, _ in rows)
         lines = [head, *(f"  {label:<{width}}  {value}" for label, value in rows)]
+        lines += self.stops
         origin = min((life.started_ns for life in self.lives), default=0)
         for entry, entry_runs in list(self.overlaps.items())[:5]:
             lines.append(describe_overlap(entry, entry_runs, origin))
         lines.append(f"  logs: {self.logs}")
         return "\n".join(lines)
+
+
+def _stop_line(runs: dict[str, list[Run]], life: Life, origin: int) -> str:
+    rerun, seconds = hand_over(runs, life)
+    after = "n/a" if seconds is None else f"{seconds:.2f} s"
+    at = ((life.ended_ns or origin) - origin) / 1e9
+    return (
+        f"    {life.end} {life.consumer} pid {life.pid} at {at:.1f}s: "
+        f"{len(life.pending_at_signal)} pending, {rerun} ran again, the last after {after}"
+    )
 
 
 def _spread(seconds: list[float]) -> str:
@@ -123,6 +143,7 @@ async def count(
     )
     dead = set(letters)
     runs = read_runs(run_dir, lives)
+    origin = min((life.started_ns for life in lives), default=0)
     all_runs = [run for entry_runs in runs.values() for run in entry_runs]
     published = good | bad
     return Tally(
@@ -146,5 +167,6 @@ async def count(
         hand_over_kill=hand_overs(runs, lives, "sigkill"),
         hand_over_term=hand_overs(runs, lives, "sigterm"),
         did_not_exit=sum("did not exit" in life.end for life in lives),
+        stops=[_stop_line(runs, life, origin) for life in lives if life.end.startswith("sig")],
         lives=lives,
     )

@@ -40,28 +40,28 @@ def check(tally: Tally) -> None:
 
 class TestChaos:
     async def test_worker_kills_and_restarts(
-        self, chaos_seed: int, tmp_path: Path, say: Callable[[str], None]
+        self, chaos_seed: int, chaos_dir: Path, say: Callable[[str], None]
     ) -> None:
         """SIGKILL and SIGTERM workers at random, restart them (half under their old name)."""
         say(replay_hint())
-        tally = await run(SCENARIOS["workers"].scaled(), chaos_seed, tmp_path)
+        tally = await run(SCENARIOS["workers"].scaled(), chaos_seed, chaos_dir)
         say(tally.table())
         check(tally)
 
     async def test_server_restarts_from_aof(
-        self, chaos_seed: int, tmp_path: Path, say: Callable[[str], None]
+        self, chaos_seed: int, chaos_dir: Path, say: Callable[[str], None]
     ) -> None:
         """kill -9 the server (AOF, appendfsync always) and start it again on its port."""
         say(replay_hint())
-        tally = await run(SCENARIOS["redis"].scaled(), chaos_seed, tmp_path)
+        tally = await run(SCENARIOS["redis"].scaled(), chaos_seed, chaos_dir)
         say(tally.table())
         check(tally)
 
     async def test_cut_and_stalled_links(
-        self, chaos_seed: int, tmp_path: Path, say: Callable[[str], None]
+        self, chaos_seed: int, chaos_dir: Path, say: Callable[[str], None]
     ) -> None:
         """Cut one worker's connections, or stall its link for up to 1.5 s, at random."""
         say(replay_hint())
-        tally = await run(SCENARIOS["network"].scaled(), chaos_seed, tmp_path)
+        tally = await run(SCENARIOS["network"].scaled(), chaos_seed, chaos_dir)
         say(tally.table())
         check(tally)
