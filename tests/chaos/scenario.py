@@ -118,8 +118,7 @@ async def run(scenario: Scenario, seed: int, tmp: Path) -> Tally:
                 await asyncio.gather(publisher.run(), chaos.run(schedule))
                 await chaos.settle()
                 drained = await drain(redis, stream, group, publisher, scenario.drain_seconds)
-                for slot in slots:
-                    await slot.stop(signal.SIGTERM, "final")
+                await asyncio.gather(*(slot.stop(signal.SIGTERM, "final") for slot in slots))
             lives = [life for slot in slots for life in slot.lives]
             tally = await count(redis, stream, group, entries, publisher, lives, run_dir)
         finally:

@@ -48,6 +48,7 @@ class Tally:
     hand_over_kill: list[float] = field(default_factory=list)
     hand_over_term: list[float] = field(default_factory=list)
     did_not_exit: int = 0
+    pending_by_consumer: dict[str, int] = field(default_factory=dict)
     stops: list[str] = field(default_factory=list)
     """One line per worker stopped by a fault: pending entries, how many ran again, when."""
     lives: list[Life] = field(default_factory=list)
@@ -96,6 +97,8 @@ class Tally:
         )
         width = max(len(label) for label, _ in rows)
         lines = [head, *(f"  {label:<{width}}  {value}" for label, value in rows)]
+        if self.pending_by_consumer:
+            lines.append(f"    left pending by consumer: {self.pending_by_consumer}")
         lines += self.stops
         origin = min((life.started_ns for life in self.lives), default=0)
         for entry, entry_runs in list(self.overlaps.items())[:5]:
@@ -142,6 +145,7 @@ async def count(
         fields[b"dlq_id"].decode() for _, fields in await redis.xrange(stream + ":dlq")
     )
     dead = set(letters)
+    summary = await redis.xpending(stream, group)
     runs = read_runs(run_dir, lives)
     origin = min((life.started_ns for life in lives), default=0)
     all_runs = [run for entry_runs in runs.values() for run in entry_runs]
@@ -154,7 +158,8 @@ async def count(
         dead_lettered=len(dead),
         lost=len(published - applied - dead),
         missing_from_stream=len(published - stored),
-        pending=int((await redis.xpending(stream, group))["pending"]),
+        pending=int(summary["pending"]),
+        pending_by_consumer={c["name"].decode(): int(c["pending"]) for c in summary["consumers"]},
         applied_twice=applied_total - len(applied),
         dead_lettered_twice=sum(letters.values()) - len(dead),
         good_dead_lettered=len(good & dead),
