@@ -83,9 +83,13 @@ class Planned:
     good: bool
 
 
-def plan(rng: random.Random, seed: int, total: int, bad: int) -> list[Planned]:
-    """`total` entries, `bad` of them bad, at seeded random positions."""
+def plan(rng: random.Random, seed: int, total: int, bad: int, huge: int = 0) -> list[Planned]:
+    """`total` entries, `bad` of them bad (`huge` of those with thousands of fields), at
+    seeded random positions."""
     bad_entries = draw_bad_entries(seed, bad)
+    for i in range(huge):
+        bad_entries[i] = huge_entry(rng, bad_entries[i])
+    rng.shuffle(bad_entries)
     positions = set(rng.sample(range(total), bad))
     entries: list[Planned] = []
     for seq in range(total):
@@ -94,6 +98,15 @@ def plan(rng: random.Random, seed: int, total: int, bad: int) -> list[Planned]:
         else:
             entries.append(Planned(seq, good_event(seq, rng), good=True))
     return entries
+
+
+def huge_entry(rng: random.Random, entry: Fields) -> Fields:
+    """`entry` with 4,100 to 6,000 more random fields: past where Lua's `unpack` of all of an
+    entry's field names and values (about 8,000 values) fails."""
+    extra = {
+        b"x%d-" % i + rng.randbytes(4): rng.randbytes(8) for i in range(rng.randint(4100, 6000))
+    }
+    return {**extra, **entry}
 
 
 def good_event(seq: int, rng: random.Random) -> Fields:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -55,6 +56,8 @@ class Scenario:
     workers: int = 4
     events: int = 3000
     bad: int = 60
+    huge: int = 0
+    """How many of the bad entries carry thousands of fields."""
     publish_seconds: float = 10.0
     drain_seconds: float = 30.0
 
@@ -66,15 +69,14 @@ class Scenario:
         """The long mode's version of this scenario."""
         if not LONG:
             return self
-        return Scenario(
-            self.name,
-            self.kinds,
-            self.faults * 6,
-            self.workers,
-            self.events * 10,
-            self.bad * 10,
-            self.publish_seconds * 8,
-            self.drain_seconds * 4,
+        return dataclasses.replace(
+            self,
+            faults=self.faults * 6,
+            events=self.events * 10,
+            bad=self.bad * 10,
+            huge=self.huge * 10,
+            publish_seconds=self.publish_seconds * 8,
+            drain_seconds=self.drain_seconds * 4,
         )
 
 
@@ -97,7 +99,7 @@ async def fleet_of(
 async def run(scenario: Scenario, seed: int, tmp: Path) -> Tally:
     """Run `scenario` with `seed`; `tmp` receives the run logs and the worker logs."""
     rng = random.Random(f"{seed}:{scenario.name}")
-    entries = plan(rng, seed, scenario.events, scenario.bad)
+    entries = plan(rng, seed, scenario.events, scenario.bad, scenario.huge)
     stream, group = f"chaos:{scenario.name}", "chaos"
     run_dir, logs = tmp / "runs", tmp / "logs"
     run_dir.mkdir()

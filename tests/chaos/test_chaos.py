@@ -28,6 +28,16 @@ SCENARIOS = {
     "workers": Scenario("workers", kinds=("sigkill", "sigkill", "sigterm"), faults=6),
     "redis": Scenario("redis", kinds=("redis_restart",), faults=2),
     "network": Scenario("network", kinds=("cut", "stall"), faults=10),
+    "huge": Scenario(
+        "huge",
+        kinds=("cut", "sigkill"),
+        faults=3,
+        events=1000,
+        bad=20,
+        huge=3,
+        publish_seconds=4,
+        drain_seconds=20,
+    ),
 }
 
 
@@ -63,5 +73,14 @@ class TestChaos:
         """Cut one worker's connections, or stall its link for up to 1.5 s, at random."""
         say(replay_hint())
         tally = await run(SCENARIOS["network"].scaled(), chaos_seed, chaos_dir)
+        say(tally.table())
+        check(tally)
+
+    async def test_huge_bad_entries_under_faults(
+        self, chaos_seed: int, chaos_dir: Path, say: Callable[[str], None]
+    ) -> None:
+        """Bad entries with 4,100 to 6,000 fields are dead-lettered too, through cuts and kills."""
+        say(replay_hint())
+        tally = await run(SCENARIOS["huge"].scaled(), chaos_seed, chaos_dir)
         say(tally.table())
         check(tally)

@@ -61,3 +61,10 @@ class TestEntries:
         """A replayed seed publishes the very same bad entries."""
         assert draw_bad_entries(42, 20) == draw_bad_entries(42, 20)
         assert draw_bad_entries(42, 20) != draw_bad_entries(43, 20)
+
+    def test_huge_entries_are_bad_and_huge(self) -> None:
+        """The huge bad entries fail the schema and carry more than 4,000 fields."""
+        entries = plan(random.Random(3), 3, 50, 10, huge=2)
+        huge = [e for e in entries if len(e.fields) > 4000]
+        assert len(huge) == 2
+        assert all(not e.good and defect(e.fields) is not None for e in huge)
