@@ -48,6 +48,8 @@ class Tally:
     hand_over_kill: list[float] = field(default_factory=list)
     hand_over_term: list[float] = field(default_factory=list)
     did_not_exit: int = 0
+    overlaps_same_name: int = 0
+    """Overlapping entries one of whose runs was in a process restarted under an old name."""
     pending_by_consumer: dict[str, int] = field(default_factory=dict)
     stops: list[str] = field(default_factory=list)
     """One line per worker stopped by a fault: pending entries, how many ran again, when."""
@@ -83,6 +85,7 @@ class Tally:
             ("applied (distinct entries)", str(self.applied)),
             ("dead-lettered (distinct entries)", str(self.dead_lettered)),
             *((label, f"{value}   must be 0") for label, value in self.must_be_zero().items()),
+            ("  of which involve a same-name restart", str(self.overlaps_same_name)),
             ("handler runs (total / stale re-runs)", f"{self.runs} / {self.stale_runs}"),
             ("faults", f"{faults} (same-name restarts {self.same_name_restarts})"),
             ("workers not exiting on SIGTERM", str(self.did_not_exit)),
@@ -105,6 +108,17 @@ class Tally:
             lines.append(describe_overlap(entry, entry_runs, origin))
         lines.append(f"  logs: {self.logs}")
         return "\n".join(lines)
+
+
+def same_name_restarts(lives: list[Life]) -> set[int]:
+    """The pids of processes started under a consumer name an earlier process had."""
+    seen: set[str] = set()
+    reborn: set[int] = set()
+    for life in sorted(lives, key=lambda life: life.started_ns):
+        if life.consumer in seen:
+            reborn.add(life.pid)
+        seen.add(life.consumer)
+    return reborn
 
 
 def _stop_line(runs: dict[str, list[Run]], life: Life, origin: int) -> str:
@@ -148,6 +162,8 @@ async def count(
     summary = await redis.xpending(stream, group)
     runs = read_runs(run_dir, lives)
     origin = min((life.started_ns for life in lives), default=0)
+    overlaps = overlapping(runs)
+    reborn = same_name_restarts(lives)
     all_runs = [run for entry_runs in runs.values() for run in entry_runs]
     published = good | bad
     return Tally(
@@ -165,7 +181,10 @@ async def count(
         good_dead_lettered=len(good & dead),
         bad_not_dead_lettered=len(bad - dead),
         applied_and_dead_lettered=len(applied & dead),
-        overlaps=overlapping(runs),
+        overlaps=overlaps,
+        overlaps_same_name=sum(
+            any(run.pid in reborn for run in entry_runs) for entry_runs in overlaps.values()
+        ),
         runs=len(all_runs),
         stale_runs=sum(run.outcome == "stale" for run in all_runs),
         peak_rss_kb=max((life.hwm_kb for life in lives), default=0),
