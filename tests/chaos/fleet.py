@@ -38,6 +38,8 @@ class Life:
     """How it ended: sigkill, sigterm, final (the end of the run)."""
     exit_code: int | None = None
     pending_at_signal: list[str] = field(default_factory=list)
+    ended_wall: float = 0.0
+    """The exit as wall-clock time, to compare with the timestamps of the worker logs."""
 
 
 def peak_rss_kb(pid: int) -> int:
@@ -100,6 +102,7 @@ class Slot:
             process.kill()
             await process.wait()
         life.ended_ns = time.monotonic_ns()
+        life.ended_wall = time.time()
         life.exit_code = process.returncode
         return life
 

@@ -8,8 +8,11 @@ runtime let two handlers work on the same entry at once (in two processes, or tw
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from tests.chaos.fleet import Life
@@ -86,6 +89,34 @@ def hand_overs(runs: dict[str, list[Run]], lives: list[Life], end: str) -> list[
     """The hand-over seconds of every process that ended by `end` (sigkill, sigterm)."""
     times = [hand_over(runs, life)[1] for life in lives if life.end == end]
     return [t for t in times if t is not None]
+
+
+def reclaims(log_dir: Path) -> dict[tuple[str, str], float]:
+    """(from consumer, entry id) -> wall time of its first `message.reclaimed` log line."""
+    found: dict[tuple[str, str], float] = {}
+    for path in log_dir.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"message.reclaimed"' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError):
+                event = json.loads(line)
+                key = (event["from_consumer"], event["message_id"])
+                at = datetime.fromisoformat(event["timestamp"]).timestamp()
+                found[key] = min(at, found.get(key, at))
+    return found
+
+
+def claimed(claims: dict[tuple[str, str], float], life: Life) -> tuple[int, float | None]:
+    """(entries, seconds): how many of a stopped process's pending entries other processes
+    claimed from its consumer name after it exited, and when the last claim came."""
+    times = [
+        claims[(life.consumer, entry)]
+        for entry in life.pending_at_signal
+        if claims.get((life.consumer, entry), 0.0) >= life.ended_wall
+    ]
+    if not times:
+        return 0, None
+    return len(times), max(times) - life.ended_wall
 
 
 def describe_overlap(entry: str, entry_runs: list[Run], origin_ns: int) -> str:

@@ -16,11 +16,13 @@ from tests.chaos.plugin import ChaosProjection
 from tests.chaos.publisher import Publisher
 from tests.chaos.runs import (
     Run,
+    claimed,
     describe_overlap,
     hand_over,
     hand_overs,
     overlapping,
     read_runs,
+    reclaims,
 )
 
 
@@ -121,14 +123,21 @@ def same_name_restarts(lives: list[Life]) -> set[int]:
     return reborn
 
 
-def _stop_line(runs: dict[str, list[Run]], life: Life, origin: int) -> str:
+def _stop_line(
+    runs: dict[str, list[Run]], claims: dict[tuple[str, str], float], life: Life, origin: int
+) -> str:
     rerun, seconds = hand_over(runs, life)
-    after = "n/a" if seconds is None else f"{seconds:.2f} s"
+    taken, claim_s = claimed(claims, life)
     at = ((life.ended_ns or origin) - origin) / 1e9
     return (
         f"    {life.end} {life.consumer} pid {life.pid} at {at:.1f}s: "
-        f"{len(life.pending_at_signal)} pending, {rerun} ran again, the last after {after}"
+        f"{len(life.pending_at_signal)} pending; {rerun} ran again, the last after "
+        f"{_seconds(seconds)}; {taken} claimed by others, the last after {_seconds(claim_s)}"
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
 
 
 def _spread(seconds: list[float]) -> str:
@@ -164,6 +173,7 @@ async def count(
     origin = min((life.started_ns for life in lives), default=0)
     overlaps = overlapping(runs)
     reborn = same_name_restarts(lives)
+    claims = reclaims(run_dir.parent / "logs")
     all_runs = [run for entry_runs in runs.values() for run in entry_runs]
     published = good | bad
     return Tally(
@@ -191,6 +201,8 @@ async def count(
         hand_over_kill=hand_overs(runs, lives, "sigkill"),
         hand_over_term=hand_overs(runs, lives, "sigterm"),
         did_not_exit=sum("did not exit" in life.end for life in lives),
-        stops=[_stop_line(runs, life, origin) for life in lives if life.end.startswith("sig")],
+        stops=[
+            _stop_line(runs, claims, life, origin) for life in lives if life.end.startswith("sig")
+        ],
         lives=lives,
     )

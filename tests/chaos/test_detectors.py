@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.chaos.events import draw_bad_entries, plan
 from tests.chaos.fleet import Life
 from tests.chaos.plugin import defect
-from tests.chaos.runs import hand_overs, overlapping, read_runs
+from tests.chaos.runs import claimed, hand_overs, overlapping, read_runs, reclaims
 
 S = 1_000_000_000  # ns
 
@@ -48,6 +49,22 @@ class TestHandOver:
         runs = read_runs(tmp_path, [killed])
         assert hand_overs(runs, [killed], "sigkill") == [2.0]
         assert hand_overs(runs, [killed], "sigterm") == []
+
+    def test_claims_are_read_from_the_worker_logs(self, tmp_path: Path) -> None:
+        """A takeover logged after the exit counts; one from before it, or another name, not."""
+        lines = [
+            '{"event": "message.reclaimed", "from_consumer": "w0", "message_id": "1-1", '
+            '"timestamp": "2026-01-01T00:00:03.500000Z"}',
+            '{"event": "message.reclaimed", "from_consumer": "w0", "message_id": "1-2", '
+            '"timestamp": "2026-01-01T00:00:01.000000Z"}',
+            '{"event": "message.reclaimed", "from_consumer": "w9", "message_id": "1-3", '
+            '"timestamp": "2026-01-01T00:00:09.000000Z"}',
+            "not json",
+        ]
+        (tmp_path / "w1.0.log").write_text("\n".join(lines))
+        exit_at = datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC).timestamp()
+        life = Life("w0", 10, 0, ended_wall=exit_at, pending_at_signal=["1-1", "1-2", "1-3"])
+        assert claimed(reclaims(tmp_path), life) == (1, 1.5)
 
 
 class TestEntries:
