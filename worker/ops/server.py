@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -32,10 +32,33 @@ from worker.ops.health import (
 )
 from worker.ops.httpserver import HttpServer, Response
 from worker.ops.metrics import GroupGauges, WorkerCollector, build_registry
+from worker.runtime.dispatch import RouteTable
+from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.stats import Stats
 from worker.runtime.supervise import bounded, wait_ended
+from worker.settings import WorkerSettings
 
-if TYPE_CHECKING:
-    from worker.runtime.worker import Worker
+
+class ObservedWorker(Protocol):
+    """What the server reads of a running worker; `worker.runtime.worker.Worker` is one.
+
+    A protocol rather than an import of the worker: the worker starts this server, so the
+    server must not import the worker back.
+    """
+
+    settings: WorkerSettings
+    stats: Stats
+    streams: tuple[str, ...]
+    routes: RouteTable
+    ledger: Ledger
+    gate: ReadGate
+    started: asyncio.Event
+    stopping: bool
+
+    def reader_alive(self) -> bool: ...
+
+    def busy(self) -> bool: ...
+
 
 log = structlog.get_logger("worker.ops.server")
 
@@ -69,7 +92,7 @@ class OpsServer:
         self.registry = registry
         self.gauges = GroupGauges()
         self.port = 0
-        self._worker: Worker | None = None
+        self._worker: ObservedWorker | None = None
         self._redis: Redis | None = None
         self._http: HttpServer | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -77,7 +100,7 @@ class OpsServer:
         self._stats_failing = False
         self._progress = ProgressWatch()
 
-    async def start(self, worker: Worker) -> None:
+    async def start(self, worker: ObservedWorker) -> None:
         """Bind the HTTP server and start refreshing the gauges."""
         settings = worker.settings
         self._worker = worker
@@ -183,7 +206,7 @@ class OpsServer:
         except ResponseError as exc:
             return Verdict(False, "redis error", str(exc))
 
-    def _require_worker(self) -> Worker:
+    def _require_worker(self) -> ObservedWorker:
         assert self._worker is not None, "OpsServer.start was not called"
         return self._worker
 

@@ -59,7 +59,7 @@ def default_services(settings: WorkerSettings) -> list[Service]:
     """The metrics and health server, unless `metrics_port` is 0."""
     if settings.metrics_port == 0:
         return []
-    from worker.ops.server import OpsServer  # imported late: it imports this module for typing
+    from worker.ops.server import OpsServer  # imported late: only when it is wanted
 
     return [OpsServer()]
 
