@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from typing import Any
 
 import structlog
@@ -35,6 +34,7 @@ from worker.runtime.dead_letter import (
 from worker.runtime.heartbeat import TOUCH_OWNED
 from worker.runtime.ledger import Ledger
 from worker.runtime.outage import OUTAGE_CAP_S, REWIND_OWNED
+from worker.runtime.outcomes import Outcomes
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
@@ -83,11 +83,7 @@ class Settler:
         self.stats = stats
         self.group = settings.group
         self.consumer = settings.consumer
-        self._acks: defaultdict[str, list[Message]] = defaultdict(list)
-        self._ok: defaultdict[tuple[str, str, str], int] = defaultdict(int)
-        self._touches: defaultdict[str, list[str]] = defaultdict(list)
-        self._rewinds: defaultdict[str, list[str | int]] = defaultdict(list)
-        self._dead: list[DeadLetter] = []
+        self._queued = Outcomes()
         self._last_failure: dict[tuple[str, str], DeadLetter] = {}
         self._wake = asyncio.Event()
         self._closing = False
@@ -102,8 +98,9 @@ class Settler:
 
     def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
         """The handlers succeeded (or none wanted the entry): acknowledge it."""
-        self._acks[msg.stream].append(msg)
-        self._ok[(msg.stream, handler, "skipped" if skipped else "ok")] += 1
+        queued = self._queued
+        queued.acks[msg.stream].append(msg)
+        queued.ok[(msg.stream, handler, "skipped" if skipped else "ok")] += 1
         if self._last_failure:
             self._last_failure.pop((msg.stream, msg.id), None)
         if self._refusals.down:
@@ -138,7 +135,7 @@ class Settler:
         self.stats.messages[(msg.stream, handler, "retry")] += 1
         self._remember(DeadLetter(msg, error_type, error, handler, traceback_of(exc)))
         self.ledger.wait_for_retry(msg, delay)
-        self._touches[msg.stream].append(msg.id)
+        self._queued.touches[msg.stream].append(msg.id)
         self._wake.set()
 
     def dead_letter(
@@ -168,7 +165,7 @@ class Settler:
             dead_letter_stream=self.settings.dead_letter_stream(msg.stream),
             exc_info=exc,
         )
-        self._dead.append(letter)
+        self._queued.dead.append(letter)
         self._wake.set()
 
     def _remember(self, letter: DeadLetter) -> None:
@@ -184,13 +181,13 @@ class Settler:
         log.debug("message.waiting_for_redis", stream=msg.stream, message_id=msg.id, error=str(exc))
         rewound = Message(msg.stream, msg.id, msg.raw, msg.attempt - 1, msg.group)
         self.ledger.wait_for_retry(rewound, delay)
-        self._rewinds[msg.stream] += (msg.id, rewound.attempt)
+        self._queued.rewinds[msg.stream] += (msg.id, rewound.attempt)
         self._wake.set()
 
     # Flushing ---------------------------------------------------------------------------
 
     def pending(self) -> bool:
-        return bool(self._acks or self._dead or self._touches or self._rewinds)
+        return bool(self._queued)
 
     def close(self) -> None:
         """Make `run` return after the flush in progress; `drain` sends the rest."""
@@ -236,31 +233,22 @@ class Settler:
         Raises:
             RedisRefused: Redis refused some outcomes for now; they are queued again.
         """
-        acks, self._acks = self._acks, defaultdict(list)
-        ok, self._ok = self._ok, defaultdict(int)
-        touches, self._touches = self._touches, defaultdict(list)
-        rewinds, self._rewinds = self._rewinds, defaultdict(list)
-        dead, self._dead = self._dead, []
-        if not (acks or touches or rewinds or dead):
+        batch, self._queued = self._queued, Outcomes()
+        if not batch:
             return
         try:
-            results = await self._send(acks, touches, rewinds, dead)
+            results = await self._send(batch)
         except BaseException:
-            self._requeue(acks, ok, touches, rewinds, dead)
+            batch.put_back(self._queued)
             raise
-        await self._write_wide(dead, results)
-        refused = self._record(acks, ok, touches, rewinds, dead, results)
+        await self._write_wide(batch.dead, results)
+        refused = self._record(batch, results)
         if refused is not None:
             raise RedisRefused(refused)
 
-    async def _send(
-        self,
-        acks: dict[str, list[Message]],
-        touches: dict[str, list[str]],
-        rewinds: dict[str, list[str | int]],
-        dead: list[DeadLetter],
-    ) -> list[Any]:
-        if not dead and not touches and not rewinds and len(acks) == 1:
+    async def _send(self, batch: Outcomes) -> list[Any]:
+        acks = batch.acks
+        if not batch.dead and not batch.touches and not batch.rewinds and len(acks) == 1:
             # The common case: successes on one stream. A lone XACK skips the pipeline
             # machinery, which costs more than the command when flushes come thick and fast.
             ((stream, messages),) = acks.items()
@@ -269,7 +257,7 @@ class Settler:
             except ResponseError as exc:
                 return [exc]  # reported per command, as the pipeline does
         pipe = self.redis.pipeline(transaction=False)
-        for letter in dead:
+        for letter in batch.dead:
             msg = letter.msg
             await self._dead_letter(
                 keys=[self.settings.dead_letter_stream(msg.stream), msg.stream],
@@ -279,11 +267,11 @@ class Settler:
         for stream, messages in acks.items():
             pipe.xack(stream, self.group, *[m.id for m in messages])
         idle_ms = 0
-        for stream, ids in touches.items():
+        for stream, ids in batch.touches.items():
             await self._touch(
                 keys=[stream], args=[self.group, self.consumer, idle_ms, *ids], client=pipe
             )
-        for stream, pairs in rewinds.items():
+        for stream, pairs in batch.rewinds.items():
             await self._rewind(keys=[stream], args=[self.group, self.consumer, *pairs], client=pipe)
         return list(await pipe.execute(raise_on_error=False))
 
@@ -300,49 +288,23 @@ class Settler:
                 except (ResponseError, *REDIS_DOWN) as exc:
                     results[position] = exc
 
-    def _requeue(
-        self,
-        acks: dict[str, list[Message]],
-        ok: dict[tuple[str, str, str], int],
-        touches: dict[str, list[str]],
-        rewinds: dict[str, list[str | int]],
-        dead: list[DeadLetter],
-    ) -> None:
-        for stream, messages in acks.items():
-            self._acks[stream][:0] = messages
-        for key, n in ok.items():
-            self._ok[key] += n
-        for stream, ids in touches.items():
-            self._touches[stream][:0] = ids
-        for stream, pairs in rewinds.items():
-            self._rewinds[stream][:0] = pairs
-        self._dead[:0] = dead
-
-    def _record(
-        self,
-        acks: dict[str, list[Message]],
-        ok: dict[tuple[str, str, str], int],
-        touches: dict[str, list[str]],
-        rewinds: dict[str, list[str | int]],
-        dead: list[DeadLetter],
-        results: list[Any],
-    ) -> BaseException | None:
+    def _record(self, batch: Outcomes, results: list[Any]) -> BaseException | None:
         """Account for each reply; returns what Redis refused for now, if anything (those
         outcomes are queued again)."""
         refused: BaseException | None = None
-        for letter, result in zip(dead, results, strict=False):
+        for letter, result in zip(batch.dead, results, strict=False):
             if isinstance(result, Exception) and _for_now(result):
-                self._dead.append(letter)
+                self._queued.dead.append(letter)
                 refused = result
             else:
                 self._dead_letter_done(letter, result)
-        position = len(dead)
+        position = len(batch.dead)
         now_ms = time.time() * 1000.0
-        for stream, messages in acks.items():
+        for stream, messages in batch.acks.items():
             result = results[position]
             position += 1
             if isinstance(result, Exception) and _for_now(result):
-                self._acks[stream].extend(messages)
+                self._queued.acks[stream].extend(messages)
                 refused = result
                 continue
             if isinstance(result, Exception):
@@ -353,16 +315,16 @@ class Settler:
                 self.stats.redis_errors["ack"] += 1
             self.stats.end_to_end_seconds[stream].observe_runs(entry_ages(now_ms, messages))
             self.ledger.drop_many(stream, messages)
-        for key, n in ok.items():
+        for key, n in batch.ok.items():
             self.stats.messages[key] += n
         touched_at = time.monotonic()
-        for stream, ids in touches.items():
+        for stream, ids in batch.touches.items():
             if isinstance(results[position], Exception):
                 # Without the reset the backoff counts from the delivery instead: still safe.
                 self.stats.redis_errors["touch"] += 1
             position += 1
             self.ledger.touched(stream, ids, touched_at)
-        for stream, pairs in rewinds.items():
+        for stream, pairs in batch.rewinds.items():
             if isinstance(results[position], Exception):
                 # The entry keeps the attempt its claim counted: one spent, none lost.
                 self.stats.redis_errors["rewind"] += 1
