@@ -9,25 +9,31 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
-from worker.connection import mask_url
+from worker.redis_url import MASK, SECRET_WORDS, mask_url, secret_forms, split
 from worker.settings import WorkerSettings
 
-SECRET_WORDS = ("password", "secret", "token", "credential", "apikey", "api_key")
-"""Option keys whose values are never logged."""
+MIN_REDACTED_LEN = 4
+"""Secrets shorter than this are not searched for in log text: they would mask common words."""
 
 
 def configure_logging(
-    level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto"
+    level: str = "INFO",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    *,
+    secrets: Iterable[str] = (),
 ) -> None:
     """Route structlog (and stdlib logging) to stderr in the chosen format.
 
     Args:
         level: minimum level name.
         fmt: `json`, `console`, or `auto`: console when stderr is a terminal, else JSON.
+        secrets: values replaced by `***` wherever they appear in an event or a traceback
+            (raw, percent-encoded or decoded), as a last line of defence.
     """
     console = use_console(fmt)
     processors: list[structlog.typing.Processor] = [
@@ -35,11 +41,14 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text here, for both formats, so that they are redacted too.
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
     ]
     if console:
-        processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
+        processors.append(structlog.dev.ConsoleRenderer())
     else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors.append(structlog.processors.JSONRenderer())
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -47,6 +56,49 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+
+class Redactor:
+    """structlog processor: replaces known secrets in every string of an event with `***`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {form for s in secrets if len(s) >= MIN_REDACTED_LEN for form in secret_forms(s)}
+        self.forms = sorted(forms, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(
+        self, logger: Any, name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if self.forms:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = self.redact(value)
+        return event
+
+    def redact(self, text: str) -> str:
+        for form in self.forms:
+            text = text.replace(form, MASK)
+        return text
+
+
+def secret_values(settings: WorkerSettings) -> list[str]:
+    """The credentials in the settings: the URL's password and username-less userinfo, the
+    password setting, and secret-looking route options."""
+    values = [split(settings.redis_url.get_secret_value()).password or ""]
+    if settings.redis_password is not None:
+        values.append(settings.redis_password.get_secret_value())
+    for route in settings.routes:
+        values.extend(_secret_options(route.options))
+    return [v for v in values if v]
+
+
+def _secret_options(options: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            found.extend(_secret_options(value))
+        elif isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
+            found.append(value)
+    return found
 
 
 def use_console(fmt: str, *, isatty: bool | None = None) -> bool:
@@ -61,7 +113,7 @@ def effective_settings(settings: WorkerSettings) -> dict[str, Any]:
     values = settings.model_dump(mode="json")
     values["redis_url"] = mask_url(settings.redis_url.get_secret_value())
     if settings.redis_password is not None:
-        values["redis_password"] = "***"
+        values["redis_password"] = MASK
     values["routes"] = [
         {**route, "options": mask_secrets(route.get("options") or {})}
         for route in values.get("routes", [])
@@ -75,7 +127,7 @@ def mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
     masked: dict[str, Any] = {}
     for key, value in options.items():
         if any(word in key.lower() for word in SECRET_WORDS):
-            masked[key] = "***"
+            masked[key] = MASK
         elif isinstance(value, str):
             masked[key] = mask_url(value)
         elif isinstance(value, dict):

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from worker import redis_url
 from worker.errors import ConfigError
 from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
@@ -193,11 +194,26 @@ class WorkerSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        scheme = url.partition("://")[0]
-        if "://" not in url or scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        """Refuse what redis-py would misread or fail on at connect time; see redis_url."""
+        redis_url.parse(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _check_tls_agrees(self) -> WorkerSettings:
+        """An ssl_* option of the URL would silently win over `redis_tls_verify`: refuse it."""
+        parsed = redis_url.split(self.redis_url.get_secret_value())
+        if self.redis_tls_verify and (option := redis_url.disables_tls_verification(parsed)):
+            raise ValueError(
+                f"redis_url: the URL option {option} turns TLS verification off, but "
+                "SYNCWORKER_REDIS_TLS_VERIFY is true; remove the option, or set "
+                "SYNCWORKER_REDIS_TLS_VERIFY=false to turn verification off on purpose"
+            )
+        if not self.redis_tls_verify and (option := redis_url.enables_tls_verification(parsed)):
+            raise ValueError(
+                f"redis_url: the URL option {option} contradicts "
+                "SYNCWORKER_REDIS_TLS_VERIFY=false; remove one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_together(self) -> WorkerSettings:
@@ -254,6 +270,10 @@ def _config_error(exc: ValidationError) -> ConfigError:
     location = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
     if not location:
+        # A check across fields names the field it blames first: "redis_url: ...".
+        field, sep, rest = message.partition(": ")
+        if sep and field in WorkerSettings.model_fields:
+            return ConfigError(ENV_PREFIX + field.upper(), rest)
         return ConfigError("settings", message)
     name = ENV_PREFIX + location[0].upper()
     if len(location) > 1:

@@ -1,0 +1,69 @@
+"""Passwords with every URL-special character reach Redis whole and never reach the output."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+import redis as sync_redis
+
+from tests.unit.test_secrets import PASSWORD, leaks
+from worker.cli import main
+from worker.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+_users = itertools.count()
+
+
+@pytest.fixture
+def app_user(redis_server: RedisServer) -> Iterator[str]:
+    """An ACL user whose password holds every URL-special character."""
+    name = f"app{next(_users)}"
+    admin = sync_redis.Redis.from_url(redis_server.url)
+    admin.acl_setuser(
+        name, enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"]
+    )
+    yield name
+    admin.acl_deluser(name)
+    admin.close()
+
+
+class TestPasswordsInUrls:
+    @pytest.mark.parametrize("encoded", [False, True], ids=["raw", "percent-encoded"])
+    def test_check_authenticates_and_masks(
+        self,
+        encoded: bool,
+        app_user: str,
+        redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`check` logs in with the password as written, and prints the URL masked."""
+        password = quote(PASSWORD, safe="") if encoded else PASSWORD
+        url = f"redis://{app_user}:{password}@127.0.0.1:{redis_server.port}/0"
+        monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
+        monkeypatch.setenv("SYNCWORKER_HANDLERS", "tests.integration.plugins:noop")
+
+        code = main(["check"])
+
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert f"redis://{app_user}:***@127.0.0.1:{redis_server.port}/0" in out.out
+        assert not leaks(out.out + out.err)
+
+    def test_unreachable_redis_error_is_masked(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The one-line error about an unreachable server shows the URL masked."""
+        url = f"redis://app:{PASSWORD}@127.0.0.1:{free_port()}/0"
+        monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
+        monkeypatch.setenv("SYNCWORKER_REDIS_TIMEOUT", "1")
+
+        code = main(["status", "--stream", "s"])
+
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "redis://app:***@127.0.0.1" in err and not leaks(err)
