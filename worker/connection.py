@@ -19,8 +19,12 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import redis_url
@@ -32,6 +36,11 @@ log = structlog.get_logger("worker.connection")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors after which a Redis call is worth repeating once the server answers again."""
+
+LOGIN_REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
+"""The server answered and refused the credentials. redis-py makes these ConnectionErrors, so
+catch them before `REDIS_DOWN`: the commands report them as a refusal (exit 1), not as an
+unreachable server (exit 2)."""
 
 
 def text(value: Any) -> str:

@@ -67,3 +67,23 @@ class TestPasswordsInUrls:
         err = capsys.readouterr().err
         assert code == 2 and len(err.splitlines()) == 1, err
         assert "redis://app:***@127.0.0.1" in err and not leaks(err)
+
+    @pytest.mark.parametrize("command", [["check"], ["status", "--stream", "s"]])
+    def test_refused_login_is_exit_1_everywhere(
+        self,
+        command: list[str],
+        app_user: str,
+        redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A wrong password is Redis refusing: exit 1 in every command, one masked line."""
+        url = f"redis://{app_user}:{PASSWORD}x@127.0.0.1:{redis_server.port}/0"
+        monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
+        monkeypatch.setenv("SYNCWORKER_HANDLERS", "tests.integration.plugins:noop")
+
+        code = main(command)
+
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.splitlines()) == 1, err
+        assert "refused" in err and not leaks(err)
