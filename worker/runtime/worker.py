@@ -26,6 +26,7 @@ from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.lanes import Lanes
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.policy import RetryPolicy
+from worker.runtime.presence import Presence
 from worker.runtime.reader import Reader
 from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
@@ -212,12 +213,14 @@ class Worker:
         retry_task = asyncio.create_task(engine.retries.run(), name="syncworker-retries")
         takeover_task = asyncio.create_task(engine.takeover.run(), name="syncworker-takeover")
         heartbeat_task = asyncio.create_task(engine.heartbeat.run(), name="syncworker-heartbeat")
+        presence = Presence.start(engine.heartbeat.redis, self.settings, self.streams, self.stats)
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
         await self._until_stopped(*background, heartbeat_task)
         await self._drain(engine, retry_task, takeover_task, settler_task)
         heartbeat_task.cancel()
+        presence.cancel()
 
     async def _connect_and_create_groups(self) -> bool:
         assert self.reader is not None
