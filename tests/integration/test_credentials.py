@@ -87,3 +87,32 @@ class TestPasswordsInUrls:
         err = capsys.readouterr().err
         assert code == 1 and len(err.splitlines()) == 1, err
         assert "refused" in err and not leaks(err)
+
+
+class TestRunningWorker:
+    async def test_logs_and_endpoints_never_show_the_password(
+        self, app_user: str, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """A worker logged in with a special password: no log line or endpoint shows it."""
+        from structlog.testing import capture_logs
+
+        from tests.helpers import make_settings, running
+        from tests.ops_helpers import http_get
+        from worker import Message, handler
+        from worker.ops.server import OpsServer
+
+        stream = names["stream"]
+
+        @handler(stream=stream)
+        async def noop(msg: Message) -> None:
+            pass
+
+        url = f"redis://{app_user}:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+        ops = OpsServer(host="127.0.0.1", port=0)
+        bodies = []
+        with capture_logs() as logs:
+            async with running(make_settings(url, names["group"]), [noop], services=[ops]):
+                for path in ("/metrics", "/healthz", "/readyz", "/nope"):
+                    bodies.append((await http_get(ops.port, path))[1].decode())
+        assert not leaks(repr(logs)) and not leaks("".join(bodies))
+        assert any(e.get("redis_url", "").startswith(f"redis://{app_user}:***@") for e in logs)
