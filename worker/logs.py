@@ -14,8 +14,11 @@ from typing import Any, Literal
 
 import structlog
 
-from worker.redis_url import MASK, SECRET_WORDS, mask_url, secret_forms, split
+from worker.redis_url import MASK, SECRET_WORDS, mask_url, passwords_in, secret_forms, split
 from worker.settings import WorkerSettings
+
+POSTGRES_DSN_ENV = "SYNCWORKER_POSTGRES_DSN"
+"""The sql handler's DSN variable (handlers.sql.DSN_ENV; not imported, to keep psycopg out)."""
 
 MIN_REDACTED_LEN = 4
 """Secrets shorter than this are not searched for in log text: they would mask common words."""
@@ -88,6 +91,7 @@ def secret_values(settings: WorkerSettings) -> list[str]:
         values.append(settings.redis_password.get_secret_value())
     for route in settings.routes:
         values.extend(_secret_options(route.options))
+    values.extend(passwords_in(os.environ.get(POSTGRES_DSN_ENV, "")))
     return [v for v in values if v]
 
 
@@ -98,6 +102,8 @@ def _secret_options(options: dict[str, Any]) -> list[str]:
             found.extend(_secret_options(value))
         elif isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
             found.append(value)
+        elif isinstance(value, str):
+            found.extend(passwords_in(value))
     return found
 
 

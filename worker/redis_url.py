@@ -187,6 +187,26 @@ def mask_text(text: str) -> str:
     return _URL.sub(lambda m: mask_url(m[0]), text)
 
 
+_DSN_PASSWORD = re.compile(
+    r"(?:^|(?<=\s))password\s*=\s*(?:'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<bare>\S+))",
+    re.IGNORECASE,
+)
+
+
+def passwords_in(text: str) -> list[str]:
+    """The passwords written in a connection string: a URL's userinfo, or libpq `password=`."""
+    scheme, sep, rest = text.partition("://")
+    if sep and re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*", scheme):
+        userinfo, _ = _userinfo(rest)
+        found = [] if userinfo is None else [RedisUrl(scheme, userinfo, "").password or ""]
+    else:
+        found = [
+            re.sub(r"\\(.)", r"\1", m["quoted"]) if m["quoted"] is not None else m["bare"]
+            for m in _DSN_PASSWORD.finditer(text)
+        ]
+    return [p for p in found if p]
+
+
 def secret_forms(secret: str) -> set[str]:
     """The spellings a secret can take in text: as is, percent-encoded, percent-decoded."""
     return {secret, quote(secret, safe=""), quote(secret), unquote(secret)}

@@ -160,3 +160,20 @@ class TestLogRedaction:
         assert not leaks(text)
         events = [json.loads(line) for line in text.splitlines()]
         assert "***" in events[0]["detail"] and "***" in events[1]["exception"]
+
+    def test_passwords_inside_dsn_options_are_known_secrets(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Passwords written inside DSN options or SYNCWORKER_POSTGRES_DSN are redacted too."""
+        from worker.logs import secret_values
+        from worker.settings import Route
+
+        monkeypatch.setenv("SYNCWORKER_POSTGRES_DSN", "postgresql://app:envPw%23Zq9@db/x")
+        settings = WorkerSettings(
+            routes=[
+                Route(stream="a", handler="sql", options={"dsn": "host=db password='kv Pw@1'"}),
+                Route(stream="b", handler="sql", options={"dsn": f"postgresql://u:{PASSWORD}@db"}),
+            ]
+        )
+        found = set(secret_values(settings))
+        assert {"kv Pw@1", PASSWORD, "envPw#Zq9"} <= found
