@@ -65,6 +65,20 @@ class TestLagAfterRestart:
         (state,) = await read_group_states(restarted, ["s"], "g", ":dlq")
         assert state.lag == 6 and state.lag_estimated
 
+    async def test_both_sides_beyond_the_limit_are_interpolated(
+        self, restarted: Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When neither side can be counted, the estimate stays within what is known."""
+        monkeypatch.setattr(lag, "LAG_SCAN_LIMIT", 2)
+        (state,) = await read_group_states(restarted, ["s"], "g", ":dlq")
+        assert state.lag is not None and 2 <= state.lag <= 8 and state.lag_estimated
+
+    def test_interpolation_follows_the_timestamps(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A quarter of the time span delivered: three quarters of the entries are lag."""
+        monkeypatch.setattr(lag, "LAG_SCAN_LIMIT", 10)
+        assert lag.interpolate(100, first_ms=0, last_ms=100, delivered_ms=25) == 75
+        assert lag.interpolate(100, first_ms=0, last_ms=100, delivered_ms=99) == 10
+
     async def test_exact_lag_is_not_marked(self, redis: Redis, names: dict[str, str]) -> None:
         """When Redis knows the lag, it is used as is, and the marker gauge says 0."""
         stream, group = names["stream"], names["group"]
