@@ -73,6 +73,16 @@ class TestLagAfterRestart:
         (state,) = await read_group_states(restarted, ["s"], "g", ":dlq")
         assert state.lag is not None and 2 <= state.lag <= 8 and state.lag_estimated
 
+    async def test_user_without_scripts_keeps_the_other_gauges(self, restarted: Redis) -> None:
+        """An ACL user that may not run scripts gets no lag, but still every other figure."""
+        await restarted.acl_setuser(
+            "noscript", enabled=True, nopass=True, keys=["*"], commands=["+@all", "-@scripting"]
+        )
+        await restarted.execute_command("AUTH", "noscript", "x")
+        (state,) = await read_group_states(restarted, ["s"], "g", ":dlq")
+        assert state.lag is None and not state.lag_estimated
+        assert state.pending == 4 and state.length == 10
+
     def test_interpolation_follows_the_timestamps(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A quarter of the time span delivered: three quarters of the entries are lag."""
         monkeypatch.setattr(lag, "LAG_SCAN_LIMIT", 10)

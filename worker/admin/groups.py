@@ -126,8 +126,11 @@ async def _fill(redis: Redis, state: GroupState, info: dict[Any, Any], consumers
     state.pending = int(info["pending"])
     state.last_delivered_id = text(info["last-delivered-id"])
     if state.lag is None:
-        state.lag = await estimate_lag(redis, state.stream, state.last_delivered_id)
-        state.lag_estimated = True
+        try:
+            state.lag = await estimate_lag(redis, state.stream, state.last_delivered_id)
+            state.lag_estimated = True
+        except ResponseError:  # e.g. an ACL user without scripts: no lag, as Redis says
+            pass
     pipe = redis.pipeline(transaction=False)
     pipe.xpending(state.stream, state.group)
     if consumers:
