@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from importlib import metadata
 
 from worker.commands import COMMANDS
 from worker.errors import ConfigError
+from worker.logs import Redactor, secrets_in_environment
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
@@ -67,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug or an unexpected reply: keep the traceback, which is what a report needs,
+        # but never with a configured password in it.
+        redactor = Redactor(secrets_in_environment(os.environ))
+        print(redactor.redact(traceback.format_exc()), file=sys.stderr, end="")
+        return EXIT_FAILED
     return code
 
 

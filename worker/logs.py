@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
 from worker.redis_url import MASK, SECRET_WORDS, mask_url, passwords_in, secret_forms, split
-from worker.settings import WorkerSettings
+from worker.settings import ENV_PREFIX, WorkerSettings
 
 POSTGRES_DSN_ENV = "SYNCWORKER_POSTGRES_DSN"
 """The sql handler's DSN variable (handlers.sql.DSN_ENV; not imported, to keep psycopg out)."""
@@ -81,6 +81,15 @@ class Redactor:
         for form in self.forms:
             text = text.replace(form, MASK)
         return text
+
+
+def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
+    """The passwords in the SYNCWORKER_* variables that carry credentials, without
+    validating anything: for redacting the traceback of a command that failed."""
+    found = passwords_in(environ.get(ENV_PREFIX + "REDIS_URL", ""))
+    found += passwords_in(environ.get(POSTGRES_DSN_ENV, ""))
+    found.append(environ.get(ENV_PREFIX + "REDIS_PASSWORD", ""))
+    return [f for f in found if f]
 
 
 def secret_values(settings: WorkerSettings) -> list[str]:

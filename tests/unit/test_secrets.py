@@ -177,3 +177,24 @@ class TestLogRedaction:
         )
         found = set(secret_values(settings))
         assert {"kv Pw@1", PASSWORD, "envPw#Zq9"} <= found
+
+
+class TestUnexpectedErrors:
+    def test_traceback_of_a_command_is_redacted(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command that crashes prints its traceback with the configured passwords blanked."""
+        from worker.commands import status as status_command
+
+        monkeypatch.setenv("SYNCWORKER_REDIS_URL", f"redis://app:{PASSWORD}@127.0.0.1:1/0")
+
+        def crash(args: object) -> int:
+            raise RuntimeError(f"unexpected reply mentioning {quote(PASSWORD, safe='')}")
+
+        monkeypatch.setattr(status_command, "status", crash)
+        code = main(["status", "--stream", "s"])
+
+        err = capsys.readouterr().err
+        assert code == 1
+        assert "RuntimeError: unexpected reply mentioning ***" in err and "Traceback" in err
+        assert not leaks(err)
