@@ -39,6 +39,7 @@ def configure_logging(
             (raw, percent-encoded or decoded), as a last line of defence.
     """
     console = use_console(fmt)
+    redactor = Redactor(secrets)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -46,7 +47,7 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
         # Tracebacks become text here, for both formats, so that they are redacted too.
         structlog.processors.format_exc_info,
-        Redactor(secrets),
+        redactor,
     ]
     if console:
         processors.append(structlog.dev.ConsoleRenderer())
@@ -59,6 +60,10 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+            handler.removeFilter(old)  # configured again: the new secrets replace the old
+        handler.addFilter(RedactingFilter(redactor))
 
 
 class Redactor:
@@ -81,6 +86,23 @@ class Redactor:
         for form in self.forms:
             text = text.replace(form, MASK)
         return text
+
+
+class RedactingFilter(logging.Filter):
+    """logging filter: the same redaction for records of libraries that log through the
+    standard library (asyncio's "Task exception was never retrieved", redis-py)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.redactor.forms:
+            record.msg, record.args = self.redactor.redact(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = self.redactor.redact(text)
+        return True
 
 
 def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:

@@ -198,3 +198,24 @@ class TestUnexpectedErrors:
         assert code == 1
         assert "RuntimeError: unexpected reply mentioning ***" in err and "Traceback" in err
         assert not leaks(err)
+
+    def test_stdlib_log_records_are_redacted(self) -> None:
+        """Records of libraries that log through `logging` (asyncio, redis-py) are redacted."""
+        import logging
+
+        from worker.logs import RedactingFilter, Redactor
+
+        handler = logging.StreamHandler(io.StringIO())
+        handler.addFilter(RedactingFilter(Redactor([PASSWORD])))
+        logger = logging.getLogger("test.redaction")
+        logger.addHandler(handler)
+        try:
+            try:
+                raise ValueError(PASSWORD)
+            except ValueError:
+                logger.error("task failed for %s", PASSWORD, exc_info=True)
+        finally:
+            logger.removeHandler(handler)
+        text = handler.stream.getvalue()
+        assert "task failed for ***" in text and "ValueError: ***" in text
+        assert not leaks(text)
