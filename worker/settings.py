@@ -205,6 +205,8 @@ class WorkerSettings(BaseSettings):
     def _check_tls_agrees(self) -> WorkerSettings:
         """An ssl_* option of the URL would silently win over `redis_tls_verify`: refuse it."""
         parsed = redis_url.split(self.redis_url.get_secret_value())
+        if parsed.scheme != "rediss":
+            return self  # no TLS: the options do nothing
         if self.redis_tls_verify and (option := redis_url.disables_tls_verification(parsed)):
             raise ValueError(
                 f"redis_url: the URL option {option} turns TLS verification off, but "

@@ -106,6 +106,11 @@ class TestUrlValidation:
         assert caught.value.setting == "SYNCWORKER_REDIS_URL"
         assert "SYNCWORKER_REDIS_TLS_VERIFY" in caught.value.message
 
+    def test_tls_options_without_tls_are_left_alone(self) -> None:
+        """On a redis:// URL the ssl options do nothing, so they contradict nothing."""
+        settings = load_settings(redis_url="redis://host:6379/0?ssl_cert_reqs=none")
+        assert settings.redis_tls_verify
+
     def test_url_agreeing_with_tls_verify_false_is_fine(self) -> None:
         """With verification off on purpose, the URL may say so too."""
         settings = WorkerSettings(
