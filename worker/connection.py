@@ -1,4 +1,4 @@
-"""Redis clients built from settings; what a failed call means; URL masking for logs.
+"""Redis clients built from settings; what a failed call means.
 
 Everything about talking to Redis that several loops share lives here: which errors are
 worth repeating (`REDIS_DOWN`), one reconnect back-off (`Reconnect`) instead of one per loop,
@@ -8,7 +8,6 @@ and `text` for the bytes redis-py hands back.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,8 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
     BusyLoadingError,
     ClusterDownError,
     OutOfMemoryError,
@@ -31,6 +32,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import redis_url
+from worker.redis_url import mask_url as mask_url  # where callers have always found it
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
 
@@ -38,6 +41,11 @@ log = structlog.get_logger("worker.connection")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors after which a Redis call is worth repeating once the server answers again."""
+
+LOGIN_REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError)
+"""The server answered and refused the credentials. redis-py makes these ConnectionErrors, so
+catch them before `REDIS_DOWN`: the commands report them as a refusal (exit 1), not as an
+unreachable server (exit 2)."""
 
 REFUSED_FOR_NOW = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 """Error codes of a server that refuses a command for now (out of memory, a long script, a
@@ -140,18 +148,6 @@ try:
 except ImportError:  # redis[hiredis] brings it; without it, redis-py's own packer
     _hiredis_pack = None
 
-_CREDENTIALS = re.compile(r"^(?P<scheme>[a-z]+://)(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (userinfo or `?password=`) replaced by `***`, safe to log."""
-    url = _QUERY_PASSWORD.sub(r"\1***", url)
-    match = _CREDENTIALS.match(url)
-    if not match or match.group("password") is None:
-        return url
-    return f"{match['scheme']}{match['user']}:***@{url[match.end() :]}"
-
 
 class _HiredisPacking(AbstractConnection):
     """Serialises commands with hiredis, as redis-py's synchronous client already does.
@@ -211,7 +207,8 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         options["username"] = settings.redis_username
     if settings.redis_password is not None:
         options["password"] = settings.redis_password.get_secret_value()
-    url = settings.redis_url.get_secret_value()
+    # Userinfo percent-encoded, so that a raw # / ? @ in a password reaches the server whole.
+    url = redis_url.split(settings.redis_url.get_secret_value()).for_redis_py()
     if url.startswith("rediss://"):
         options["ssl_cert_reqs"] = "required" if settings.redis_tls_verify else "none"
         if not settings.redis_tls_verify:

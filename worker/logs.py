@@ -10,23 +10,30 @@ import atexit
 import logging
 import os
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
-from worker.connection import mask_url
 from worker.log_output import LogOutput, LogOutputHandler
-from worker.settings import WorkerSettings
+from worker.redis_url import MASK, SECRET_WORDS, mask_url, passwords_in, secret_forms, split
+from worker.settings import ENV_PREFIX, WorkerSettings
 
-SECRET_WORDS = ("password", "secret", "token", "credential", "apikey", "api_key")
-"""Option keys whose values are never logged."""
+POSTGRES_DSN_ENV = "SYNCWORKER_POSTGRES_DSN"
+"""The sql handler's DSN variable (handlers.sql.DSN_ENV; not imported, to keep psycopg out)."""
+
+MIN_REDACTED_LEN = 4
+"""Secrets shorter than this are not searched for in log text: they would mask common words."""
 
 EXIT_DRAIN_S = 1.0
 """Seconds the process waits at exit for queued log records to fit into stderr."""
 
 
 def configure_logging(
-    level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto"
+    level: str = "INFO",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    *,
+    secrets: Iterable[str] = (),
 ) -> None:
     """Route structlog (and stdlib logging) to stderr in the chosen format.
 
@@ -36,18 +43,24 @@ def configure_logging(
     Args:
         level: minimum level name.
         fmt: `json`, `console`, or `auto`: console when stderr is a terminal, else JSON.
+        secrets: values replaced by `***` wherever they appear in an event or a traceback
+            (raw, percent-encoded or decoded), as a last line of defence.
     """
     console = use_console(fmt)
+    redactor = Redactor(secrets)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text here, for both formats, so that they are redacted too.
+        structlog.processors.format_exc_info,
+        redactor,
     ]
     if console:
-        processors.append(structlog.dev.ConsoleRenderer())  # renders tracebacks itself
+        processors.append(structlog.dev.ConsoleRenderer())
     else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors.append(structlog.processors.JSONRenderer())
     output = _use_output(LogOutput(sys.stderr, json_lines=not console))
     structlog.configure(
         processors=processors,
@@ -60,6 +73,10 @@ def configure_logging(
         handlers=[LogOutputHandler(output)],
         format="%(levelname)s %(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+            handler.removeFilter(old)  # configured again: the new secrets replace the old
+        handler.addFilter(RedactingFilter(redactor))
 
 
 _output: LogOutput | None = None
@@ -80,6 +97,78 @@ def _drain_at_exit() -> None:
         _output.drain(EXIT_DRAIN_S)
 
 
+class Redactor:
+    """structlog processor: replaces known secrets in every string of an event with `***`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {form for s in secrets if len(s) >= MIN_REDACTED_LEN for form in secret_forms(s)}
+        self.forms = sorted(forms, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(
+        self, logger: Any, name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if self.forms:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = self.redact(value)
+        return event
+
+    def redact(self, text: str) -> str:
+        for form in self.forms:
+            text = text.replace(form, MASK)
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """logging filter: the same redaction for records of libraries that log through the
+    standard library (asyncio's "Task exception was never retrieved", redis-py)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.redactor.forms:
+            record.msg, record.args = self.redactor.redact(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                text = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = self.redactor.redact(text)
+        return True
+
+
+def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
+    """The passwords in the SYNCWORKER_* variables that carry credentials, without
+    validating anything: for redacting the traceback of a command that failed."""
+    found = passwords_in(environ.get(ENV_PREFIX + "REDIS_URL", ""))
+    found += passwords_in(environ.get(POSTGRES_DSN_ENV, ""))
+    found.append(environ.get(ENV_PREFIX + "REDIS_PASSWORD", ""))
+    return [f for f in found if f]
+
+
+def secret_values(settings: WorkerSettings) -> list[str]:
+    """The credentials in the settings: the URL's password and username-less userinfo, the
+    password setting, and secret-looking route options."""
+    values = [split(settings.redis_url.get_secret_value()).password or ""]
+    if settings.redis_password is not None:
+        values.append(settings.redis_password.get_secret_value())
+    for route in settings.routes:
+        values.extend(_secret_options(route.options))
+    values.extend(passwords_in(os.environ.get(POSTGRES_DSN_ENV, "")))
+    return [v for v in values if v]
+
+
+def _secret_options(options: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            found.extend(_secret_options(value))
+        elif isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS):
+            found.append(value)
+        elif isinstance(value, str):
+            found.extend(passwords_in(value))
+    return found
+
+
 def use_console(fmt: str, *, isatty: bool | None = None) -> bool:
     """Whether `fmt` means console output here: `auto` follows whether stderr is a terminal."""
     if fmt == "auto":
@@ -94,7 +183,7 @@ def effective_settings(settings: WorkerSettings) -> dict[str, Any]:
     values = settings.model_dump(mode="json")
     values["redis_url"] = mask_url(settings.redis_url.get_secret_value())
     if settings.redis_password is not None:
-        values["redis_password"] = "***"
+        values["redis_password"] = MASK
     values["routes"] = [
         {**route, "options": mask_secrets(route.get("options") or {})}
         for route in values.get("routes", [])
@@ -108,7 +197,7 @@ def mask_secrets(options: dict[str, Any]) -> dict[str, Any]:
     masked: dict[str, Any] = {}
     for key, value in options.items():
         if any(word in key.lower() for word in SECRET_WORDS):
-            masked[key] = "***"
+            masked[key] = MASK
         elif isinstance(value, str):
             masked[key] = mask_url(value)
         elif isinstance(value, dict):

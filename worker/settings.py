@@ -6,8 +6,11 @@ config without rewriting it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from worker import redis_url
 from worker.errors import ConfigError
 from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
@@ -211,11 +215,28 @@ class WorkerSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        scheme = url.partition("://")[0]
-        if "://" not in url or scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        """Refuse what redis-py would misread or fail on at connect time; see redis_url."""
+        redis_url.parse(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _check_tls_agrees(self) -> WorkerSettings:
+        """An ssl_* option of the URL would silently win over `redis_tls_verify`: refuse it."""
+        parsed = redis_url.split(self.redis_url.get_secret_value())
+        if parsed.scheme != "rediss":
+            return self  # no TLS: the options do nothing
+        if self.redis_tls_verify and (option := redis_url.disables_tls_verification(parsed)):
+            raise ValueError(
+                f"redis_url: the URL option {option} turns TLS verification off, but "
+                "SYNCWORKER_REDIS_TLS_VERIFY is true; remove the option, or set "
+                "SYNCWORKER_REDIS_TLS_VERIFY=false to turn verification off on purpose"
+            )
+        if not self.redis_tls_verify and (option := redis_url.enables_tls_verification(parsed)):
+            raise ValueError(
+                f"redis_url: the URL option {option} contradicts "
+                "SYNCWORKER_REDIS_TLS_VERIFY=false; remove one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_together(self) -> WorkerSettings:
@@ -242,14 +263,45 @@ class WorkerSettings(BaseSettings):
         return stream + self.dead_letter_suffix
 
 
+ELSEWHERE_VARIABLES = frozenset({"SYNCWORKER_CONFIG", "SYNCWORKER_POSTGRES_DSN"})
+"""SYNCWORKER_* variables that are not settings but are read elsewhere (--config's default,
+the sql handler's DSN)."""
+
+ELSEWHERE_PREFIXES = ("SYNCWORKER_TEST_", "SYNCWORKER_BENCH_")
+"""Prefixes of variables the test suite and the benchmarks read."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each SYNCWORKER_* variable that is no setting, with the closest name.
+
+    pydantic-settings reads only the variables it knows, so a misspelt one would otherwise be
+    ignored without a word.
+    """
+    known = {ENV_PREFIX + name.upper() for name in WorkerSettings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in ELSEWHERE_VARIABLES:
+            continue
+        if upper.startswith(ELSEWHERE_PREFIXES):
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        names = sorted(n.removeprefix(ENV_PREFIX) for n in known | ELSEWHERE_VARIABLES)
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), names, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting{hint}")
+    return warnings
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> WorkerSettings:
     """Build the settings from the environment, an optional TOML file, and explicit overrides.
 
     Raises:
-        ConfigError: a value is missing, malformed or inconsistent; the message names the
-            environment variable (or the config key) and what is wrong.
+        ConfigError: a value is missing, malformed or inconsistent; the message names where it
+            was written: the environment variable, or the config file and its key.
     """
     settings_cls: type[WorkerSettings] = WorkerSettings
+    path: Path | None = None
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -262,18 +314,48 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Wo
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:
-        raise _config_error(exc) from None
+        raise _config_error(exc, path, overrides) from None
     except ValueError as exc:  # e.g. a TOML syntax error
         raise ConfigError(str(config_file or "settings"), str(exc)) from None
 
 
-def _config_error(exc: ValidationError) -> ConfigError:
+def _config_error(
+    exc: ValidationError, path: Path | None, overrides: Mapping[str, Any]
+) -> ConfigError:
     first = exc.errors()[0]
     location = [str(part) for part in first["loc"]]
     message = first["msg"].removeprefix("Value error, ")
     if not location:
-        return ConfigError("settings", message)
-    name = ENV_PREFIX + location[0].upper()
+        # A check across fields names the field it blames first: "redis_url: ...".
+        field, sep, rest = message.partition(": ")
+        if sep and field in WorkerSettings.model_fields:
+            location, message = [field], rest
+        else:
+            return ConfigError("settings", message)
+    key = location[0]
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, sorted(WorkerSettings.model_fields), n=1)
+        message = "not a setting" + (f"; did you mean {close[0]}?" if close else "")
+    env_name = ENV_PREFIX + key.upper()
+    from_env = key not in overrides and env_name in {name.upper() for name in os.environ}
+    if path is not None and not from_env and key not in overrides and _in_file(path, key):
+        return ConfigError(f"{path}: {_toml_key(location)}", message)
+    name = env_name
     if len(location) > 1:
         name += " (" + ".".join(location[1:]) + ")"
     return ConfigError(name, message)
+
+
+def _in_file(path: Path, key: str) -> bool:
+    try:
+        return key in tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _toml_key(location: list[str]) -> str:
+    """The key as written in the file: routes[0].opts for ('routes', '0', 'opts')."""
+    key = location[0]
+    for part in location[1:]:
+        key += f"[{part}]" if part.isdigit() else f".{part}"
+    return key

@@ -62,7 +62,7 @@ class TestRunCommand:
             return 0
 
         monkeypatch.setattr(run_command, "run_in_loop", fake_run_in_loop)
-        monkeypatch.setattr(run_command, "configure_logging", lambda *args: None)
+        monkeypatch.setattr(run_command, "configure_logging", lambda *args, **kwargs: None)
         assert cli.main(["run"]) == 0
         assert seen["threshold"] == expected
         assert (seen["frozen"] > 0) == (expected != 700)

@@ -99,7 +99,7 @@ class TestTomlFile:
         """A typo in the file is an error naming the key, not silently ignored."""
         path = tmp_path / "w.toml"
         path.write_text("concurency = 3\n")
-        with pytest.raises(ConfigError, match="CONCURENCY"):
+        with pytest.raises(ConfigError, match=r"w\.toml: concurency"):
             load_settings(path)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker.admin.lag import estimate_lag
 from worker.connection import text
 
 
@@ -30,8 +31,10 @@ class ConsumerState:
 class GroupState:
     """One group on one stream.
 
-    `lag` is None when Redis cannot compute it (entries deleted with XDEL between the group's
-    position and the end of the stream); `exists` is False when the group is missing.
+    `lag` comes from XINFO GROUPS; when Redis reports none (after a restart from AOF, or an
+    XDEL between the group's position and the end of the stream) it is counted instead and
+    `lag_estimated` is True (see `worker.admin.lag`). It is None only for a missing group;
+    `exists` is False then.
     """
 
     stream: str
@@ -46,6 +49,7 @@ class GroupState:
     last_delivered_id: str | None = None
     dead_letter_length: int = 0
     consumers: list[ConsumerState] | None = field(default=None)
+    lag_estimated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +125,12 @@ async def _fill(redis: Redis, state: GroupState, info: dict[Any, Any], consumers
     state.lag = None if lag is None else int(lag)
     state.pending = int(info["pending"])
     state.last_delivered_id = text(info["last-delivered-id"])
+    if state.lag is None:
+        try:
+            state.lag = await estimate_lag(redis, state.stream, state.last_delivered_id)
+            state.lag_estimated = True
+        except ResponseError:  # e.g. an ACL user without scripts: no lag, as Redis says
+            pass
     pipe = redis.pipeline(transaction=False)
     pipe.xpending(state.stream, state.group)
     if consumers:

@@ -4,6 +4,10 @@ XGROUP DELCONSUMER drops the consumer's pending entries with it: nobody could re
 and they would never be processed. A consumer can receive entries between any check and the
 delete (a process with that name may come back), so the check and the delete run in one Lua
 script, atomically.
+
+Idle time alone does not prove a consumer gone: on Redis 7.0 a live worker's idle time grows
+while its stream is quiet. Running workers keep a presence key alive (see
+`worker.runtime.presence`); a consumer whose key exists is kept, whatever its idle time.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ from redis.asyncio import Redis
 
 from worker.admin.groups import ConsumerState
 from worker.connection import text
+from worker.runtime.presence import presence_key
 
 PRUNE = """
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms
--- Deletes the consumer only if it holds no pending entries and is still idle that long.
+-- KEYS[1] stream, KEYS[2] the consumer's presence key (same slot when the stream name has a
+-- hash tag); ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms.
+-- Deletes the consumer only if its process is not alive, it holds no pending entries, and it
+-- is still idle that long.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'alive'
+end
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 for _, consumer in ipairs(consumers) do
   local info = {}
@@ -45,19 +55,22 @@ class PruneResult:
     group: str
     consumer: ConsumerState
     outcome: str
-    """deleted; pending (kept: holds entries); active (kept: used since); gone; candidate."""
+    """deleted; pending (kept: holds entries); alive (kept: its process refreshes its presence
+    key); active (kept: used since); gone; candidate."""
 
 
 async def delete_if_idle(
     redis: Redis, stream: str, group: str, consumer: str, min_idle_s: float
 ) -> str:
-    """Delete `consumer` if it has no pending entries and has been idle `min_idle_s`.
+    """Delete `consumer` if it is not alive, has no pending entries and has been idle
+    `min_idle_s`.
 
     Returns:
-        `deleted`, `pending` (kept), `active` (kept) or `gone` (no such consumer).
+        `deleted`, `alive`, `pending` or `active` (kept), or `gone` (no such consumer).
     """
     script = redis.register_script(PRUNE)
-    result = await script(keys=[stream], args=[group, consumer, int(min_idle_s * 1000)])
+    keys = [stream, presence_key(stream, group, consumer)]
+    result = await script(keys=keys, args=[group, consumer, int(min_idle_s * 1000)])
     return result.decode() if isinstance(result, bytes) else str(result)
 
 
@@ -67,7 +80,8 @@ async def prune(
     """Delete every consumer of `group` idle `min_idle_s` or more that holds nothing.
 
     Idle consumers that still hold entries are reported as `pending` and kept: the live
-    consumers take their entries over once they are idle for `claim_idle`.
+    consumers take their entries over once they are idle for `claim_idle`. Consumers whose
+    process is alive (presence key set) are reported as `alive` and kept.
     """
     rows = await redis.xinfo_consumers(stream, group)
     results: list[PruneResult] = []
@@ -77,6 +91,8 @@ async def prune(
             continue
         if state.pending:
             outcome = "pending"
+        elif await redis.exists(presence_key(stream, group, state.name)):
+            outcome = "alive"
         elif dry_run:
             outcome = "candidate"
         else:

@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import sys
 
+from redis.exceptions import ResponseError
+
 from worker.commands.common import add_config_option, settings_from
-from worker.connection import REDIS_DOWN, connect, mask_url
+from worker.commands.support import EXIT_FAILED, EXIT_USAGE, fail
+from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
 from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE, SafetyReport, inspect
 from worker.registry import handlers_from_settings
 
@@ -24,8 +27,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "check",
         help="validate settings and handlers, and ping Redis",
         description="Exit 0 when the settings are valid, every handler loads and Redis "
-        "answers; otherwise print why and exit 1 (2 for invalid settings). Warns (without "
-        "failing) when the server may evict keys or keeps nothing on disk.",
+        "answers; otherwise print why and exit 1 (Redis refused the login or PING) or 2 "
+        "(invalid settings, a handler that does not load, an unreachable Redis), like every "
+        "other command. Warns (without failing) "
+        "when the server may evict keys or keeps nothing on disk.",
         epilog="example:\n  SYNCWORKER_HANDLERS=projection syncworker check --config worker.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,9 +53,15 @@ def check(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(ping())
+    except LOGIN_REFUSED as exc:
+        fail(f"Redis at {url} refused the login: {exc}")
+        return EXIT_FAILED
     except REDIS_DOWN as exc:
-        print(f"syncworker: cannot reach Redis at {url}: {exc}", file=sys.stderr)
-        return 1
+        fail(f"cannot reach Redis at {url}: {exc}")
+        return EXIT_USAGE
+    except ResponseError as exc:  # e.g. NOPERM for PING
+        fail(f"Redis at {url} refused the command: {exc}")
+        return EXIT_FAILED
     for reason, unsafe in report.unsafe.items():
         if unsafe:
             print(f"warning: Redis at {url}: {RISKS[reason]}", file=sys.stderr)

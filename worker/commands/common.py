@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
-from worker.settings import WorkerSettings, load_settings
+from worker.settings import WorkerSettings, load_settings, unknown_variables
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -21,5 +22,11 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> WorkerSettings:
-    """Settings from --config and the environment; raises ConfigError on bad values."""
+    """Settings from --config and the environment; raises ConfigError on bad values.
+
+    A misspelt SYNCWORKER_* variable is warned about on stderr first: the settings would
+    otherwise ignore it without a word.
+    """
+    for warning in unknown_variables(os.environ):
+        print(f"syncworker: warning: {warning}", file=sys.stderr)
     return load_settings(args.config, **overrides)

@@ -22,8 +22,12 @@ DEFAULT_IDLE_S = 3600.0
 
 EXAMPLE = """Every process registers a consumer (hostname-pid by default), so restarts and
 rescheduled pods leave consumers behind. This deletes those idle for --idle seconds or more
-that hold NO pending entries. A consumer holding pending entries is never deleted (its entries
-would be dropped with it); live workers take those entries over after claim_idle. The check
+that hold NO pending entries and whose worker is not running. A running worker refreshes a
+presence key (<stream>:presence:<group>:<consumer>, time to live claim_idle) every third of
+claim_idle, so it is kept even when its idle time grew on a quiet stream (Redis 7.0 counts
+idle time from the last read that returned entries). A consumer holding pending entries is
+never deleted (its entries would be dropped with it); live workers take those entries over
+after claim_idle. The check
 and the delete are one atomic step on the server, so a consumer that receives entries at the
 last moment is kept.
 
@@ -95,6 +99,8 @@ def prune_command(args: argparse.Namespace) -> int:
                 elif r.outcome == "candidate":
                     candidates += 1
                     print(f"{where}: would be deleted")
+                elif r.outcome == "alive":
+                    print(f"{where}: kept, its worker is running")
                 elif r.outcome == "pending":
                     print(f"{where}: kept, holds {c.pending} pending entries")
                 elif r.outcome == "active":

@@ -12,7 +12,7 @@ from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import CommandError, execute
 from worker.publish import Publisher
 
-EXAMPLE = """The entry gets the fields type, key, data (JSON) and, when given, event_id and
+EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id and
 version. --data - reads the JSON from standard input. Prints the new entry id.
 
 examples:
@@ -33,7 +33,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_config_option(parser)
     parser.add_argument("stream", metavar="STREAM", help="stream to append to")
     parser.add_argument("--type", required=True, metavar="T", help="event type")
-    parser.add_argument("--key", required=True, metavar="K", help="entity key (orders per key)")
+    parser.add_argument(
+        "--key", metavar="K", help="entity key: events of one key are handled in order (optional)"
+    )
     parser.add_argument(
         "--data", required=True, metavar="JSON", help="payload as JSON, or - for stdin"
     )

@@ -12,7 +12,7 @@ import structlog
 from worker.commands.common import add_config_option, settings_from
 from worker.errors import ConfigError, StartupError
 from worker.gc_tuning import tune_gc
-from worker.logs import configure_logging
+from worker.logs import configure_logging, secret_values
 from worker.loop import run_in_loop
 from worker.registry import handlers_from_settings
 from worker.runtime.worker import Worker
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     handlers = handlers_from_settings(settings)
     worker = Worker(settings, handlers)
     tune_gc(settings.gc_threshold)  # last, so that everything set up so far is frozen

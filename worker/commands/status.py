@@ -22,6 +22,8 @@ from worker.commands.support import (
 
 EXAMPLE = """columns:
   LENGTH   entries in the stream           LAG      entries not yet delivered to the group
+                                           (~N: counted, as Redis reports none after a
+                                           restart from AOF until the group catches up)
   PENDING  delivered, not yet acked        OLDEST   age of the oldest pending entry
   DLQ      entries in the dead-letter stream
 
@@ -88,7 +90,7 @@ def render(states: list[GroupState]) -> str:
             )
             details.append(f"{s.stream} / {s.group}: group does not exist (no worker started yet?)")
             continue
-        lag = "?" if s.lag is None else str(s.lag)
+        lag = "?" if s.lag is None else ("~" if s.lag_estimated else "") + str(s.lag)
         rows.append(
             [
                 s.stream,

@@ -1,8 +1,8 @@
 """What the operations commands share: running against Redis, errors, streams, ids, output.
 
-Every command exits 0 on success, 1 when the operation itself failed (Redis refused a command,
-an id was not found), and 2 on bad arguments, bad settings or an unreachable Redis, always with
-one line on stderr.
+Every command exits 0 on success, 1 when the operation itself failed (Redis refused the login
+or a command, an id was not found), and 2 on bad arguments, bad settings or an unreachable
+Redis, always with one line on stderr. `check` follows the same codes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker.connection import REDIS_DOWN, connect, mask_url
+from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
 from worker.registry import load_plugin
 from worker.settings import WorkerSettings
@@ -57,6 +57,9 @@ def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -
     except CommandError as exc:
         fail(str(exc))
         return exc.code
+    except LOGIN_REFUSED as exc:
+        fail(f"Redis at {url} refused the login: {exc}")
+        return EXIT_FAILED
     except REDIS_DOWN as exc:
         fail(f"cannot reach Redis at {url}: {exc}")
         return EXIT_USAGE

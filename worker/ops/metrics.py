@@ -203,8 +203,14 @@ class WorkerCollector(Collector):
         labels = ["stream", "group"]
         lag = GaugeMetricFamily(
             "syncworker_group_lag",
-            "Entries not yet delivered to the group (XINFO GROUPS lag); absent when Redis "
-            "cannot compute it.",
+            "Entries not yet delivered to the group (XINFO GROUPS lag, or counted when Redis "
+            "reports none: see syncworker_group_lag_estimated).",
+            labels=labels,
+        )
+        estimated = GaugeMetricFamily(
+            "syncworker_group_lag_estimated",
+            "1 when syncworker_group_lag was counted because Redis reports no lag (after a "
+            "restart from AOF, or an XDEL in the undelivered range), 0 when Redis reported it.",
             labels=labels,
         )
         pending = GaugeMetricFamily(
@@ -229,11 +235,12 @@ class WorkerCollector(Collector):
             values = [stream, self.group]
             if state.lag is not None:
                 lag.add_metric(values, state.lag)
+                estimated.add_metric(values, int(state.lag_estimated))
             pending.add_metric(values, state.pending)
             oldest.add_metric(values, state.oldest_pending_age_s or 0.0)
             length.add_metric(values, state.length)
             dead.add_metric(values, state.dead_letter_length)
-        yield from (lag, pending, oldest, length, dead)
+        yield from (lag, estimated, pending, oldest, length, dead)
 
     def _redis_errors(self) -> Metric:
         family = CounterMetricFamily(

@@ -129,7 +129,10 @@ class OpsServer:
         except OSError as exc:
             await self._redis.aclose()
             raise ConfigError(
-                "SYNCWORKER_METRICS_PORT", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                "SYNCWORKER_METRICS_PORT",
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another worker "
+                "running on this machine? Give each one another port, or set "
+                "SYNCWORKER_METRICS_PORT=0 to run without the metrics and health server",
             ) from None
         self.port = self._http.port
         self._refresher = asyncio.create_task(self._refresh_forever(), name="syncworker-stats")

@@ -27,6 +27,7 @@ from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.lanes import Lanes
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.policy import RetryPolicy
+from worker.runtime.presence import Presence
 from worker.runtime.reader import Reader
 from worker.runtime.retries import RetryScan
 from worker.runtime.settle import Settler
@@ -241,12 +242,14 @@ class Worker:
         self._reader_task = self._spawn("reader", engine.reader.run)
         retry_task = self._spawn("retries", engine.retries.run)
         takeover_task = self._spawn("takeover", engine.takeover.run)
+        presence = Presence.start(engine.heartbeat.redis, self.settings, self.streams, self.stats)
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
         await self._until_stopped(*background, heartbeat_task)
         await self._drain(engine, retry_task, takeover_task, settler_task, recovery_task)
         heartbeat_task.cancel()
+        presence.cancel()
 
     async def _until_recovered(
         self, recovery: asyncio.Task[None], *tasks: asyncio.Task[None]
