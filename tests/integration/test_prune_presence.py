@@ -14,6 +14,7 @@ pytestmark = pytest.mark.redis
 
 
 class TestPrunePresence:
+    @pytest.mark.redis70
     async def test_live_worker_on_a_quiet_stream_is_kept(
         self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
     ) -> None:

@@ -91,9 +91,12 @@ class TestGroupCreationRefused:
 class TestRedisFull:
     @pytest.fixture
     async def full_redis(self) -> AsyncIterator[tuple[RedisServer, Redis]]:
-        server = RedisServer(extra_args=("--maxmemory", "1mb", "--maxmemory-policy", "noeviction"))
+        server = RedisServer(extra_args=("--maxmemory-policy", "noeviction"))
         server.start()
         client = Redis.from_url(server.url)
+        # A limit 1 MB above what the empty server uses (Valkey starts above a fixed 1 MB).
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", used + 1024 * 1024)
         yield server, client
         await client.aclose()
         server.cleanup()
