@@ -110,16 +110,15 @@ class DeadLetterEntry:
     """The original entry's fields, exactly as they were: in order, repeated names kept."""
     meta: dict[str, str]
     """stream, id, group, consumer, attempts, handler, error_type, error, traceback,
-    failed_at (without the `dlq_` prefix)."""
+    failed_at (without the `dlq_` prefix); bytes that are not UTF-8 decoded with
+    `surrogateescape`, so the exact bytes stay recoverable."""
 
     @classmethod
     def parse(cls, entry_id: Any, flat: Sequence[bytes]) -> DeadLetterEntry:
         original, metadata = split(flat)
         prefix = len(DEAD_LETTER_PREFIX)
         meta = {
-            metadata[i][prefix:].decode("utf-8", "replace"): metadata[i + 1].decode(
-                "utf-8", "replace"
-            )
+            _decode(metadata[i][prefix:]): _decode(metadata[i + 1])
             for i in range(0, len(metadata) - 1, 2)
             if metadata[i] != FIELDS_MARKER.encode()
         }
@@ -132,15 +131,13 @@ class DeadLetterEntry:
         return dict(self.pairs)
 
     def decoded_fields(self) -> dict[str, str]:
-        return {text(k): text(v) for k, v in self.pairs}
+        """The original fields as text (`surrogateescape`: never fails on bytes that are not
+        UTF-8); a repeated name keeps its last value."""
+        return {_decode(k): _decode(v) for k, v in self.pairs}
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "fields": self.decoded_fields(),
-            "pairs": [[text(k), text(v)] for k, v in self.pairs],
-            "meta": self.meta,
-        }
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 async def read(

@@ -6,12 +6,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 
 from worker.admin import deadletters
 from worker.admin.deadletters import DeadLetterEntry
 from worker.commands.common import add_config_option, settings_from
+from worker.commands.safe_text import json_key, json_text, safe, safe_lines
 from worker.commands.support import (
     EXIT_FAILED,
     CommandError,
@@ -20,7 +22,6 @@ from worker.commands.support import (
     print_json,
     table,
 )
-from worker.connection import text
 from worker.settings import WorkerSettings
 
 EXAMPLE = """STREAM is the original stream; its dead letters live in STREAM plus
@@ -139,31 +140,29 @@ def list_command(args: argparse.Namespace) -> int:
                 {
                     "dead_letter_stream": dlq,
                     "total": total,
-                    "entries": [d.as_dict() for d in letters],
+                    "entries": [as_json(d) for d in letters],
                 }
             )
             return 0
         if not letters:
-            print(f"{dlq}: no dead letters")
+            print(f"{safe(dlq)}: no dead letters")
             return 0
         rows = [["ID", "FAILED AT", "ORIGINAL ID", "TYPE", "KEY", "HANDLER", "ATTEMPTS", "ERROR"]]
         for d in letters:
             f = d.decoded_fields()
             error = f"{d.meta.get('error_type', '')}: {d.meta.get('error', '')}"
-            rows.append(
-                [
-                    d.id,
-                    d.meta.get("failed_at", ""),
-                    d.meta.get("id", ""),
-                    f.get("type", ""),
-                    f.get("key", ""),
-                    d.meta.get("handler", ""),
-                    d.meta.get("attempts", ""),
-                    error[:60],
-                ]
-            )
+            cells = [
+                d.id,
+                d.meta.get("failed_at", ""),
+                d.meta.get("id", ""),
+                f.get("type", ""),
+                f.get("key", ""),
+                d.meta.get("handler", ""),
+                d.meta.get("attempts", ""),
+            ]
+            rows.append([safe(cell) for cell in cells] + [safe(error)[:60]])
         print(table(rows))
-        print(f"\n{len(letters)} of {total} dead letters in {dlq}")
+        print(f"\n{len(letters)} of {total} dead letters in {safe(dlq)}")
         return 0
 
     return execute(settings, body)
@@ -176,10 +175,10 @@ def show_command(args: argparse.Namespace) -> int:
     async def body(redis: Redis) -> int:
         found = await deadletters.read(redis, dlq, args.id, args.id, 1)
         if not found:
-            raise CommandError(f"no dead letter {args.id} in {dlq}", EXIT_FAILED)
+            raise CommandError(f"no dead letter {args.id} in {safe(dlq)}", EXIT_FAILED)
         letter = found[0]
         if args.json:
-            print_json(letter.as_dict())
+            print_json(as_json(letter))
         else:
             print(render(dlq, letter))
         return 0
@@ -188,16 +187,34 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def render(dlq: str, letter: DeadLetterEntry) -> str:
-    lines = [f"dead letter {letter.id} in {dlq}", "", "original fields:"]
-    lines += [f"  {text(k)}: {text(v)}" for k, v in letter.pairs]
+    """One dead letter for a terminal: every value escaped (see `safe_text`)."""
+    lines = [f"dead letter {letter.id} in {safe(dlq)}", "", "original fields:"]
+    lines += [f"  {safe(k)}: {safe(v)}" for k, v in letter.pairs]
     lines += ["", "failure:"]
-    lines += [f"  {k}: {_indented(v)}" for k, v in letter.meta.items()]
+    lines += [f"  {safe(k)}: {_indented(k, v)}" for k, v in letter.meta.items()]
     return "\n".join(lines)
 
 
-def _indented(value: str) -> str:
-    """A multi-line value (a traceback) indented under its name."""
-    return value.rstrip("\n").replace("\n", "\n    ")
+def _indented(name: str, value: str) -> str:
+    """The traceback keeps its lines, indented under its name; every other value is one line."""
+    if name != "traceback":
+        return safe(value)
+    return safe_lines(value.rstrip("\n")).replace("\n", "\n    ")
+
+
+def as_json(letter: DeadLetterEntry) -> dict[str, Any]:
+    """One dead letter for --json, exact: values that are not UTF-8 as {"base64": ...}.
+
+    `pairs` is the exact entry (order and repeated names kept); `fields` is the same as an
+    object, where a repeated name keeps its last value and a name that is not UTF-8 is written
+    with `\\xff` escapes (object keys must be strings).
+    """
+    return {
+        "id": letter.id,
+        "fields": {json_key(k): json_text(v) for k, v in letter.pairs},
+        "pairs": [[json_text(k), json_text(v)] for k, v in letter.pairs],
+        "meta": {json_key(k): json_text(v) for k, v in letter.meta.items()},
+    }
 
 
 # replay / purge -------------------------------------------------------------------------
@@ -216,7 +233,7 @@ def replay_command(args: argparse.Namespace) -> int:
         missing = [i for i, new_id in zip(args.ids, results, strict=True) if new_id is None]
         for dead_id, new_id in zip(args.ids, results, strict=True):
             if new_id is not None:
-                print(f"replayed {dead_id} -> {args.stream} {new_id}")
+                print(f"replayed {dead_id} -> {safe(args.stream)} {new_id}")
         return _report_missing(missing, dlq)
 
     return execute(settings, body)
@@ -239,15 +256,15 @@ async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace) -> int:
     for d in letters:
         f = d.decoded_fields()
         what = f"type={f.get('type', '')} key={f.get('key', '')}"
-        print(f"would replay {d.id} -> {args.stream} ({what})")
-    print(f"dry run: {len(letters)} dead letter(s) would be replayed to {args.stream}")
+        print(f"would replay {d.id} -> {safe(args.stream)} ({safe(what)})")
+    print(f"dry run: {len(letters)} dead letter(s) would be replayed to {safe(args.stream)}")
     return _report_missing(missing, dlq)
 
 
 async def _replay_all(redis: Redis, dlq: str, stream: str) -> int:
     end = await deadletters.last_id(redis, dlq)
     if end is None:
-        print(f"{dlq}: no dead letters")
+        print(f"{safe(dlq)}: no dead letters")
         return 0
     total = await redis.xlen(dlq)
     done = 0
@@ -256,7 +273,7 @@ async def _replay_all(redis: Redis, dlq: str, stream: str) -> int:
         results = await deadletters.replay(redis, dlq, stream, [d.id for d in page])
         done += sum(1 for r in results if r is not None)
         progress(done)
-    print(f"replayed {done} dead letter(s) from {dlq} to {stream}")
+    print(f"replayed {done} dead letter(s) from {safe(dlq)} to {safe(stream)}")
     return 0
 
 
@@ -282,10 +299,10 @@ def purge_command(args: argparse.Namespace) -> int:
         if args.all:
             end = await deadletters.last_id(redis, dlq)
             removed = 0 if end is None else await deadletters.purge_through(redis, dlq, end)
-            print(f"purged {removed} dead letter(s) from {dlq}")
+            print(f"purged {removed} dead letter(s) from {safe(dlq)}")
             return 0
         existed = await deadletters.purge(redis, dlq, args.ids)
-        print(f"purged {sum(existed)} dead letter(s) from {dlq}")
+        print(f"purged {sum(existed)} dead letter(s) from {safe(dlq)}")
         return _report_missing([i for i, e in zip(args.ids, existed, strict=True) if not e], dlq)
 
     return execute(settings, body)
@@ -293,6 +310,6 @@ def purge_command(args: argparse.Namespace) -> int:
 
 def _report_missing(missing: list[str], dlq: str) -> int:
     if missing:
-        print(f"syncworker: error: not found in {dlq}: {', '.join(missing)}", file=sys.stderr)
+        print(f"syncworker: error: not found in {safe(dlq)}: {', '.join(missing)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
