@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from worker.admin import deadletters
 from worker.admin.deadletters import DeadLetterEntry
@@ -31,7 +32,8 @@ examples:
   syncworker dlq list orders --limit 20
   syncworker dlq show orders 1700000000000-0
   syncworker dlq replay orders --id 1700000000000-0 --dry-run
-  syncworker dlq replay orders --all
+  syncworker dlq replay orders --all --group billing
+  syncworker dlq purge orders --all --dry-run
   syncworker dlq purge orders --id 1700000000000-0
 """
 
@@ -40,13 +42,16 @@ the dlq_* metadata) to the original stream as a new entry, followed by replay_of
 replay_of_id naming the entry it copies, and removes the dead letter in the same atomic step, so
 a crash never loses one and never leaves one in both places. The built-in handlers deduplicate
 on replay_of_stream/replay_of_id, so a replay of an entry whose effect landed is a duplicate.
-The new entry is delivered to EVERY consumer group of the stream, including groups that had
-processed it already: handlers should be idempotent (event_id / version). With --all, only the
-dead letters that exist when the command starts are replayed; one that fails again is not
-replayed twice.
+With --group G the new entry also carries replay_for_group=G (last): it is delivered to every
+group as usual, but only G runs its handlers; every other group acks it at once without running
+a handler (counted as skipped). Without --group, EVERY consumer group of the stream runs it
+again, including groups that had processed it already: handlers should be idempotent
+(event_id / version). A dead letter belongs to one group (dlq_group in `dlq show`), so --group
+is usually what you want. With --all, only the dead letters that exist when the command starts
+are replayed; one that fails again is not replayed twice.
 
 example:
-  syncworker dlq replay orders --all
+  syncworker dlq replay orders --all --group billing
 """
 
 PROGRESS_EVERY_S = 1.0
@@ -77,11 +82,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     replay = _action(actions, "replay", "write dead letters back to their stream", None)
     replay.description = REPLAY_HELP
     _add_selection(replay)
+    replay.add_argument(
+        "--group",
+        "-g",
+        metavar="GROUP",
+        help="only this consumer group runs the replay; the others ack it untouched",
+    )
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     replay.set_defaults(func=replay_command)
 
     purge = _action(actions, "purge", "delete dead letters for good", "dlq purge orders --all")
     _add_selection(purge)
+    purge.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     purge.set_defaults(func=purge_command)
 
 
@@ -225,21 +237,56 @@ def replay_command(args: argparse.Namespace) -> int:
     dlq = _dead_letter_stream(settings, args.stream)
 
     async def body(redis: Redis) -> int:
+        if args.group is not None:
+            await _check_group(redis, args.stream, args.group)
         if args.dry_run:
-            return await _dry_run(redis, dlq, args)
+            return await _dry_run(redis, dlq, args, "replay")
         if args.all:
-            return await _replay_all(redis, dlq, args.stream)
-        results = await deadletters.replay(redis, dlq, args.stream, args.ids)
+            return await _replay_all(redis, dlq, args.stream, args.group)
+        results = await deadletters.replay(redis, dlq, args.stream, args.ids, args.group)
         missing = [i for i, new_id in zip(args.ids, results, strict=True) if new_id is None]
         for dead_id, new_id in zip(args.ids, results, strict=True):
             if new_id is not None:
-                print(f"replayed {dead_id} -> {safe(args.stream)} {new_id}")
+                print(f"replayed {dead_id} -> {safe(args.stream)} {new_id}{_for(args.group)}")
         return _report_missing(missing, dlq)
 
     return execute(settings, body)
 
 
-async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace) -> int:
+async def _check_group(redis: Redis, stream: str, group: str) -> None:
+    """A replay for a group the stream does not have would be skipped by every group."""
+    try:
+        infos = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        infos = []
+    if group.encode() not in {info["name"] for info in infos}:
+        raise CommandError(f"no consumer group {safe(group)} on {safe(stream)}", EXIT_FAILED)
+
+
+async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace, action: str) -> int:
+    """What `replay` or `purge` would do to the selected dead letters; changes nothing."""
+    letters, missing = await _selected(redis, dlq, args)
+    target = "" if action == "purge" else f" -> {safe(args.stream)}"
+    group = _for(getattr(args, "group", None))
+    for d in letters:
+        f = d.decoded_fields()
+        what = f"type={f.get('type', '')} key={f.get('key', '')}"
+        print(f"would {action} {d.id}{target}{group} ({safe(what)})")
+    done = "purged" if action == "purge" else f"replayed to {safe(args.stream)}{group}"
+    print(f"dry run: {len(letters)} dead letter(s) would be {done}")
+    return _report_missing(missing, dlq)
+
+
+def _for(group: str | None) -> str:
+    return "" if group is None else f" for group {safe(group)}"
+
+
+async def _selected(
+    redis: Redis, dlq: str, args: argparse.Namespace
+) -> tuple[list[DeadLetterEntry], list[str]]:
+    """The dead letters --all or --id select, and the ids not found."""
     if args.all:
         end = await deadletters.last_id(redis, dlq)
         letters = (
@@ -253,15 +300,10 @@ async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace) -> int:
             letters += found
             if not found:
                 missing.append(dead_id)
-    for d in letters:
-        f = d.decoded_fields()
-        what = f"type={f.get('type', '')} key={f.get('key', '')}"
-        print(f"would replay {d.id} -> {safe(args.stream)} ({safe(what)})")
-    print(f"dry run: {len(letters)} dead letter(s) would be replayed to {safe(args.stream)}")
-    return _report_missing(missing, dlq)
+    return letters, missing
 
 
-async def _replay_all(redis: Redis, dlq: str, stream: str) -> int:
+async def _replay_all(redis: Redis, dlq: str, stream: str, group: str | None) -> int:
     end = await deadletters.last_id(redis, dlq)
     if end is None:
         print(f"{safe(dlq)}: no dead letters")
@@ -270,10 +312,10 @@ async def _replay_all(redis: Redis, dlq: str, stream: str) -> int:
     done = 0
     progress = _progress(total)
     async for page in deadletters.pages(redis, dlq, end):
-        results = await deadletters.replay(redis, dlq, stream, [d.id for d in page])
+        results = await deadletters.replay(redis, dlq, stream, [d.id for d in page], group)
         done += sum(1 for r in results if r is not None)
         progress(done)
-    print(f"replayed {done} dead letter(s) from {safe(dlq)} to {safe(stream)}")
+    print(f"replayed {done} dead letter(s) from {safe(dlq)} to {safe(stream)}{_for(group)}")
     return 0
 
 
@@ -296,6 +338,8 @@ def purge_command(args: argparse.Namespace) -> int:
     dlq = _dead_letter_stream(settings, args.stream)
 
     async def body(redis: Redis) -> int:
+        if args.dry_run:
+            return await _dry_run(redis, dlq, args, "purge")
         if args.all:
             end = await deadletters.last_id(redis, dlq)
             removed = 0 if end is None else await deadletters.purge_through(redis, dlq, end)
