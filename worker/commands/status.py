@@ -59,6 +59,7 @@ def status(args: argparse.Namespace) -> int:
     group = group_of(settings, args)
 
     async def body(redis: Redis) -> int:
+        await refuse_if_denied(redis, streams)
         states = await read_group_states(
             redis,
             streams,
@@ -76,6 +77,21 @@ def status(args: argparse.Namespace) -> int:
         return 0
 
     return execute(settings, body)
+
+
+async def refuse_if_denied(redis: Redis, streams: list[str]) -> None:
+    """Raise Redis's refusal of XINFO GROUPS (NOPERM, say) instead of reporting no groups.
+
+    `read_group_states` takes any error of XINFO GROUPS for a stream that does not exist yet,
+    so a user without the permission would see "group does not exist" and exit 0. One
+    pipelined round trip tells the two apart.
+    """
+    pipe = redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+    for reply in await pipe.execute(raise_on_error=False):
+        if isinstance(reply, ResponseError) and "no such key" not in str(reply):
+            raise reply
 
 
 async def consumers_of(redis: Redis, stream: str, group: str) -> list[ConsumerState] | None:

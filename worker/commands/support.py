@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.connection import REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
@@ -60,6 +60,9 @@ def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -
     except REDIS_DOWN as exc:
         fail(f"cannot reach Redis at {url}: {exc}")
         return EXIT_USAGE
+    except NoPermissionError as exc:  # redis-py drops the code: put it back, it is the clue
+        fail(f"Redis refused the command: NOPERM {exc}")
+        return EXIT_FAILED
     except ResponseError as exc:
         fail(f"Redis refused the command: {exc}")
         return EXIT_FAILED
