@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from worker.commands.safe_text import json_key, json_text, safe, safe_lines
+from worker.commands.support import fail
 
 
 class TestSafe:
@@ -52,3 +53,11 @@ class TestJson:
     def test_keys_are_strings(self) -> None:
         """An object key that is not UTF-8 is written with backslash escapes."""
         assert json_key(b"k\xff") == "k\\xff"
+
+
+class TestErrorLine:
+    def test_an_error_line_is_escaped_too(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Error text can quote what Redis holds (a name, a script's reply): it is escaped."""
+        fail("refused: \x1b]0;pwned\x07 \u202ekey")
+        err = capsys.readouterr().err
+        assert err == "syncworker: error: refused: \\x1b]0;pwned\\x07 \\u202ekey\n"

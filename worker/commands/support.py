@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from worker.commands.safe_text import safe
 from worker.connection import REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
 from worker.registry import load_plugin
@@ -38,7 +39,8 @@ class CommandError(Exception):
 
 
 def fail(message: str) -> None:
-    print(f"syncworker: error: {message}", file=sys.stderr)
+    """One line on stderr; escaped, since it may quote names or replies from Redis."""
+    print(f"syncworker: error: {safe(message)}", file=sys.stderr)
 
 
 def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -> int:
