@@ -12,8 +12,10 @@ from redis.asyncio import Redis
 
 from tests.helpers import eventually, make_settings, pending_count, running
 from worker import Message, Reject, handler
+from worker.admin import deadletters
 from worker.cli import main
 from worker.redis_server import RedisServer
+from worker.wide import read_fields
 
 pytestmark = pytest.mark.redis
 
@@ -129,3 +131,31 @@ async def _all_acked(redis: Redis, stream: str, group: str) -> bool:
     infos = {i["name"].decode(): i for i in await redis.xinfo_groups(stream)}
     info = infos[group]
     return info["lag"] == 0 and await pending_count(redis, stream, group) == 0
+
+
+class TestWideReplay:
+    async def test_an_entry_too_wide_for_a_script_carries_the_group_too(
+        self, redis: Redis, names: dict[str, str]
+    ) -> None:
+        """The MULTI/EXEC path of a replay (entries too wide for Lua) ends with the same
+        replay_for_group field as the script path."""
+        stream = names["stream"]
+        items: list[bytes | str] = []
+        for n in range(4000):
+            items += [f"f{n}", "v"]
+        items += ["dlq_stream", stream, "dlq_id", "1-0", "dlq_fields", "4000"]
+        dead_id = (await redis.execute_command("XADD", stream + ":dlq", "*", *items)).decode()
+
+        [new_id] = await deadletters.replay(redis, stream + ":dlq", stream, [dead_id], "billing")
+
+        assert new_id is not None
+        flat = await read_fields(redis, stream, new_id)
+        assert flat is not None and flat[-6:] == [
+            b"replay_of_stream",
+            stream.encode(),
+            b"replay_of_id",
+            b"1-0",
+            b"replay_for_group",
+            b"billing",
+        ]
+        assert await redis.xlen(stream + ":dlq") == 0
