@@ -21,10 +21,13 @@ SCRIPTS = "+evalsha +script|load +script|exists"
 WORKER = (
     f"{CONNECT} {SCRIPTS} +eval_ro +multi +exec +time "
     "+xreadgroup +xgroup|create +xinfo|groups +xpending +xclaim +xack +xlen "
-    "+xadd +xrange +xrevrange +xdel +type +hset +hget +hmget +hdel +expire"
+    "+xadd +xrange +xrevrange +xdel +type +hset +hget +hmget +hdel +expire "
+    "+set +eval +xinfo|stream"
 )
 """`syncworker run` itself: read, ack, retry, take over, hand over, dead-letter (wide entries:
-EVAL_RO, MULTI/EXEC), and the gauges of the metrics server (XLEN, XPENDING, XINFO GROUPS)."""
+EVAL_RO, MULTI/EXEC), keep its presence key (SET with a TTL), and the gauges of the metrics
+server (XLEN, XPENDING, XINFO GROUPS; EVAL and XINFO STREAM estimate the lag when Redis reports
+none)."""
 
 PROJECTION = "+type +exists +hget +hset +hdel +del +set +hincrby"
 RELAY = "+type +exists +set +hincrby +xadd +xrevrange +xrange +xdel +multi +exec"
@@ -35,7 +38,7 @@ DLQ_READ = f"{CONNECT} +xlen +xrange +xrevrange +eval_ro"
 DLQ_REPLAY = f"{DLQ_READ} {SCRIPTS} +xinfo|groups +xadd +xdel +type +multi +exec"
 DLQ_PURGE = f"{DLQ_READ} +xdel +xtrim"
 TRIM = f"{CONNECT} {SCRIPTS} +exists +xinfo|groups +xpending +xtrim"
-PRUNE = f"{CONNECT} {SCRIPTS} +xinfo|consumers +xgroup|delconsumer"
+PRUNE = f"{CONNECT} {SCRIPTS} +xinfo|consumers +xgroup|delconsumer +exists"
 PUBLISH = f"{CONNECT} +xadd"
 
 
@@ -53,15 +56,16 @@ def rules(role: str, stream: str, dead_letter_suffix: str = ":dlq") -> str:
     """
     s, dlq = pattern(stream), pattern(stream + dead_letter_suffix)
     handover = pattern(handover_key(stream))
+    presence = f"{s}:presence:*"  # `<stream>:presence:<group>:<consumer>`, one per live worker
     keys, commands = {
-        "run": (f"~{s} ~{dlq} ~{handover}", WORKER),
+        "run": (f"~{s} ~{dlq} ~{handover} ~{presence}", WORKER),
         "status": (f"%R~{s} %R~{dlq}", STATUS),
         "check": ("", CHECK),
         "dlq-read": (f"%R~{dlq}", DLQ_READ),
         "dlq-replay": (f"~{s} ~{dlq}", DLQ_REPLAY),
         "dlq-purge": (f"~{dlq}", DLQ_PURGE),
         "trim": (f"~{s}", TRIM),
-        "consumers-prune": (f"~{s}", PRUNE),
+        "consumers-prune": (f"~{s} ~{presence}", PRUNE),
         "publish": (f"%W~{s}", PUBLISH),
     }[role]
     return f"resetkeys {keys} resetchannels -@all {commands}".replace("  ", " ")
