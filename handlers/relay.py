@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import Handler, HandlerContext, Message
-from worker.message import REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = """
@@ -118,10 +118,14 @@ SOURCE_FIELDS = ("source_stream", "source_id")
 """Fields every forwarded entry gains."""
 
 _NOT_COPIED = frozenset(
-    (b"type", b"data", *(f.encode() for f in (*SOURCE_FIELDS, REPLAY_OF_STREAM, REPLAY_OF_ID)))
+    (
+        b"type",
+        b"data",
+        *(f.encode() for f in (*SOURCE_FIELDS, REPLAY_OF_STREAM, REPLAY_OF_ID, REPLAY_FOR_GROUP)),
+    )
 )
 """Source fields a forwarded entry does not copy: rewritten ones, and a replay's markers,
-which name an entry of the source stream, not of the target."""
+which name an entry and a consumer group of the source stream, not of the target."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,11 @@ REPLAY_OF_ID = "replay_of_id"
 entry it copies (the first one, however often it was replayed), so that deduplication treats
 a replay like a redelivery of that entry (`Message.origin`)."""
 
+REPLAY_FOR_GROUP = "replay_for_group"
+"""Field a dead letter replayed with `syncworker dlq replay --group G` carries last: only
+consumer group G runs its handlers; every other group acks it untouched (outcome `skipped`).
+Like the fields above, whoever can write to the stream can set it; producers must not."""
+
 _REPLAY_OF_STREAM = REPLAY_OF_STREAM.encode()
 _REPLAY_OF_ID = REPLAY_OF_ID.encode()
 _MISSING: Any = object()

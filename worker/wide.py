@@ -70,8 +70,12 @@ def tail(fields: Sequence[bytes | str]) -> list[bytes | str]:
 async def read_range(
     redis: Redis, stream: str, start: str, end: str, count: int
 ) -> list[tuple[str, list[bytes]]]:
-    """Entries from `start` to `end` with their exact fields as flat lists, oldest first."""
-    found: Any = await redis.eval(READ_RANGE, 1, stream, start, end, count)
+    """Entries from `start` to `end` with their exact fields as flat lists, oldest first.
+
+    EVAL_RO (Redis 7.0+) declares the key read-only, so a user with only read access to the
+    stream (`%R~`) may run it, which plain EVAL would refuse.
+    """
+    found: Any = await redis.eval_ro(READ_RANGE, 1, stream, start, end, count)
     return [(_text(entry_id), list(fields)) for entry_id, fields in found or ()]
 
 

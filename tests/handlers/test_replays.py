@@ -47,7 +47,7 @@ async def landed(redis: Redis, run: str) -> Message:
     return msg
 
 
-async def replay_of(redis: Redis, msg: Message) -> Message:
+async def replay_of(redis: Redis, msg: Message, group: str | None = None) -> Message:
     """Dead-letter `msg` as a stale consumer could before ownership was checked, replay that
     dead letter, and deliver the replayed entry through the same group."""
     fields = await read_fields(redis, msg.stream, msg.id)
@@ -56,7 +56,7 @@ async def replay_of(redis: Redis, msg: Message) -> Message:
     items = wide_dead_letter(fields, metadata(letter, msg.group, "stale"))
     dlq = msg.stream + ":dlq"
     dead_id = (await redis.execute_command("XADD", dlq, "*", *items)).decode()
-    [new_id] = await deadletters.replay(redis, dlq, msg.stream, [dead_id])
+    [new_id] = await deadletters.replay(redis, dlq, msg.stream, [dead_id], group)
     reply: Any = await redis.xreadgroup(msg.group, "tester", {msg.stream: ">"}, count=1)
     ((entry_id, raw),) = reply[0][1]
     assert entry_id.decode() == new_id
@@ -116,6 +116,19 @@ class TestReplayIsADuplicate:
         await relay.handle(await replay_of(redis, msg))
         [(_, forwarded)] = await redis.xrange(f"{run}:out")
         assert b"replay_of_stream" not in forwarded and b"replay_of_id" not in forwarded
+
+    async def test_relay_does_not_forward_the_replay_group(self, redis: Redis, run: str) -> None:
+        """A replay for one group (`dlq replay --group`) forwards without replay_for_group:
+        downstream, it would keep every group but one of the target stream from the entry."""
+        await publish(redis, f"{run}:s", [Event("item.set", "k1", None, {"x": 1})])
+        (msg,) = await delivered(redis, f"{run}:s", "g", 1)
+        relay = Relay(to=f"{run}:out")
+        relay.use(redis)
+        replayed = await replay_of(redis, msg, group="g")
+        assert replayed.raw[b"replay_for_group"] == b"g"
+        await relay.handle(replayed)
+        [(_, forwarded)] = await redis.xrange(f"{run}:out")
+        assert b"replay_for_group" not in forwarded
 
     async def test_projection_without_versions(
         self, redis: Redis, landed: Message, run: str

@@ -4,7 +4,9 @@ A dead letter is the original entry's exact fields followed by metadata fields p
 (see `worker.runtime.dead_letter`). Replaying writes the original fields back to the original
 stream, followed by `replay_of_stream` and `replay_of_id` (the entry it copies; kept as they
 are when the dead letter is itself a replay), so that the handlers' deduplication recognises
-a replay of an entry whose effect has landed. The removal from the dead-letter stream happens
+a replay of an entry whose effect has landed. A replay for one consumer group (`group`) also
+carries `replay_for_group`, last: the runtime of every other group acks it without running a
+handler (`worker.runtime.dispatch`). The removal from the dead-letter stream happens
 in the same atomic step as the write (one Lua script, or for entries too wide for Lua one
 MULTI/EXEC): a crash can neither lose a dead letter nor leave it in both places, and two
 operators replaying at once replay it once.
@@ -19,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.connection import text
-from worker.message import REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.runtime.dead_letter import DEAD_LETTER_PREFIX, FIELDS_MARKER, split
 from worker.wide import DROP_NEWEST, LUA_ITEMS, add_then_check, read_fields, read_range, tail
 
@@ -72,6 +74,10 @@ if stream and id and not replayed then
   args[#args + 1] = ARGV[6]
   args[#args + 1] = id
 end
+if ARGV[8] ~= '' then
+  args[#args + 1] = ARGV[7]
+  args[#args + 1] = ARGV[8]
+end
 if #args > tonumber(ARGV[4]) then
   return {'too_wide'}
 end
@@ -110,16 +116,15 @@ class DeadLetterEntry:
     """The original entry's fields, exactly as they were: in order, repeated names kept."""
     meta: dict[str, str]
     """stream, id, group, consumer, attempts, handler, error_type, error, traceback,
-    failed_at (without the `dlq_` prefix)."""
+    failed_at (without the `dlq_` prefix); bytes that are not UTF-8 decoded with
+    `surrogateescape`, so the exact bytes stay recoverable."""
 
     @classmethod
     def parse(cls, entry_id: Any, flat: Sequence[bytes]) -> DeadLetterEntry:
         original, metadata = split(flat)
         prefix = len(DEAD_LETTER_PREFIX)
         meta = {
-            metadata[i][prefix:].decode("utf-8", "replace"): metadata[i + 1].decode(
-                "utf-8", "replace"
-            )
+            _decode(metadata[i][prefix:]): _decode(metadata[i + 1])
             for i in range(0, len(metadata) - 1, 2)
             if metadata[i] != FIELDS_MARKER.encode()
         }
@@ -132,15 +137,13 @@ class DeadLetterEntry:
         return dict(self.pairs)
 
     def decoded_fields(self) -> dict[str, str]:
-        return {text(k): text(v) for k, v in self.pairs}
+        """The original fields as text (`surrogateescape`: never fails on bytes that are not
+        UTF-8); a repeated name keeps its last value."""
+        return {_decode(k): _decode(v) for k, v in self.pairs}
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "fields": self.decoded_fields(),
-            "pairs": [[text(k), text(v)] for k, v in self.pairs],
-            "meta": self.meta,
-        }
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
 
 
 async def read(
@@ -176,9 +179,11 @@ async def last_id(redis: Redis, dead_letter_stream: str) -> str | None:
 
 
 async def replay(
-    redis: Redis, dead_letter_stream: str, stream: str, ids: list[str]
+    redis: Redis, dead_letter_stream: str, stream: str, ids: list[str], group: str | None = None
 ) -> list[str | None]:
     """Write each dead letter's original fields back to `stream` and remove it, atomically.
+
+    With `group`, the new entry carries `replay_for_group`: only that group runs it.
 
     Returns:
         For each id, the id of the new entry in `stream`, or None if no such dead letter.
@@ -195,6 +200,8 @@ async def replay(
                 LUA_ITEMS,
                 REPLAY_OF_STREAM,
                 REPLAY_OF_ID,
+                REPLAY_FOR_GROUP,
+                group or "",
             ],
             client=pipe,
         )
@@ -202,21 +209,21 @@ async def replay(
     replayed: list[str | None] = []
     for dead_id, (status, *new_id) in zip(ids, results, strict=True):
         if status == b"too_wide":
-            replayed.append(await _replay_wide(redis, dead_letter_stream, stream, dead_id))
+            replayed.append(await _replay_wide(redis, dead_letter_stream, stream, dead_id, group))
         else:
             replayed.append(text(new_id[0]) if status == b"replayed" else None)
     return replayed
 
 
 async def _replay_wide(
-    redis: Redis, dead_letter_stream: str, stream: str, dead_id: str
+    redis: Redis, dead_letter_stream: str, stream: str, dead_id: str, group: str | None
 ) -> str | None:
     """Replay one dead letter too wide for Lua: XADD, then in the same MULTI remove the dead
     letter, or the new entry if another replay got there first."""
     flat = await read_fields(redis, dead_letter_stream, dead_id)
     if flat is None:
         return None
-    items = replayed_fields(flat)
+    items = replayed_fields(flat, group)
     (added,), status = await add_then_check(
         redis,
         [[stream, "*", *items]],
@@ -230,7 +237,7 @@ async def _replay_wide(
     return text(added) if status == b"replayed" else None
 
 
-def replayed_fields(flat: Sequence[bytes]) -> list[bytes | str]:
+def replayed_fields(flat: Sequence[bytes], group: str | None = None) -> list[bytes | str]:
     """The items a replay of this dead letter writes (what REPLAY computes in Lua)."""
     original, metadata = split(flat)
     meta = dict(zip(metadata[::2], metadata[1::2], strict=True))
@@ -239,6 +246,8 @@ def replayed_fields(flat: Sequence[bytes]) -> list[bytes | str]:
     entry_id = meta.get((DEAD_LETTER_PREFIX + "id").encode())
     if stream and entry_id and REPLAY_OF_STREAM.encode() not in original[::2]:
         items += (REPLAY_OF_STREAM, stream, REPLAY_OF_ID, entry_id)
+    if group:
+        items += (REPLAY_FOR_GROUP, group)
     return items
 
 

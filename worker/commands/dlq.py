@@ -6,12 +6,15 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from worker.admin import deadletters
 from worker.admin.deadletters import DeadLetterEntry
 from worker.commands.common import add_config_option, settings_from
+from worker.commands.safe_text import json_key, json_text, safe, safe_lines
 from worker.commands.support import (
     EXIT_FAILED,
     CommandError,
@@ -20,7 +23,6 @@ from worker.commands.support import (
     print_json,
     table,
 )
-from worker.connection import text
 from worker.settings import WorkerSettings
 
 EXAMPLE = """STREAM is the original stream; its dead letters live in STREAM plus
@@ -30,7 +32,8 @@ examples:
   syncworker dlq list orders --limit 20
   syncworker dlq show orders 1700000000000-0
   syncworker dlq replay orders --id 1700000000000-0 --dry-run
-  syncworker dlq replay orders --all
+  syncworker dlq replay orders --all --group billing
+  syncworker dlq purge orders --all --dry-run
   syncworker dlq purge orders --id 1700000000000-0
 """
 
@@ -39,13 +42,16 @@ the dlq_* metadata) to the original stream as a new entry, followed by replay_of
 replay_of_id naming the entry it copies, and removes the dead letter in the same atomic step, so
 a crash never loses one and never leaves one in both places. The built-in handlers deduplicate
 on replay_of_stream/replay_of_id, so a replay of an entry whose effect landed is a duplicate.
-The new entry is delivered to EVERY consumer group of the stream, including groups that had
-processed it already: handlers should be idempotent (event_id / version). With --all, only the
-dead letters that exist when the command starts are replayed; one that fails again is not
-replayed twice.
+With --group G the new entry also carries replay_for_group=G (last): it is delivered to every
+group as usual, but only G runs its handlers; every other group acks it at once without running
+a handler (counted as skipped). Without --group, EVERY consumer group of the stream runs it
+again, including groups that had processed it already: handlers should be idempotent
+(event_id / version). A dead letter belongs to one group (dlq_group in `dlq show`), so --group
+is usually what you want. With --all, only the dead letters that exist when the command starts
+are replayed; one that fails again is not replayed twice.
 
 example:
-  syncworker dlq replay orders --all
+  syncworker dlq replay orders --all --group billing
 """
 
 PROGRESS_EVERY_S = 1.0
@@ -76,11 +82,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     replay = _action(actions, "replay", "write dead letters back to their stream", None)
     replay.description = REPLAY_HELP
     _add_selection(replay)
+    replay.add_argument(
+        "--group",
+        "-g",
+        metavar="GROUP",
+        help="only this consumer group runs the replay; the others ack it untouched",
+    )
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
     replay.set_defaults(func=replay_command)
 
     purge = _action(actions, "purge", "delete dead letters for good", "dlq purge orders --all")
     _add_selection(purge)
+    purge.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     purge.set_defaults(func=purge_command)
 
 
@@ -139,31 +152,29 @@ def list_command(args: argparse.Namespace) -> int:
                 {
                     "dead_letter_stream": dlq,
                     "total": total,
-                    "entries": [d.as_dict() for d in letters],
+                    "entries": [as_json(d) for d in letters],
                 }
             )
             return 0
         if not letters:
-            print(f"{dlq}: no dead letters")
+            print(f"{safe(dlq)}: no dead letters")
             return 0
         rows = [["ID", "FAILED AT", "ORIGINAL ID", "TYPE", "KEY", "HANDLER", "ATTEMPTS", "ERROR"]]
         for d in letters:
             f = d.decoded_fields()
             error = f"{d.meta.get('error_type', '')}: {d.meta.get('error', '')}"
-            rows.append(
-                [
-                    d.id,
-                    d.meta.get("failed_at", ""),
-                    d.meta.get("id", ""),
-                    f.get("type", ""),
-                    f.get("key", ""),
-                    d.meta.get("handler", ""),
-                    d.meta.get("attempts", ""),
-                    error[:60],
-                ]
-            )
+            cells = [
+                d.id,
+                d.meta.get("failed_at", ""),
+                d.meta.get("id", ""),
+                f.get("type", ""),
+                f.get("key", ""),
+                d.meta.get("handler", ""),
+                d.meta.get("attempts", ""),
+            ]
+            rows.append([safe(cell) for cell in cells] + [safe(error)[:60]])
         print(table(rows))
-        print(f"\n{len(letters)} of {total} dead letters in {dlq}")
+        print(f"\n{len(letters)} of {total} dead letters in {safe(dlq)}")
         return 0
 
     return execute(settings, body)
@@ -176,10 +187,10 @@ def show_command(args: argparse.Namespace) -> int:
     async def body(redis: Redis) -> int:
         found = await deadletters.read(redis, dlq, args.id, args.id, 1)
         if not found:
-            raise CommandError(f"no dead letter {args.id} in {dlq}", EXIT_FAILED)
+            raise CommandError(f"no dead letter {args.id} in {safe(dlq)}", EXIT_FAILED)
         letter = found[0]
         if args.json:
-            print_json(letter.as_dict())
+            print_json(as_json(letter))
         else:
             print(render(dlq, letter))
         return 0
@@ -188,16 +199,34 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def render(dlq: str, letter: DeadLetterEntry) -> str:
-    lines = [f"dead letter {letter.id} in {dlq}", "", "original fields:"]
-    lines += [f"  {text(k)}: {text(v)}" for k, v in letter.pairs]
+    """One dead letter for a terminal: every value escaped (see `safe_text`)."""
+    lines = [f"dead letter {letter.id} in {safe(dlq)}", "", "original fields:"]
+    lines += [f"  {safe(k)}: {safe(v)}" for k, v in letter.pairs]
     lines += ["", "failure:"]
-    lines += [f"  {k}: {_indented(v)}" for k, v in letter.meta.items()]
+    lines += [f"  {safe(k)}: {_indented(k, v)}" for k, v in letter.meta.items()]
     return "\n".join(lines)
 
 
-def _indented(value: str) -> str:
-    """A multi-line value (a traceback) indented under its name."""
-    return value.rstrip("\n").replace("\n", "\n    ")
+def _indented(name: str, value: str) -> str:
+    """The traceback keeps its lines, indented under its name; every other value is one line."""
+    if name != "traceback":
+        return safe(value)
+    return safe_lines(value.rstrip("\n")).replace("\n", "\n    ")
+
+
+def as_json(letter: DeadLetterEntry) -> dict[str, Any]:
+    """One dead letter for --json, exact: values that are not UTF-8 as {"base64": ...}.
+
+    `pairs` is the exact entry (order and repeated names kept); `fields` is the same as an
+    object, where a repeated name keeps its last value and a name that is not UTF-8 is written
+    with `\\xff` escapes (object keys must be strings).
+    """
+    return {
+        "id": letter.id,
+        "fields": {json_key(k): json_text(v) for k, v in letter.pairs},
+        "pairs": [[json_text(k), json_text(v)] for k, v in letter.pairs],
+        "meta": {json_key(k): json_text(v) for k, v in letter.meta.items()},
+    }
 
 
 # replay / purge -------------------------------------------------------------------------
@@ -208,21 +237,56 @@ def replay_command(args: argparse.Namespace) -> int:
     dlq = _dead_letter_stream(settings, args.stream)
 
     async def body(redis: Redis) -> int:
+        if args.group is not None:
+            await _check_group(redis, args.stream, args.group)
         if args.dry_run:
-            return await _dry_run(redis, dlq, args)
+            return await _dry_run(redis, dlq, args, "replay")
         if args.all:
-            return await _replay_all(redis, dlq, args.stream)
-        results = await deadletters.replay(redis, dlq, args.stream, args.ids)
+            return await _replay_all(redis, dlq, args.stream, args.group)
+        results = await deadletters.replay(redis, dlq, args.stream, args.ids, args.group)
         missing = [i for i, new_id in zip(args.ids, results, strict=True) if new_id is None]
         for dead_id, new_id in zip(args.ids, results, strict=True):
             if new_id is not None:
-                print(f"replayed {dead_id} -> {args.stream} {new_id}")
+                print(f"replayed {dead_id} -> {safe(args.stream)} {new_id}{_for(args.group)}")
         return _report_missing(missing, dlq)
 
     return execute(settings, body)
 
 
-async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace) -> int:
+async def _check_group(redis: Redis, stream: str, group: str) -> None:
+    """A replay for a group the stream does not have would be skipped by every group."""
+    try:
+        infos = await redis.xinfo_groups(stream)
+    except ResponseError as exc:
+        if "no such key" not in str(exc):
+            raise
+        infos = []
+    if group.encode() not in {info["name"] for info in infos}:
+        raise CommandError(f"no consumer group {safe(group)} on {safe(stream)}", EXIT_FAILED)
+
+
+async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace, action: str) -> int:
+    """What `replay` or `purge` would do to the selected dead letters; changes nothing."""
+    letters, missing = await _selected(redis, dlq, args)
+    target = "" if action == "purge" else f" -> {safe(args.stream)}"
+    group = _for(getattr(args, "group", None))
+    for d in letters:
+        f = d.decoded_fields()
+        what = f"type={f.get('type', '')} key={f.get('key', '')}"
+        print(f"would {action} {d.id}{target}{group} ({safe(what)})")
+    done = "purged" if action == "purge" else f"replayed to {safe(args.stream)}{group}"
+    print(f"dry run: {len(letters)} dead letter(s) would be {done}")
+    return _report_missing(missing, dlq)
+
+
+def _for(group: str | None) -> str:
+    return "" if group is None else f" for group {safe(group)}"
+
+
+async def _selected(
+    redis: Redis, dlq: str, args: argparse.Namespace
+) -> tuple[list[DeadLetterEntry], list[str]]:
+    """The dead letters --all or --id select, and the ids not found."""
     if args.all:
         end = await deadletters.last_id(redis, dlq)
         letters = (
@@ -236,27 +300,22 @@ async def _dry_run(redis: Redis, dlq: str, args: argparse.Namespace) -> int:
             letters += found
             if not found:
                 missing.append(dead_id)
-    for d in letters:
-        f = d.decoded_fields()
-        what = f"type={f.get('type', '')} key={f.get('key', '')}"
-        print(f"would replay {d.id} -> {args.stream} ({what})")
-    print(f"dry run: {len(letters)} dead letter(s) would be replayed to {args.stream}")
-    return _report_missing(missing, dlq)
+    return letters, missing
 
 
-async def _replay_all(redis: Redis, dlq: str, stream: str) -> int:
+async def _replay_all(redis: Redis, dlq: str, stream: str, group: str | None) -> int:
     end = await deadletters.last_id(redis, dlq)
     if end is None:
-        print(f"{dlq}: no dead letters")
+        print(f"{safe(dlq)}: no dead letters")
         return 0
     total = await redis.xlen(dlq)
     done = 0
     progress = _progress(total)
     async for page in deadletters.pages(redis, dlq, end):
-        results = await deadletters.replay(redis, dlq, stream, [d.id for d in page])
+        results = await deadletters.replay(redis, dlq, stream, [d.id for d in page], group)
         done += sum(1 for r in results if r is not None)
         progress(done)
-    print(f"replayed {done} dead letter(s) from {dlq} to {stream}")
+    print(f"replayed {done} dead letter(s) from {safe(dlq)} to {safe(stream)}{_for(group)}")
     return 0
 
 
@@ -279,13 +338,15 @@ def purge_command(args: argparse.Namespace) -> int:
     dlq = _dead_letter_stream(settings, args.stream)
 
     async def body(redis: Redis) -> int:
+        if args.dry_run:
+            return await _dry_run(redis, dlq, args, "purge")
         if args.all:
             end = await deadletters.last_id(redis, dlq)
             removed = 0 if end is None else await deadletters.purge_through(redis, dlq, end)
-            print(f"purged {removed} dead letter(s) from {dlq}")
+            print(f"purged {removed} dead letter(s) from {safe(dlq)}")
             return 0
         existed = await deadletters.purge(redis, dlq, args.ids)
-        print(f"purged {sum(existed)} dead letter(s) from {dlq}")
+        print(f"purged {sum(existed)} dead letter(s) from {safe(dlq)}")
         return _report_missing([i for i, e in zip(args.ids, existed, strict=True) if not e], dlq)
 
     return execute(settings, body)
@@ -293,6 +354,6 @@ def purge_command(args: argparse.Namespace) -> int:
 
 def _report_missing(missing: list[str], dlq: str) -> int:
     if missing:
-        print(f"syncworker: error: not found in {dlq}: {', '.join(missing)}", file=sys.stderr)
+        print(f"syncworker: error: not found in {safe(dlq)}: {', '.join(missing)}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -6,9 +6,11 @@ import argparse
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from worker.admin.groups import GroupState, read_group_states
+from worker.admin.groups import ConsumerState, GroupState, read_group_states
 from worker.commands.common import add_config_option, settings_from
+from worker.commands.safe_text import decode, json_text, safe
 from worker.commands.support import (
     add_group_option,
     add_stream_option,
@@ -59,14 +61,17 @@ def status(args: argparse.Namespace) -> int:
     group = group_of(settings, args)
 
     async def body(redis: Redis) -> int:
+        await refuse_if_denied(redis, streams)
         states = await read_group_states(
             redis,
             streams,
             group,
             settings.dead_letter_suffix,
-            consumers=True,
             all_groups=args.all_groups,
         )
+        for state in states:
+            if state.exists:
+                state.consumers = await consumers_of(redis, state.stream, state.group)
         if args.json:
             print_json(as_json(group, states))
         else:
@@ -76,25 +81,64 @@ def status(args: argparse.Namespace) -> int:
     return execute(settings, body)
 
 
+async def refuse_if_denied(redis: Redis, streams: list[str]) -> None:
+    """Raise Redis's refusal of XINFO GROUPS (NOPERM, say) instead of reporting no groups.
+
+    `read_group_states` takes any error of XINFO GROUPS for a stream that does not exist yet,
+    so a user without the permission would see "group does not exist" and exit 0. One
+    pipelined round trip tells the two apart.
+    """
+    pipe = redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+    for reply in await pipe.execute(raise_on_error=False):
+        if isinstance(reply, ResponseError) and "no such key" not in str(reply):
+            raise reply
+
+
+async def consumers_of(redis: Redis, stream: str, group: str) -> list[ConsumerState] | None:
+    """The consumers of a group, names decoded with `surrogateescape`: whatever bytes a name
+    holds, status shows it (escaped) instead of failing. None when Redis refuses XINFO."""
+    try:
+        replies = await redis.xinfo_consumers(stream, group)
+    except ResponseError as exc:
+        if "NOPERM" in str(exc):
+            raise  # a missing permission is the operator's to fix: say so, in one line
+        return None
+    return [
+        ConsumerState(decode(c["name"]), int(c["pending"]), int(c["idle"]) / 1000.0)
+        for c in replies
+    ]
+
+
 def as_json(group: str, states: list[GroupState]) -> dict[str, Any]:
-    return {"group": group, "streams": [state.as_dict() for state in states]}
+    """Exact: a name that is not UTF-8 is {"base64": ...} (see `safe_text`)."""
+    streams = []
+    for state in states:
+        row = state.as_dict()
+        for name in ("stream", "group", "dead_letter_stream"):
+            row[name] = json_text(row[name])
+        for consumer in row["consumers"] or []:
+            consumer["name"] = json_text(consumer["name"])
+        streams.append(row)
+    return {"group": json_text(group), "streams": streams}
 
 
 def render(states: list[GroupState]) -> str:
     rows = [["STREAM", "GROUP", "LENGTH", "LAG", "PENDING", "OLDEST", "DLQ"]]
     details: list[str] = []
     for s in states:
+        where = f"{safe(s.stream)} / {safe(s.group)}"
         if not s.exists:
-            rows.append(
-                [s.stream, s.group, str(s.length), "-", "-", "-", str(s.dead_letter_length)]
-            )
-            details.append(f"{s.stream} / {s.group}: group does not exist (no worker started yet?)")
+            missing = ["-", "-", "-", str(s.dead_letter_length)]
+            rows.append([safe(s.stream), safe(s.group), str(s.length), *missing])
+            details.append(f"{where}: group does not exist (no worker started yet?)")
             continue
         lag = "?" if s.lag is None else ("~" if s.lag_estimated else "") + str(s.lag)
         rows.append(
             [
-                s.stream,
-                s.group,
+                safe(s.stream),
+                safe(s.group),
                 str(s.length),
                 lag,
                 str(s.pending),
@@ -104,9 +148,8 @@ def render(states: list[GroupState]) -> str:
         )
         for c in s.consumers or []:
             details.append(
-                f"{s.stream} / {s.group}: consumer {c.name}: "
-                f"{c.pending} pending, idle {duration(c.idle_s)}"
+                f"{where}: consumer {safe(c.name)}: {c.pending} pending, idle {duration(c.idle_s)}"
             )
         if not s.consumers:
-            details.append(f"{s.stream} / {s.group}: no consumers")
+            details.append(f"{where}: no consumers")
     return table(rows) + ("\n\n" + "\n".join(details) if details else "")

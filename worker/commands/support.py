@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
+from worker.commands.safe_text import safe
 from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
 from worker.registry import load_plugin
@@ -38,7 +39,8 @@ class CommandError(Exception):
 
 
 def fail(message: str) -> None:
-    print(f"syncworker: error: {message}", file=sys.stderr)
+    """One line on stderr; escaped, since it may quote names or replies from Redis."""
+    print(f"syncworker: error: {safe(message)}", file=sys.stderr)
 
 
 def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -> int:
@@ -63,6 +65,9 @@ def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -
     except REDIS_DOWN as exc:
         fail(f"cannot reach Redis at {url}: {exc}")
         return EXIT_USAGE
+    except NoPermissionError as exc:  # redis-py drops the code: put it back, it is the clue
+        fail(f"Redis refused the command: NOPERM {exc}")
+        return EXIT_FAILED
     except ResponseError as exc:
         fail(f"Redis refused the command: {exc}")
         return EXIT_FAILED

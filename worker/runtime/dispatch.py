@@ -11,7 +11,7 @@ import structlog
 
 from worker.errors import Reject
 from worker.handler import FunctionHandler, Handler
-from worker.message import Message
+from worker.message import REPLAY_FOR_GROUP, Message
 from worker.runtime.stats import Histogram, Stats
 from worker.runtime.supervise import told_to_stop
 from worker.runtime.threads import HandlerThreads
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from worker.runtime.settle import Settler
 
 log = structlog.get_logger("worker.runtime.dispatch")
+
+_REPLAY_FOR_GROUP = REPLAY_FOR_GROUP.encode()
 
 
 class Route:
@@ -73,6 +75,13 @@ class RouteTable:
         return list(seen)
 
 
+def _for_this_group(msg: Message) -> bool:
+    """False for a dead letter replayed for another consumer group (`dlq replay --group`):
+    the groups that had handled it must not run it again, so they ack it untouched."""
+    target = msg.raw.get(_REPLAY_FOR_GROUP)
+    return target is None or target == msg.group.encode()
+
+
 class Dispatcher:
     """Runs the handlers of each message and settles the outcome; never raises."""
 
@@ -98,7 +107,7 @@ class Dispatcher:
         escape would end the lane (or the event loop) with the entry held for ever.
         """
         routes = self.routes.lookup(msg.stream, msg.raw.get(b"type"))
-        if not routes:
+        if not routes or not _for_this_group(msg):
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]
