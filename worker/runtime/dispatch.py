@@ -12,6 +12,7 @@ import structlog
 from worker.errors import Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import REPLAY_FOR_GROUP, Message
+from worker.runtime.deadlines import Deadlines
 from worker.runtime.stats import Histogram, Stats
 from worker.runtime.supervise import told_to_stop
 from worker.runtime.threads import HandlerThreads
@@ -96,6 +97,9 @@ class Dispatcher:
         self.settler = settler
         self.handler_timeout = handler_timeout or None
         self.threads = threads or HandlerThreads(1, Stats())
+        self.deadlines = Deadlines(handler_timeout) if handler_timeout else None
+        """Cuts off async handler calls past `handler_timeout`; its watchdog runs beside the
+        lanes (`Worker`). None without a timeout."""
 
     async def process(self, msg: Message) -> None:
         """Run the handlers of `msg` and settle the outcome.
@@ -112,17 +116,26 @@ class Dispatcher:
             return
         route = routes[0]
         timeout = self.handler_timeout
+        deadlines = self.deadlines
+        task = asyncio.current_task() if deadlines is not None else None
         try:
             for route in routes:
                 msg._handler = route.name  # for msg.log
                 started = perf_counter()
                 if route.blocking is not None:
                     await self.threads.call(route.blocking, msg, timeout)
-                elif timeout is None:
+                elif deadlines is None or task is None:
                     await route.handler.handle(msg)
                 else:
-                    async with asyncio.timeout(timeout):
+                    deadlines.started(task, msg)
+                    try:
                         await route.handler.handle(msg)
+                    except asyncio.CancelledError:
+                        if deadlines.cut_off(task, msg):
+                            raise TimeoutError from None  # settled below: "handler timed out"
+                        raise
+                    finally:
+                        deadlines.ended(task)
                 route.histogram.observe(perf_counter() - started)
         except asyncio.CancelledError as exc:
             if told_to_stop():

@@ -31,7 +31,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds (seconds) shared by the handler and end-to-end histograms."""
 
-TASKS = ("reader", "settler", "retries", "takeover", "heartbeat")
+TASKS = ("reader", "settler", "retries", "takeover", "heartbeat", "deadlines")
 """The worker's supervised background loops, as labelled in logs and metrics."""
 
 OUTCOMES = ("ok", "retry", "dead_letter", "skipped")

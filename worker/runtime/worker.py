@@ -22,6 +22,7 @@ from worker.logs import effective_settings
 from worker.message import Message
 from worker.ops.redis_safety import check_redis_safety
 from worker.registry import validate
+from worker.runtime.deadlines import Deadlines
 from worker.runtime.dispatch import Dispatcher, RouteTable
 from worker.runtime.heartbeat import Heartbeat
 from worker.runtime.lanes import Lanes
@@ -75,6 +76,7 @@ class Engine:
     heartbeat: Heartbeat
     retries: RetryScan
     takeover: Takeover
+    deadlines: Deadlines | None
 
 
 class Worker:
@@ -225,10 +227,12 @@ class Worker:
                 self.reader_alive,
                 stats,
             ),
+            deadlines=dispatcher.deadlines,
         )
 
     async def _serve(self, engine: Engine) -> None:
         engine.lanes.start()
+        watchdog = self._spawn("deadlines", engine.deadlines.run) if engine.deadlines else None
         settler_task = self._spawn("settler", engine.settler.run)
         # The heartbeat first: a leftover that recovery runs must not look abandoned to a live
         # peer while it runs, however long that takes.
@@ -250,6 +254,8 @@ class Worker:
         await self._drain(engine, retry_task, takeover_task, settler_task, recovery_task)
         heartbeat_task.cancel()
         presence.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
 
     async def _until_recovered(
         self, recovery: asyncio.Task[None], *tasks: asyncio.Task[None]
