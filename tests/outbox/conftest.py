@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from worker.outbox import migrate
 
 ADMIN_DSN = os.environ.get(
