@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -18,9 +19,15 @@ from worker.loop import run_in_loop
 from worker.outbox.ops import RelayOpsServer
 from worker.outbox.relay import Relay, RelayOptions
 from worker.outbox.schema import TABLE
+from worker.runtime.supervise import bounded, wait_ended
 from worker.settings import WorkerSettings
 
 DSN_ENV = "SYNCWORKER_POSTGRES_DSN"
+
+SHUTDOWN_S = 10.0
+"""Seconds a stopping relay gives its current batch (or wait) before it is cancelled."""
+
+log = structlog.get_logger("worker.outbox")
 
 EXAMPLE = """examples:
   syncworker outbox migrate --dsn postgresql://app@db/orders
@@ -162,13 +169,32 @@ async def _serve(options: RelayOptions, settings: WorkerSettings, host: str, por
     try:
         if ops is not None:
             await ops.start()
-        structlog.get_logger("worker.outbox").info(
-            "outbox.started", table=options.table, batch_size=options.batch_size
-        )
-        await relay.run()
+        log.info("outbox.started", table=options.table, batch_size=options.batch_size)
+        code = await _relay_until_stopped(relay)
     finally:
-        if ops is not None:
-            await ops.stop()
-        await asyncio.wait_for(redis.aclose(), 2.0)
-    structlog.get_logger("worker.outbox").info("outbox.stopped")
-    return 0
+        with contextlib.suppress(TimeoutError):  # logged as shutdown.stuck
+            if ops is not None:
+                await bounded(ops.stop(), 2.0, "outbox ops server")
+            await bounded(redis.aclose(), 2.0, "outbox redis client")
+    log.info("outbox.stopped", code=code)
+    return code
+
+
+async def _relay_until_stopped(relay: Relay) -> int:
+    """Run the relay until a signal; then give its current step SHUTDOWN_S to end.
+
+    A relay cut off mid-batch loses nothing: rows it published but did not delete go out
+    again from the next leader, with the same event ids.
+    """
+    task = asyncio.create_task(relay.run(), name="outbox relay")
+    stop = asyncio.create_task(relay.stopping.wait(), name="outbox stop")
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not await wait_ended([task], SHUTDOWN_S, "outbox relay"):
+        task.cancel()
+        await wait_ended([task], 1.0, "outbox relay")
+        return 1
+    if task.cancelled() or task.exception() is None:
+        return 0
+    log.error("outbox.crashed", exc_info=task.exception())
+    return 1

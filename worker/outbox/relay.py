@@ -119,7 +119,7 @@ class Relay:
         self.options = options
         self.redis = redis
         self.stats = stats or OutboxStats()
-        self._stopping = asyncio.Event()
+        self.stopping = asyncio.Event()
         self._db_backoff = Backoff()
         self._redis_backoff = Backoff()
         self._redis_failing = False
@@ -127,13 +127,13 @@ class Relay:
 
     def stop(self) -> None:
         """Ask `run` to return after the current step (a batch, or a wait)."""
-        self._stopping.set()
+        self.stopping.set()
 
     async def run(self) -> None:
         """Stand by or lead until `stop`; reconnect to PostgreSQL after any failure."""
         import psycopg
 
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             self.stats.last_turn = time.monotonic()
             try:
                 await self._session()
@@ -167,7 +167,7 @@ class Relay:
     async def _stand_by(self, conn: AsyncConnection[Any]) -> bool:
         """Try the lock every `lock_interval`; True once held, False when told to stop."""
         logged = False
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             self.stats.last_turn = time.monotonic()
             cursor = await conn.execute(
                 "SELECT pg_try_advisory_lock(%s)", (lock_key(self.options.table),)
@@ -190,7 +190,7 @@ class Relay:
         await conn.execute(f"LISTEN {channel(table)}")
         self.stats.leader = True
         log.info("outbox.leading", table=table)
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             self.stats.last_turn = time.monotonic()
             published = await self._turn(conn)
             await self._refresh_gauges(conn)
@@ -233,7 +233,7 @@ class Relay:
     async def _wait_for_rows(self, conn: AsyncConnection[Any]) -> None:
         """Until a NOTIFY arrives (or arrived during the batch), `poll_interval`, or stop."""
         wait = asyncio.ensure_future(self._next_notify(conn))
-        stop = asyncio.ensure_future(self._stopping.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait({wait, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -267,4 +267,4 @@ class Relay:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            await asyncio.wait_for(self.stopping.wait(), seconds)
