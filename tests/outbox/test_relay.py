@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 from collections import defaultdict
 from typing import Any
 
@@ -15,6 +16,8 @@ from tests.helpers import eventually
 from tests.outbox.helpers import entries, relaying
 from worker import Message
 from worker.outbox import add
+from worker.outbox.relay import APPLICATION_NAME
+from worker.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -150,3 +153,46 @@ class TestMetrics:
             await eventually(lambda: relay.stats.pending_rows == 0, timeout=5)
             assert relay.stats.lag_seconds == 0
         assert await redis.xlen(stream) == 3
+
+
+class TestFailures:
+    async def test_lost_database_session_reconnects(
+        self, redis: Redis, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
+    ) -> None:
+        """A leader whose PostgreSQL session is ended reconnects, leads again, and relays."""
+        stream = names["stream"]
+        async with relaying(redis, outbox_dsn, table) as relay:
+            await eventually(lambda: relay.stats.leader, timeout=5)
+            # When PostgreSQL ends the leader's session (a restart, an admin, a failover)
+            ended = pg.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = current_database()",
+                (APPLICATION_NAME,),
+            ).fetchall()
+            assert ended == [(True,)]
+            pg.execute(f"INSERT INTO {table} (stream, type) VALUES (%s, 't')", (stream,))
+            # Then it counts the failure, and the row still goes out
+            await eventually(lambda: relay.stats.database_errors >= 1, timeout=5)
+            await eventually(lambda: redis.xlen(stream), timeout=10)
+            assert relay.stats.leader
+
+    async def test_redis_outage_holds_rows_until_it_returns(
+        self, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
+    ) -> None:
+        """Rows committed while Redis is down stay in the outbox and go out once it is back."""
+        stream = names["stream"]
+        server = RedisServer().start()
+        client = Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            async with relaying(client, outbox_dsn, table) as relay:
+                await eventually(lambda: relay.stats.leader, timeout=5)
+                server.stop(signal.SIGKILL)
+                pg.execute(f"INSERT INTO {table} (stream, type) VALUES (%s, 't')", (stream,))
+                await eventually(lambda: relay.stats.publish_errors >= 1, timeout=5)
+                assert not await table_empty(pg, table)
+                server.start()
+                await eventually(lambda: relay.stats.published == 1, timeout=10)
+            assert await client.xlen(stream) == 1
+        finally:
+            await client.aclose()
+            server.cleanup()

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("worker.outbox.relay")
 
+APPLICATION_NAME = "syncworker-outbox"
+"""The relay's sessions carry this name in pg_stat_activity."""
+
 BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 5.0
 
@@ -154,6 +157,7 @@ class Relay:
             self.options.dsn,
             autocommit=True,
             connect_timeout=max(1, round(self.options.connect_timeout)),
+            application_name=APPLICATION_NAME,
         )
         try:
             if not await self._stand_by(conn):
