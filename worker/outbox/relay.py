@@ -198,7 +198,8 @@ class Relay:
             self.stats.last_turn = time.monotonic()
             published = await self._turn(conn)
             await self._refresh_gauges(conn)
-            if published < self.options.batch_size:
+            # A full batch, or a failure (already backed off): go again at once.
+            if published < self.options.batch_size and not self._redis_failing:
                 await self._wait_for_rows(conn)
 
     async def _turn(self, conn: AsyncConnection[Any]) -> int:
