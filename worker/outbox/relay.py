@@ -60,6 +60,9 @@ log = structlog.get_logger("worker.outbox.relay")
 APPLICATION_NAME = "syncworker-outbox"
 """The relay's sessions carry this name in pg_stat_activity."""
 
+STATEMENT_TIMEOUT_S = 30
+"""Seconds a statement of the leader may run before PostgreSQL cancels it."""
+
 BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 5.0
 
@@ -189,6 +192,9 @@ class Relay:
 
     async def _lead(self, conn: AsyncConnection[Any]) -> None:
         table = self.options.table
+        # A statement that hangs (a lock held for ever) ends in an error and a new session,
+        # instead of a relay that looks alive and publishes nothing.
+        await conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'")
         with contextlib.suppress(Exception):  # PostgreSQL 14+; older ones go without
             await conn.execute("SET client_connection_check_interval = '1s'")
         await conn.execute(f"LISTEN {channel(table)}")
