@@ -196,3 +196,21 @@ class TestFailures:
         finally:
             await client.aclose()
             server.cleanup()
+
+
+class TestLeadership:
+    async def test_one_leader_and_a_graceful_handover(
+        self, redis: Redis, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
+    ) -> None:
+        """Of two relays exactly one leads; when it stops, the other leads and publishes."""
+        stream = names["stream"]
+        async with relaying(redis, outbox_dsn, table) as first:
+            await eventually(lambda: first.stats.leader, timeout=5)
+            async with relaying(redis, outbox_dsn, table) as second:
+                await eventually(lambda: second.stats.pending_rows is not None, timeout=5)
+                assert (first.stats.leader, second.stats.leader) == (True, False)
+                first.stop()
+                await eventually(lambda: second.stats.leader, timeout=5)
+                pg.execute(f"INSERT INTO {table} (stream, type) VALUES (%s, 't')", (stream,))
+                await eventually(lambda: second.stats.published == 1, timeout=5)
+        assert first.stats.published == 0
