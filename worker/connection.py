@@ -228,19 +228,25 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
     return client
 
 
-async def tolerate(operation: str, stats: Stats, step: Callable[[], Awaitable[None]]) -> None:
+async def tolerate(operation: str, stats: Stats, step: Callable[[], Awaitable[None]]) -> bool:
     """Run one turn of a background loop's Redis work; log and count what Redis refused.
 
     Background loops (heartbeat, retries, takeover) try again on their next turn anyway, so an
     outage or a refusal only costs that turn. NOGROUP is left to the read loop, which
     recreates the group; nothing is pending in a new one.
+
+    Returns:
+        True if the turn ran to its end; False if Redis was unreachable or refused it.
     """
     try:
         await step()
     except REDIS_DOWN as exc:
         stats.redis_errors[operation] += 1
         log.warning("redis.unavailable", operation=operation, error=str(exc))
+        return False
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):
             stats.redis_errors[operation] += 1
             log.error("redis.refused", operation=operation, error=str(exc))
+        return False
+    return True

@@ -26,6 +26,9 @@ from worker.runtime.ledger import Ledger, Waiting
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
 
+RETRY_S = 0.25
+"""Seconds before the next beat after one failed."""
+
 TOUCH_CHUNK = 500
 """Ids per script call, to keep each call short on the server."""
 
@@ -92,10 +95,19 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Beat until cancelled. On a task of its own: a suspect running alone may take longer
-        than `claim_idle`, and must not lose its entry meanwhile."""
+        than `claim_idle`, and must not lose its entry meanwhile.
+
+        After a failed beat the next one comes soon (`RETRY_S`), not a whole interval later:
+        while Redis was away nothing was refreshed, and the entries must be refreshed as soon
+        as it answers again, before peers' scans take them for abandoned (takeover gives them
+        a heartbeat interval for that).
+        """
+        interval = self.settings.heartbeat_interval
+        pause = interval
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
-            await tolerate("heartbeat", self.stats, self.beat)
+            await asyncio.sleep(pause)
+            beaten = await tolerate("heartbeat", self.stats, self.beat)
+            pause = interval if beaten else min(RETRY_S, interval)
 
     async def beat(self) -> None:
         """Reset the idle time of every held or waiting entry still pending on this consumer."""

@@ -98,6 +98,8 @@ class Takeover:
         self._stuck: set[tuple[str, str]] = set()
         """Held entries that outlasted a bounded wait: later waits do not wait for them."""
         self._stopping = False
+        self._answered_since: float | None = time.monotonic()
+        """Since when Redis has answered this loop without a break (None: it did not)."""
 
     def stop(self) -> None:
         """Finish the group in hand, if any, and take no more."""
@@ -135,7 +137,8 @@ class Takeover:
             nonlocal found
             found = await step()
 
-        await tolerate(operation, self.stats, once)
+        if not await tolerate(operation, self.stats, once):
+            self._answered_since = None  # an outage: see `_owners_could_beat`
         return found
 
     async def _recover_own(self) -> bool:
@@ -202,8 +205,23 @@ class Takeover:
                     handed_back.append(s)
             elif leftovers or s.idle_ms >= self.policy.takeover_due_ms(s.deliveries, s.id):
                 suspects.append(s)
+        if suspects and not leftovers and not self._owners_could_beat():
+            suspects = []  # their owners may be alive: give their heartbeats a chance first
         await self._run_handed_back(stream, handed_back)
         await self._run_suspects(stream, suspects)
+
+    def _owners_could_beat(self) -> bool:
+        """Whether live owners have had a heartbeat interval of Redis answering.
+
+        While Redis is away no heartbeat refreshes anything, so once it is back every entry
+        held through the outage looks abandoned, though its owner may be running it. Entries
+        only count as abandoned once Redis has answered for a whole heartbeat interval (the
+        owners retry their beat within a fraction of a second of its return).
+        """
+        now = time.monotonic()
+        if self._answered_since is None:
+            self._answered_since = now
+        return now - self._answered_since >= self.settings.heartbeat_interval
 
     async def _run_handed_back(self, stream: str, entries: list[Suspect]) -> None:
         """Claim as many as there is room for; the rest wait for the next scan."""
