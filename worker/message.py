@@ -72,6 +72,7 @@ class Message:
     # used, so a message whose handler never logs costs nothing extra.
     __slots__ = (
         "_data",
+        "_event",
         "_fields",
         "_handler",
         "_log",
@@ -83,6 +84,7 @@ class Message:
         "stream",
     )
     _handler: str
+    _event: Any
     _log: tuple[str, FilteringBoundLogger]
 
     def __init__(
@@ -165,6 +167,24 @@ class Message:
                         f"recursion limit, {sys.getrecursionlimit()})"
                     ) from None
         return self._data
+
+    @property
+    def event(self) -> Any:
+        """The payload parsed into the running handler's `model`.
+
+        Set by the runtime before each call of a handler that declares a model (`@handler(...,
+        model=OrderCompleted)`, or a `model` attribute on a `Handler` subclass), after `data`
+        validated against it.
+
+        Raises:
+            AttributeError: the running handler declares no model.
+        """
+        try:
+            return self._event
+        except AttributeError:
+            raise AttributeError(
+                "msg.event is set only for handlers that declare a model (model=...)"
+            ) from None
 
     @property
     def log(self) -> FilteringBoundLogger:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from worker.commands import check, consumers, demo, dlq, publish, run, status, trim
+from worker.commands import check, consumers, demo, dlq, publish, run, schema, status, trim
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -17,5 +17,6 @@ COMMANDS: list[Register] = [
     publish.register,
     consumers.register,
     trim.register,
+    schema.register,
     demo.register,
 ]
