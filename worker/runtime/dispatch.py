@@ -116,6 +116,8 @@ class Dispatcher:
         threads: HandlerThreads | None = None,
     ) -> None:
         self.routes = routes
+        self.envelopes = routes.envelopes
+        """stream -> envelope, for streams not in the syncworker layout; empty on most workers."""
         self.settler = settler
         self.handler_timeout = handler_timeout or None
         self.threads = threads or HandlerThreads(1, Stats())
@@ -130,11 +132,11 @@ class Dispatcher:
         escape would end the lane (or the event loop) with the entry held for ever.
         """
         event_type = msg.raw.get(b"type")
-        if self.routes.envelopes:  # empty unless a route reads another framework's envelope
+        if self.envelopes:  # empty unless a route reads another framework's envelope
             try:
                 msg, event_type = self.routes.open(msg, event_type)
             except MalformedMessage as exc:
-                envelope = self.routes.envelopes[msg.stream]
+                envelope = self.envelopes[msg.stream]
                 self.settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
                 return
         routes = self.routes.lookup(msg.stream, event_type)
