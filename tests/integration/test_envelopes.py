@@ -58,6 +58,30 @@ class TestFastStream:
         assert seen == [("order.completed", {"order_id": 7, "total": 19.9}, "corr-7", "order-7")]
         assert await dead_letters(redis, stream) == []
 
+    async def test_a_failed_attempt_is_retried_in_the_same_envelope(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """The retry of a FastStream entry is opened again: same type and data on attempt 2."""
+        stream, group = names["stream"], names["group"]
+        seen: list[tuple[Any, ...]] = []
+
+        @handler(stream=stream, types=["order.completed"], envelope="faststream")
+        async def flaky(msg: Message) -> None:
+            seen.append((msg.attempt, msg.type, msg.data))
+            if msg.attempt == 1:
+                raise ConnectionError("downstream unavailable")
+
+        broker = RedisBroker(redis_server.url)
+        await broker.connect()
+        try:
+            await broker.publish({"n": 1}, stream=stream, headers={"type": "order.completed"})
+        finally:
+            await broker.stop()
+        async with running(make_settings(redis_server.url, group), [flaky]):
+            await eventually(lambda: len(seen) == 2)
+            await eventually(lambda: _settled(redis, stream, group))
+        assert seen == [(1, "order.completed", {"n": 1}), (2, "order.completed", {"n": 1})]
+
 
 class TestDapr:
     async def test_a_dapr_entry_reaches_the_handler_as_its_cloudevent(
@@ -121,9 +145,10 @@ class TestCloudEvents:
             calls.append(msg)
 
         await Publisher(redis).publish(stream, "order.paid", {"n": 1})
-        async with running(make_settings(redis_server.url, group), [record]):
+        async with running(make_settings(redis_server.url, group), [record]) as worker:
             await eventually(lambda: dead_letters(redis, stream))
             await eventually(lambda: _settled(redis, stream, group))
+            assert worker.stats.undecodable[stream] == 1
         (letter,) = await dead_letters(redis, stream)
         assert letter["dlq_error_type"] == "MalformedMessage"
         assert letter["dlq_error"].startswith("not a CloudEvent: specversion is None")

@@ -175,3 +175,32 @@ class TestContracts:
         doc = contracts([a, b])
         assert doc["streams"]["orders"]["types"] == {"order.created": {}}
         assert doc["streams"]["audit"] == {"envelope": "dapr", "types": {"*": {}}}
+
+
+class TestCounters:
+    def test_undecodable_and_invalid_events_are_exported(self) -> None:
+        """Both dead-letter causes have a per-stream counter, zero until they happen."""
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import generate_latest
+
+        from tests.ops_helpers import samples, value
+        from worker.ops.metrics import GroupGauges, WorkerCollector
+
+        stats = Stats()
+
+        def scrape() -> dict:  # type: ignore[type-arg]
+            registry = CollectorRegistry()
+            registry.register(
+                WorkerCollector(stats, "billing", {"orders": ["sync"]}, lambda: {}, GroupGauges())
+            )
+            return samples(generate_latest(registry).decode())
+
+        for name in ("syncworker_undecodable_total", "syncworker_invalid_events_total"):
+            assert value(scrape(), name, group="billing", stream="orders") == 0
+        stats.undecodable["orders"] = 2
+        stats.invalid_events["orders"] = 5
+        assert (
+            value(scrape(), "syncworker_undecodable_total", group="billing", stream="orders") == 2
+        )
+        found = value(scrape(), "syncworker_invalid_events_total", group="billing", stream="orders")
+        assert found == 5
