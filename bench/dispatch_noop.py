@@ -75,15 +75,52 @@ async def rate(variant: str, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+async def lanes_rate(variant: str, n: int) -> float:
+    """Message construction, lanes (16, per-key order) and dispatch: the path of a read."""
+    from worker.runtime.lanes import Lanes
+
+    async def noop(msg: Message) -> None:
+        pass
+
+    h = handler(stream="s", types=["order.paid"])(noop)
+    dispatcher = Dispatcher(RouteTable([h], Stats()), NullSettler(), 0)  # type: ignore[arg-type]
+    done = asyncio.Event()
+    count = 0
+
+    async def process(msg: Message) -> None:
+        nonlocal count
+        await dispatcher.process(msg)
+        count += 1
+        if count == n:
+            done.set()
+
+    lanes = Lanes(16, process)
+    lanes.start()
+    raws = entries(n, "syncworker")
+    for i, raw in enumerate(raws):
+        raw[b"key"] = f"k{i % 100}".encode()
+    started = time.perf_counter()
+    for i, raw in enumerate(raws):
+        lanes.submit(Message("s", f"1-{i}", raw))
+        if i % 500 == 499:
+            await asyncio.sleep(0)  # as the reader yields between reads
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    lanes.close()
+    await lanes.wait(1.0)
+    return n / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=200_000, help="messages per run")
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--only", default="syncworker,cloudevents,typed", help="variants")
+    parser.add_argument("--only", default="syncworker,lanes,cloudevents,typed", help="variants")
     args = parser.parse_args()
     for variant in args.only.split(","):
         try:
-            rates = [asyncio.run(rate(variant, args.n)) for _ in range(args.runs)]
+            measure = lanes_rate if variant == "lanes" else rate
+            rates = [asyncio.run(measure(variant, args.n)) for _ in range(args.runs)]
         except TypeError:  # a checkout without envelopes or models
             print(f"{variant:12} n/a")
             continue

@@ -79,6 +79,7 @@ class Message:
         "attempt",
         "group",
         "id",
+        "lane_key",
         "raw",
         "size",
         "stream",
@@ -104,6 +105,9 @@ class Message:
         self._data: Any = _MISSING
         self.size = 0
         """Bytes of the fields, set by the runtime's ledger when it holds the entry."""
+        self.lane_key: bytes | None = raw.get(b"key")
+        """What orders this message among others (`worker.runtime.lanes`): the `key` field,
+        or the key of the envelope the entry was opened in (`worker.envelopes`)."""
 
     @property
     def fields(self) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -155,6 +156,39 @@ class TestCloudEvents:
         assert letter["dlq_handler"] == "envelope:cloudevents" and letter["dlq_attempts"] == "1"
         assert letter["type"] == "order.paid"  # the entry's own fields, unchanged
         assert calls == []
+
+
+class TestOrdering:
+    async def test_events_of_one_envelope_key_run_one_at_a_time_in_order(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """CloudEvents sharing a partitionkey never overlap and run in stream order, while
+        another key runs beside them (concurrency 4)."""
+        stream, group = names["stream"], names["group"]
+        running_now: dict[str, int] = {}
+        overlaps: list[str] = []
+        order: list[tuple[str, int]] = []
+
+        @handler(stream=stream, envelope="cloudevents")
+        async def slow(msg: Message) -> None:
+            key = msg.key or ""
+            running_now[key] = running_now.get(key, 0) + 1
+            if running_now[key] > 1:
+                overlaps.append(key)
+            order.append((key, msg.data["n"]))
+            await asyncio.sleep(0.05)
+            running_now[key] -= 1
+
+        publisher = Publisher(redis, envelope="cloudevents", source="/tests")
+        for n in range(4):
+            await publisher.publish(stream, "order.paid", {"n": n}, key="order-1")
+        await publisher.publish(stream, "order.paid", {"n": 9}, key="order-2")
+        async with running(make_settings(redis_server.url, group, concurrency=4), [slow]):
+            await eventually(lambda: len(order) == 5)
+            await eventually(lambda: _settled(redis, stream, group))
+        assert overlaps == []
+        assert [n for key, n in order if key == "order-1"] == [0, 1, 2, 3]
+        assert order.index(("order-2", 9)) < 3  # the other key did not wait behind order-1
 
 
 class TestTypedEvents:

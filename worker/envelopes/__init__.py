@@ -10,11 +10,13 @@ runtime dead-letters with the reason.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 from worker.envelopes.cloudevents import open_cloudevent, open_dapr
 from worker.envelopes.faststream import open_faststream
 from worker.envelopes.opened import EnvelopeMessage, Opened
+from worker.errors import MalformedMessage
 from worker.handler import ENVELOPES, EnvelopeName
 from worker.message import Message
 
@@ -35,4 +37,31 @@ def open_message(msg: Message, envelope: str) -> EnvelopeMessage:
     return EnvelopeMessage(msg, envelope, OPENERS[envelope](msg.raw))
 
 
-__all__ = ["ENVELOPES", "OPENERS", "EnvelopeMessage", "EnvelopeName", "open_message"]
+def opened_first(
+    submit: Callable[[Message], None], envelopes: Mapping[str, str]
+) -> Callable[[Message], None]:
+    """`submit`, handed each message of a stream in `envelopes` already opened, so that the
+    lanes order it by its envelope's key. Only workers with such a route wrap their submit.
+
+    An entry its envelope cannot read goes on as it is: the dispatcher opens it again and
+    dead-letters it with the reason.
+    """
+
+    def submit_opened(msg: Message) -> None:
+        envelope = envelopes.get(msg.stream)
+        if envelope is not None:
+            with contextlib.suppress(MalformedMessage):
+                msg = open_message(msg, envelope)
+        submit(msg)
+
+    return submit_opened
+
+
+__all__ = [
+    "ENVELOPES",
+    "OPENERS",
+    "EnvelopeMessage",
+    "EnvelopeName",
+    "open_message",
+    "opened_first",
+]

@@ -48,6 +48,7 @@ class EnvelopeMessage(Message):
         self.envelope = envelope
         """The envelope the entry was read in (`cloudevents`, `faststream`, `dapr`)."""
         self.opened = opened
+        self.lane_key = None if opened.key is None else opened.key.encode()
 
     @property
     def type(self) -> str | None:

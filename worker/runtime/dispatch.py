@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from worker.envelopes import open_message
+from worker.envelopes import EnvelopeMessage, open_message
 from worker.errors import MalformedMessage, Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import Message
@@ -90,6 +90,8 @@ class RouteTable:
         envelope = self.envelopes.get(msg.stream)
         if envelope is None:
             return msg, event_type
+        if isinstance(msg, EnvelopeMessage):  # opened before it was queued (`opened_first`)
+            return msg, None if msg.type is None else msg.type.encode()
         try:
             opened = open_message(msg, envelope)
         except MalformedMessage:
