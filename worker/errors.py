@@ -34,6 +34,14 @@ class MalformedMessage(Reject):
     """A message whose payload cannot be decoded (bad JSON, a non-integer version)."""
 
 
+class InvalidEvent(Reject):
+    """A message whose payload does not match the model its handler declared (`model=`).
+
+    Its text lists each validation error as `field.path: message`; the message is
+    dead-lettered at once, as no retry can change the payload.
+    """
+
+
 class ConfigError(SyncWorkerError):
     """Configuration that cannot work; start-up fails with this one-line message and exit code 2.
 

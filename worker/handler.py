@@ -7,7 +7,7 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from worker.message import Message
 
@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from worker.settings import WorkerSettings
+
+EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr"]
+"""How a stream's entries are laid out; `worker.envelopes` reads all but `syncworker`."""
+
+ENVELOPES: tuple[str, ...] = get_args(EnvelopeName)
 
 HandlerFunc = Callable[[Message], Awaitable[None]]
 """An async function that processes one message; returning means success."""
@@ -53,6 +58,12 @@ class Handler:
         name: the name used in logs, metrics and errors.
         streams: the streams this handler is routed to.
         types: the event types it wants; None means every entry of the stream.
+        envelope: how the stream's entries are laid out: `syncworker` (this runtime's own
+            fields), `cloudevents`, `faststream` or `dapr` (see `worker.envelopes`). Every
+            handler on one stream reads the same envelope.
+        model: a type (usually a pydantic model) that `data` must validate against; the
+            parsed value reaches `handle` as `msg.event`. An entry that does not validate is
+            dead-lettered with the validation errors. None: no validation, no `msg.event`.
         acks_atomically: True for handlers whose `handle` acknowledges the message in the same
             atomic step as its effect (a Lua script or MULTI/EXEC that includes XACK). Such a
             handler must be the only one on its stream, or a message could be acknowledged
@@ -62,6 +73,8 @@ class Handler:
     name: str = ""
     streams: tuple[str, ...] = ()
     types: frozenset[str] | None = None
+    envelope: str = "syncworker"
+    model: Any = None
     acks_atomically: bool = False
 
     async def handle(self, msg: Message) -> None:
@@ -74,12 +87,20 @@ class Handler:
     async def on_shutdown(self) -> None:
         """Called once after the last message, to release what `on_startup` acquired."""
 
-    def bind(self, streams: Iterable[str], types: Iterable[str] | None = None) -> Handler:
-        """Return a copy of this handler routed to `streams` (and `types`, if given)."""
+    def bind(
+        self,
+        streams: Iterable[str],
+        types: Iterable[str] | None = None,
+        envelope: str | None = None,
+    ) -> Handler:
+        """Return a copy of this handler routed to `streams` (and `types` and `envelope`, if
+        given)."""
         bound = copy.copy(self)
         bound.streams = tuple(streams)
         if types is not None:
             bound.types = frozenset(types)
+        if envelope is not None:
+            bound.envelope = envelope
         return bound
 
     def __repr__(self) -> str:
@@ -96,11 +117,15 @@ class FunctionHandler(Handler):
         name: str,
         streams: tuple[str, ...],
         types: frozenset[str] | None,
+        envelope: str = "syncworker",
+        model: Any = None,
     ) -> None:
         self.func = func
         self.name = name
         self.streams = streams
         self.types = types
+        self.envelope = envelope
+        self.model = model
         self._is_async = inspect.iscoroutinefunction(func)
         self.blocking: Callable[[Message], Any] | None = None if self._is_async else func
         """The plain function, which the worker runs in a thread of its own rather than call
@@ -125,6 +150,8 @@ def handler(
     streams: Iterable[str] | None = None,
     types: Iterable[str] | None = None,
     name: str | None = None,
+    envelope: EnvelopeName = "syncworker",
+    model: Any = None,
 ) -> Callable[[Callable[[Message], Any]], FunctionHandler]:
     """Turn a function into a handler plugin routed to `stream` (or several `streams`).
 
@@ -140,16 +167,30 @@ def handler(
         streams: several streams, instead of `stream`.
         types: event types to receive; omit to receive every entry.
         name: name in logs and metrics; defaults to the function's qualified name.
+        envelope: the layout of the stream's entries: `syncworker` (default), `cloudevents`,
+            `faststream` or `dapr` (see `worker.envelopes`).
+        model: a type (usually a pydantic model) to validate `data` against; the function
+            reads the parsed value as `msg.event`.
 
     Raises:
         TypeError: no stream was given, or both `stream` and `streams`.
+        ValueError: an unknown envelope.
     """
     if (stream is None) == (streams is None):
         raise TypeError("@handler needs exactly one of stream= or streams=")
     routed = (stream,) if stream is not None else tuple(streams or ())
     wanted = frozenset(types) if types is not None else None
+    if envelope not in ENVELOPES:
+        raise ValueError(f"unknown envelope {envelope!r} (one of {', '.join(ENVELOPES)})")
 
     def decorate(func: Callable[[Message], Any]) -> FunctionHandler:
-        return FunctionHandler(func, name=name or func.__qualname__, streams=routed, types=wanted)
+        return FunctionHandler(
+            func,
+            name=name or func.__qualname__,
+            streams=routed,
+            types=wanted,
+            envelope=envelope,
+            model=model,
+        )
 
     return decorate

@@ -77,17 +77,20 @@ class Message:
     # used, so a message whose handler never logs costs nothing extra.
     __slots__ = (
         "_data",
+        "_event",
         "_fields",
         "_handler",
         "_log",
         "attempt",
         "group",
         "id",
+        "lane_key",
         "raw",
         "size",
         "stream",
     )
     _handler: str
+    _event: Any
     _log: tuple[str, FilteringBoundLogger]
 
     def __init__(
@@ -107,6 +110,9 @@ class Message:
         self._data: Any = _MISSING
         self.size = 0
         """Bytes of the fields, set by the runtime's ledger when it holds the entry."""
+        self.lane_key: bytes | None = raw.get(b"key")
+        """What orders this message among others (`worker.runtime.lanes`): the `key` field,
+        or the key of the envelope the entry was opened in (`worker.envelopes`)."""
 
     @property
     def fields(self) -> dict[str, str]:
@@ -170,6 +176,24 @@ class Message:
                         f"recursion limit, {sys.getrecursionlimit()})"
                     ) from None
         return self._data
+
+    @property
+    def event(self) -> Any:
+        """The payload parsed into the running handler's `model`.
+
+        Set by the runtime before each call of a handler that declares a model (`@handler(...,
+        model=OrderCompleted)`, or a `model` attribute on a `Handler` subclass), after `data`
+        validated against it.
+
+        Raises:
+            AttributeError: the running handler declares no model.
+        """
+        try:
+            return self._event
+        except AttributeError:
+            raise AttributeError(
+                "msg.event is set only for handlers that declare a model (model=...)"
+            ) from None
 
     @property
     def log(self) -> FilteringBoundLogger:

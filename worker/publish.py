@@ -1,10 +1,13 @@
-"""Publishing events in the field convention that handlers expect (type, key, data, ...)."""
+"""Publishing events in the field convention that handlers expect (type, key, data, ...), or
+as CloudEvents for consumers in other frameworks."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
@@ -37,6 +40,41 @@ def event_fields(
     return fields
 
 
+def cloudevent_fields(
+    type: str,
+    data: Any = None,
+    *,
+    source: str,
+    key: str | None = None,
+    event_id: str | None = None,
+    version: int | None = None,
+) -> dict[str, str]:
+    """One event as a CloudEvent 1.0 in structured mode: field `data` holding the JSON event.
+
+    Structured rather than binary, because it is the layout Dapr's Redis pub/sub writes and
+    reads too, and one field keeps the event whole for any JSON reader. `key` becomes the
+    `partitionkey` extension (the CloudEvents partitioning extension), `version` a `version`
+    extension; `id` is `event_id`, or a new UUID (CloudEvents requires one).
+
+    Raises:
+        TypeError: `data` cannot be serialised to JSON.
+    """
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": type,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if key is not None:
+        event["partitionkey"] = key
+    if version is not None:
+        event["version"] = int(version)
+    return {"data": json.dumps(event, separators=(",", ":"))}
+
+
 class Publisher:
     """Appends events to streams for producers.
 
@@ -45,11 +83,26 @@ class Publisher:
         maxlen: trim each stream to about this many entries (XADD MAXLEN ~). None keeps
             everything. Note that length-based trimming can delete entries a slow consumer
             group has not processed yet; `syncworker trim` is the safe alternative.
+        envelope: `syncworker` writes this runtime's fields (`event_fields`); `cloudevents`
+            writes structured CloudEvents (`cloudevent_fields`), which routes with
+            `envelope = "cloudevents"` or `"dapr"`, and Dapr itself, read.
+        source: the CloudEvents `source` attribute (a URI-reference naming the producer).
     """
 
-    def __init__(self, redis: Redis, *, maxlen: int | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int | None = None,
+        envelope: Literal["syncworker", "cloudevents"] = "syncworker",
+        source: str = "syncworker",
+    ) -> None:
+        if envelope not in ("syncworker", "cloudevents"):
+            raise ValueError(f"Publisher writes syncworker or cloudevents, not {envelope!r}")
         self.redis = redis
         self.maxlen = maxlen
+        self.envelope = envelope
+        self.source = source
 
     async def publish(
         self,
@@ -62,7 +115,12 @@ class Publisher:
         version: int | None = None,
     ) -> str:
         """Append one event and return its entry id."""
-        fields = event_fields(type, data, key=key, event_id=event_id, version=version)
+        if self.envelope == "cloudevents":
+            fields = cloudevent_fields(
+                type, data, source=self.source, key=key, event_id=event_id, version=version
+            )
+        else:
+            fields = event_fields(type, data, key=key, event_id=event_id, version=version)
         entry_id = await self.redis.xadd(
             stream,
             dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from worker.errors import ConfigError, DuplicateHandlerName, HandlerNotFound
-from worker.handler import Handler
+from worker.handler import ENVELOPES, Handler
 from worker.settings import Route, WorkerSettings
 
 ENTRY_POINT_GROUP = "syncworker.handlers"
@@ -100,7 +100,7 @@ def _bind_route(route: Route, setting: str) -> Handler:
             raise ConfigError(f"{setting}.handler", f"{route.handler!r} did not build a Handler")
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
-    bound = instance.bind([route.stream], route.types)
+    bound = instance.bind([route.stream], route.types, route.envelope)
     if route.name:
         bound.name = route.name
     elif not bound.name:
@@ -112,7 +112,8 @@ def validate(handlers: Iterable[Handler]) -> None:
     """Refuse handler sets that cannot run correctly together.
 
     Raises:
-        ConfigError: see `handlers_from_settings`.
+        ConfigError: see `handlers_from_settings`; or handlers on one stream that read it in
+            different envelopes.
     """
     handlers = list(handlers)
     if not handlers:
@@ -120,6 +121,11 @@ def validate(handlers: Iterable[Handler]) -> None:
     seen: dict[tuple[str, str], Handler] = {}
     per_stream: dict[str, list[Handler]] = {}
     for h in handlers:
+        if h.envelope not in ENVELOPES:
+            raise ConfigError(
+                "routes",
+                f"handler {h.name!r} names envelope {h.envelope!r}; one of {', '.join(ENVELOPES)}",
+            )
         for stream in h.streams:
             if (stream, h.name) in seen:
                 raise DuplicateHandlerName(
@@ -128,6 +134,14 @@ def validate(handlers: Iterable[Handler]) -> None:
             seen[(stream, h.name)] = h
             per_stream.setdefault(stream, []).append(h)
     for stream, group in per_stream.items():
+        envelopes = {h.envelope for h in group}
+        if len(envelopes) > 1:
+            raise ConfigError(
+                "routes",
+                f"handlers on {stream!r} read it in different envelopes "
+                f"({', '.join(f'{h.name}: {h.envelope}' for h in group)}); an entry has one "
+                "layout, so every handler of a stream must name the same envelope",
+            )
         atomic = [h.name for h in group if h.acks_atomically]
         if atomic and len(group) > 1:
             raise ConfigError(

@@ -66,6 +66,11 @@ class Route(BaseModel):
         min_length=1,
         description="Name in logs and metrics; needed to route one plugin twice to a stream.",
     )
+    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr"] | None = Field(
+        None,
+        description="Layout of the stream's entries: syncworker (this runtime's fields), "
+        "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
+    )
 
 
 class WorkerSettings(BaseSettings):

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from worker.commands import check, consumers, demo, dlq, outbox, publish, run, status, trim
+from worker.commands import (
+    check,
+    consumers,
+    demo,
+    dlq,
+    outbox,
+    publish,
+    run,
+    schema,
+    status,
+    trim,
+)
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -18,5 +29,6 @@ COMMANDS: list[Register] = [
     consumers.register,
     trim.register,
     outbox.register,
+    schema.register,
     demo.register,
 ]

@@ -155,6 +155,17 @@ class WorkerCollector(Collector):
                 self.stats.dead_letter_not_owned,
             ),
             (
+                "syncworker_undecodable_total",
+                "Entries the route's envelope (cloudevents, faststream, dapr) could not read; "
+                "dead-lettered.",
+                self.stats.undecodable,
+            ),
+            (
+                "syncworker_invalid_events_total",
+                "Payloads that did not validate against their handler's model; dead-lettered.",
+                self.stats.invalid_events,
+            ),
+            (
                 "syncworker_group_recreated_total",
                 "Times the consumer group was found missing (NOGROUP) and created again.",
                 self.stats.group_recreated,

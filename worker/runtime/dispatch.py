@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 import structlog
 
-from worker.errors import Reject
+from worker.envelopes import EnvelopeMessage, open_message
+from worker.errors import MalformedMessage, Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import REPLAY_FOR_GROUP, Message
 from worker.runtime.deadlines import Deadlines
 from worker.runtime.stats import Histogram, Stats
 from worker.runtime.supervise import told_to_stop
 from worker.runtime.threads import HandlerThreads
+from worker.typed import typed_async, typed_blocking
 
 if TYPE_CHECKING:
     from worker.runtime.settle import Settler
@@ -26,15 +28,24 @@ _REPLAY_FOR_GROUP = REPLAY_FOR_GROUP.encode()
 
 
 class Route:
-    """One handler on one stream, with its precomputed metric slots."""
+    """One handler on one stream, with its precomputed metric slots.
 
-    __slots__ = ("blocking", "handler", "histogram", "name")
+    A handler that declares a `model` gets its calls wrapped here, once, by `worker.typed`;
+    the others are called as they are.
+    """
 
-    def __init__(self, handler: Handler, histogram: Histogram) -> None:
+    __slots__ = ("blocking", "handle", "handler", "histogram", "name")
+
+    def __init__(self, handler: Handler, histogram: Histogram, stats: Stats) -> None:
         self.handler = handler
         self.name = handler.name
         self.histogram = histogram
         self.blocking = handler.blocking if isinstance(handler, FunctionHandler) else None
+        self.handle: Callable[[Message], Awaitable[None]] = handler.handle
+        if handler.model is not None:
+            self.handle = typed_async(handler.handle, handler.model, stats)
+            if self.blocking is not None:
+                self.blocking = typed_blocking(self.blocking, handler.model, stats)
 
 
 class RouteTable:
@@ -44,12 +55,17 @@ class RouteTable:
         self._untyped: dict[str, tuple[Route, ...]] = {}
         self._typed: dict[str, dict[bytes, tuple[Route, ...]]] = {}
         self.labels: dict[str, str] = {}
+        self.envelopes: dict[str, str] = {}
+        """stream -> its envelope, for streams not in the `syncworker` layout only."""
+        self._stats = stats
         per_stream: dict[str, list[Route]] = {}
         for h in handlers:
             for stream in h.streams:
                 per_stream.setdefault(stream, []).append(
-                    Route(h, stats.handler_seconds[(stream, h.name)])
+                    Route(h, stats.handler_seconds[(stream, h.name)], stats)
                 )
+                if h.envelope != "syncworker":
+                    self.envelopes[stream] = h.envelope
         for stream, routes in per_stream.items():
             self._untyped[stream] = tuple(r for r in routes if r.handler.types is None)
             types = {t for r in routes if r.handler.types is not None for t in r.handler.types}
@@ -67,6 +83,24 @@ class RouteTable:
             if typed is not None:
                 return typed
         return self._untyped[stream]
+
+    def open(self, msg: Message, event_type: bytes | None) -> tuple[Message, bytes | None]:
+        """`msg` and its event type as its stream's envelope presents them.
+
+        Raises:
+            MalformedMessage: the envelope cannot read the entry (counted as undecodable).
+        """
+        envelope = self.envelopes.get(msg.stream)
+        if envelope is None:
+            return msg, event_type
+        if isinstance(msg, EnvelopeMessage):  # opened before it was queued (`opened_first`)
+            return msg, None if msg.type is None else msg.type.encode()
+        try:
+            opened = open_message(msg, envelope)
+        except MalformedMessage:
+            self._stats.undecodable[msg.stream] += 1
+            raise
+        return opened, None if opened.type is None else opened.type.encode()
 
     def handler_names(self, stream: str) -> list[str]:
         seen: dict[str, None] = {}
@@ -94,6 +128,8 @@ class Dispatcher:
         threads: HandlerThreads | None = None,
     ) -> None:
         self.routes = routes
+        self.envelopes = routes.envelopes
+        """stream -> envelope, for streams not in the syncworker layout; empty on most workers."""
         self.settler = settler
         self.handler_timeout = handler_timeout or None
         self.threads = threads or HandlerThreads(1, Stats())
@@ -110,7 +146,15 @@ class Dispatcher:
         through its own handlers and never as an exception inside a handler call. Letting them
         escape would end the lane (or the event loop) with the entry held for ever.
         """
-        routes = self.routes.lookup(msg.stream, msg.raw.get(b"type"))
+        event_type = msg.raw.get(b"type")
+        if self.envelopes:  # empty unless a route reads another framework's envelope
+            try:
+                msg, event_type = self.routes.open(msg, event_type)
+            except MalformedMessage as exc:
+                envelope = self.envelopes[msg.stream]
+                self.settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
+                return
+        routes = self.routes.lookup(msg.stream, event_type)
         if not routes or not _for_this_group(msg):
             self.settler.ack(msg, "", skipped=True)
             return
@@ -125,11 +169,11 @@ class Dispatcher:
                 if route.blocking is not None:
                     await self.threads.call(route.blocking, msg, timeout)
                 elif deadlines is None or task is None:
-                    await route.handler.handle(msg)
+                    await route.handle(msg)
                 else:
                     deadlines.started(task, msg)
                     try:
-                        await route.handler.handle(msg)
+                        await route.handle(msg)
                     except asyncio.CancelledError:
                         if deadlines.cut_off(task, msg):
                             raise TimeoutError from None  # settled below: "handler timed out"

@@ -82,7 +82,7 @@ class Lanes:
 
     def submit(self, msg: Message) -> None:
         """Queue a message; behind the earlier messages of its key, if any are unfinished."""
-        key = msg.raw.get(b"key")
+        key = msg.lane_key
         if key is not None:
             owned = self._owned
             if key in owned:
@@ -128,7 +128,7 @@ class Lanes:
                 await process(msg)  # never raises: the dispatcher settles every outcome
                 lane.current = None
                 stats.calls_ended += 1
-                key = msg.raw.get(b"key")
+                key = msg.lane_key
                 msg = None if key is None else self._next_of_key(key, owned)
             if self._closed:
                 return
@@ -161,7 +161,7 @@ class Lanes:
                 self._lost(msg, exc)
             except Exception:
                 log.exception("lane.settle_failed", stream=msg.stream, message_id=msg.id)
-        key = msg.raw.get(b"key")
+        key = msg.lane_key
         return None if key is None else self._next_of_key(key, self._owned)
 
     def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message] | None]) -> Message | None:

@@ -106,6 +106,11 @@ class Stats:
     dead_letter_not_owned: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """stream -> dead letters not written because the entry was no longer pending on this
     consumer (acked already, or taken over by a peer)."""
+    undecodable: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """stream -> entries the route's envelope (cloudevents, faststream, dapr) could not read,
+    dead-lettered."""
+    invalid_events: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """stream -> payloads that did not validate against their handler's model, dead-lettered."""
     redis_errors: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     """operation -> failed Redis calls."""
     group_recreated: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))

@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
+from worker.envelopes import opened_first
 from worker.errors import GroupRefused, StartupError
 from worker.handler import Handler, HandlerContext
 from worker.logs import effective_settings
@@ -204,17 +205,16 @@ class Worker:
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout, self.threads)
         lanes = Lanes(settings.concurrency, dispatcher.process, lost=dispatcher.lost, stats=stats)
         self.lanes = lanes
-        self.reader = Reader(
-            reader_redis, settings, self.streams, ledger, lanes.submit, self.gate, stats
-        )
+        submit: Callable[[Message], None] = lanes.submit
+        if self.routes.envelopes:  # open those entries first, so lanes order them by their key
+            submit = opened_first(lanes.submit, self.routes.envelopes)
+        self.reader = Reader(reader_redis, settings, self.streams, ledger, submit, self.gate, stats)
         return Engine(
             settler=settler,
             lanes=lanes,
             reader=self.reader,
             heartbeat=Heartbeat(redis, settings, ledger, stats),
-            retries=RetryScan(
-                redis, settings, policy, ledger, settler, lanes.submit, self.gate, stats
-            ),
+            retries=RetryScan(redis, settings, policy, ledger, settler, submit, self.gate, stats),
             takeover=Takeover(
                 redis,
                 settings,
@@ -222,7 +222,7 @@ class Worker:
                 self.streams,
                 ledger,
                 settler,
-                lanes.submit,
+                submit,
                 self.gate,
                 self.reader_alive,
                 stats,

@@ -1,0 +1,131 @@
+"""`python -m bench.dispatch_noop`: messages per second through the dispatcher, no-op handler.
+
+Measures the cost the dispatcher adds per message (routing, the handler call, the settler
+call), in process and without Redis, so that a change to the default path shows up above the
+noise of a network benchmark. Run it on two checkouts to compare; it prints the median of
+several runs for the `syncworker` layout and, where the checkout has envelopes, for a
+`cloudevents` route and a typed (`model=`) handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from worker import Message, handler
+from worker.runtime.dispatch import Dispatcher, RouteTable
+from worker.runtime.stats import Stats
+
+
+class NullSettler:
+    """Accepts every outcome and does nothing, so only dispatch is timed."""
+
+    def ack(self, msg: Message, handler: str, *, skipped: bool = False) -> None:
+        pass
+
+    def failed(self, msg: Message, exc: BaseException, handler: str) -> None:
+        raise AssertionError(exc)
+
+    def dead_letter(self, msg: Message, exc: BaseException, handler: str, **_: Any) -> None:
+        raise AssertionError(exc)
+
+
+def entries(n: int, layout: str) -> list[dict[bytes, bytes]]:
+    data = {"order_id": 1, "total": 19.9, "currency": "EUR"}
+    if layout == "cloudevents":
+        event = {
+            "specversion": "1.0",
+            "id": "e",
+            "source": "/b",
+            "type": "order.paid",
+            "data": data,
+        }
+        fields = {b"data": json.dumps(event).encode()}
+    else:
+        fields = {b"type": b"order.paid", b"key": b"k", b"data": json.dumps(data).encode()}
+    return [dict(fields) for _ in range(n)]
+
+
+async def rate(variant: str, n: int) -> float:
+    async def noop(msg: Message) -> None:
+        pass
+
+    kwargs: dict[str, Any] = {}
+    if variant == "cloudevents":
+        kwargs["envelope"] = "cloudevents"
+    elif variant == "typed":
+        from pydantic import BaseModel
+
+        class Order(BaseModel):
+            order_id: int
+            total: float
+            currency: str
+
+        kwargs["model"] = Order
+    h = handler(stream="s", types=["order.paid"], **kwargs)(noop)
+    dispatcher = Dispatcher(RouteTable([h], Stats()), NullSettler(), 0)  # type: ignore[arg-type]
+    messages = [Message("s", f"1-{i}", raw) for i, raw in enumerate(entries(n, variant))]
+    started = time.perf_counter()
+    for msg in messages:
+        await dispatcher.process(msg)
+    return n / (time.perf_counter() - started)
+
+
+async def lanes_rate(variant: str, n: int) -> float:
+    """Message construction, lanes (16, per-key order) and dispatch: the path of a read."""
+    from worker.runtime.lanes import Lanes
+
+    async def noop(msg: Message) -> None:
+        pass
+
+    h = handler(stream="s", types=["order.paid"])(noop)
+    dispatcher = Dispatcher(RouteTable([h], Stats()), NullSettler(), 0)  # type: ignore[arg-type]
+    done = asyncio.Event()
+    count = 0
+
+    async def process(msg: Message) -> None:
+        nonlocal count
+        await dispatcher.process(msg)
+        count += 1
+        if count == n:
+            done.set()
+
+    lanes = Lanes(16, process)
+    lanes.start()
+    raws = entries(n, "syncworker")
+    for i, raw in enumerate(raws):
+        raw[b"key"] = f"k{i % 100}".encode()
+    started = time.perf_counter()
+    for i, raw in enumerate(raws):
+        lanes.submit(Message("s", f"1-{i}", raw))
+        if i % 500 == 499:
+            await asyncio.sleep(0)  # as the reader yields between reads
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    lanes.close()
+    await lanes.wait(1.0)
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=200_000, help="messages per run")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--only", default="syncworker,lanes,cloudevents,typed", help="variants")
+    args = parser.parse_args()
+    for variant in args.only.split(","):
+        try:
+            measure = lanes_rate if variant == "lanes" else rate
+            rates = [asyncio.run(measure(variant, args.n)) for _ in range(args.runs)]
+        except TypeError:  # a checkout without envelopes or models
+            print(f"{variant:12} n/a")
+            continue
+        print(f"{variant:12} median {statistics.median(rates):>10,.0f} msg/s  (runs: {args.runs})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Event contracts: the JSON Schema of each (stream, type) a handler declares a model for.
+
+Producers in other languages validate against these before they publish, so that a payload
+the worker would dead-letter (`InvalidEvent`) is refused where it is made. Each schema is a
+self-contained resource with its own `$id`, so the `$ref`s pydantic writes (`#/$defs/...`)
+resolve inside it however the document around it is laid out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from worker.handler import Handler
+from worker.typed import adapter
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+ANY_TYPE = "*"
+"""The type under which a handler that takes every type of its stream lists its model."""
+
+
+def contracts(handlers: Iterable[Handler]) -> dict[str, Any]:
+    """`{"streams": {stream: {"envelope": ..., "types": {type: schema}}}}` for `handlers`.
+
+    A type no handler declares a model for gets the schema `{}` (anything); a type with
+    several models gets `allOf` of them, as the payload must satisfy every one.
+    """
+    streams: dict[str, dict[str, Any]] = {}
+    for h in handlers:
+        for stream in h.streams:
+            entry = streams.setdefault(stream, {"envelope": h.envelope, "types": {}})
+            types: dict[str, list[dict[str, Any]]] = entry["types"]
+            for event_type in sorted(h.types) if h.types is not None else [ANY_TYPE]:
+                schemas = types.setdefault(event_type, [])
+                if h.model is not None:
+                    schemas.append(_schema(h, stream, event_type))
+    for entry in streams.values():
+        entry["types"] = {t: _combine(s) for t, s in sorted(entry["types"].items())}
+    return {"$schema": DIALECT, "streams": dict(sorted(streams.items()))}
+
+
+def _schema(h: Handler, stream: str, event_type: str) -> dict[str, Any]:
+    schema = adapter(h.model).json_schema()
+    resource = f"urn:syncworker:{stream}:{event_type}:{h.name}"
+    return {"$schema": DIALECT, "$id": resource, **schema}
+
+
+def _combine(schemas: list[dict[str, Any]]) -> dict[str, Any]:
+    if not schemas:
+        return {}
+    if len(schemas) == 1:
+        return schemas[0]
+    return {"allOf": schemas}

@@ -1,0 +1,80 @@
+"""Typed events: validate a message's `data` against the model its handler declares.
+
+The check wraps the handler's call once, when the runtime builds its routes, so handlers
+without a model run exactly as before. The parsed value reaches the handler as `msg.event`,
+for plain functions and `Handler` subclasses alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from typing import Any
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+
+from worker.errors import InvalidEvent
+from worker.message import Message
+from worker.runtime.stats import Stats
+
+log = structlog.get_logger("worker.typed")
+
+MAX_ERRORS = 20
+"""Validation errors listed in a dead letter's error text; the rest are counted."""
+
+
+@lru_cache(maxsize=256)
+def adapter(model: Any) -> TypeAdapter[Any]:
+    """The (cached) pydantic adapter of `model`: a BaseModel, dataclass, TypedDict, ..."""
+    return TypeAdapter(model)
+
+
+def describe(model: Any, exc: ValidationError) -> str:
+    """`exc` as one line: each error's field path and message, e.g. `amount: Input should be
+    a valid number`."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors]
+    more = f"; and {len(parts) - MAX_ERRORS} more" if len(parts) > MAX_ERRORS else ""
+    name = getattr(model, "__name__", repr(model))
+    return f"data does not match {name}: {'; '.join(parts[:MAX_ERRORS])}{more}"
+
+
+def parse(model: Any, msg: Message, stats: Stats) -> Any:
+    """`msg.data` validated against `model`.
+
+    Raises:
+        InvalidEvent: it does not validate (counted and logged as `event.invalid`).
+        MalformedMessage: `data` cannot be decoded at all.
+    """
+    try:
+        return adapter(model).validate_python(msg.data)
+    except ValidationError as exc:
+        reason = describe(model, exc)
+        stats.invalid_events[msg.stream] += 1
+        log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
+        raise InvalidEvent(reason) from None
+
+
+def typed_async(
+    handle: Callable[[Message], Awaitable[None]], model: Any, stats: Stats
+) -> Callable[[Message], Awaitable[None]]:
+    """`handle`, called with `msg.event` set once `msg.data` validated against `model`."""
+
+    async def call(msg: Message) -> None:
+        msg._event = parse(model, msg, stats)
+        await handle(msg)
+
+    return call
+
+
+def typed_blocking(
+    func: Callable[[Message], Any], model: Any, stats: Stats
+) -> Callable[[Message], Any]:
+    """`func` (a blocking handler), likewise; it runs in the handler thread with the call."""
+
+    def call(msg: Message) -> Any:
+        msg._event = parse(model, msg, stats)
+        return func(msg)
+
+    return call
