@@ -22,6 +22,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from worker.connection import text
+
 LUA_ITEMS = 7000
 """Most values a script passes to one `redis.call` (Lua's `unpack` stops near 8,000)."""
 
@@ -76,7 +78,7 @@ async def read_range(
     stream (`%R~`) may run it, which plain EVAL would refuse.
     """
     found: Any = await redis.eval_ro(READ_RANGE, 1, stream, start, end, count)
-    return [(_text(entry_id), list(fields)) for entry_id, fields in found or ()]
+    return [(text(entry_id), list(fields)) for entry_id, fields in found or ()]
 
 
 async def read_fields(redis: Redis, stream: str, entry_id: str) -> list[bytes] | None:
@@ -107,7 +109,3 @@ async def add_then_check(
     await check(keys=list(keys), args=list(args), client=pipe)
     results = list(await pipe.execute(raise_on_error=False))
     return results[:-1], results[-1]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

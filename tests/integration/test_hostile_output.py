@@ -51,13 +51,6 @@ def dead_letter(
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SYNCWORKER_REDIS_URL", redis_server.url)
-    monkeypatch.delenv("SYNCWORKER_HANDLERS", raising=False)
-    monkeypatch.delenv("SYNCWORKER_CONFIG", raising=False)
-
-
-@pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[sync_redis.Redis]:
     client = sync_redis.Redis.from_url(redis_server.url)
     yield client

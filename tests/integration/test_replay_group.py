@@ -21,13 +21,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SYNCWORKER_REDIS_URL", redis_server.url)
-    monkeypatch.delenv("SYNCWORKER_HANDLERS", raising=False)
-    monkeypatch.delenv("SYNCWORKER_CONFIG", raising=False)
-
-
-@pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[sync_redis.Redis]:
     client = sync_redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
