@@ -315,7 +315,8 @@ async def main() -> None:
     await Publisher(redis).publish("s", "t", {"a": 1})
     relay = Relay(to="out")
     relay.use(redis)
-    fields = relay.entry(Message("s", "1-1", {b"type": b"t", b"traceparent": b"x"}), relay.targets[0])
+    msg = Message("s", "1-1", {b"type": b"t", b"traceparent": b"x"})
+    fields = relay.entry(msg, relay.targets[0])
     assert b"traceparent" in fields, fields
     await redis.aclose()
 

@@ -3,7 +3,10 @@ messaging attributes, an outcome, and events for retries and dead letters (no Re
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -13,11 +16,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from handlers.relay import Relay
-from worker import Message, Publisher, Reject, handler
+from tests.unit.test_middleware import named
+from worker import Message, Publisher, Reject, WorkerSettings, handler
+from worker.middleware import worker_middleware
+from worker.middleware.tracing import Tracing
+from worker.runtime.policy import RetryPolicy
 from worker.testing import deliver, make_message
 from worker.tracing import context_from_environment, current_fields
 
-
+ROOT = Path(__file__).resolve().parents[2]
 Spans = tuple[TracerProvider, InMemorySpanExporter]
 
 
@@ -304,3 +311,41 @@ def test_traceparent_from_the_environment() -> None:
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     ctx = context_from_environment({"TRACEPARENT": tp, "TRACESTATE": "k=v"})
     assert current_fields(ctx) == {"traceparent": tp, "tracestate": "k=v"}
+
+
+class TestSetting:
+    def test_tracing_setting_adds_the_middleware_outermost(self) -> None:
+        """`SYNCWORKER_TRACING=true` puts tracing before `SYNCWORKER_MIDDLEWARE`."""
+        settings = WorkerSettings(tracing=True, middleware=["tests.unit.test_middleware:named"])
+        chain = worker_middleware(settings, RetryPolicy.from_settings(settings))
+        assert isinstance(chain[0], Tracing)
+        assert chain[1:] == [named]
+
+    def test_tracing_without_the_extra_is_a_config_error(self) -> None:
+        """Tracing asked for without OpenTelemetry installed fails at start-up, saying how
+        to install it."""
+        script = """
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from worker import ConfigError, WorkerSettings
+from worker.middleware import worker_middleware
+from worker.runtime.policy import RetryPolicy
+
+settings = WorkerSettings(tracing=True)
+try:
+    worker_middleware(settings, RetryPolicy.from_settings(settings))
+except ConfigError as exc:
+    print(exc)
+"""
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert "SYNCWORKER_TRACING" in done.stdout, done.stderr
+        assert "pip install 'syncworker[otel]'" in done.stdout
