@@ -33,8 +33,8 @@ class Route:
 
     Its middleware chain (worker-wide, typed validation for a `model`, the handler's own; see
     `worker.middleware`) is composed here, once; a route without any calls `handler.handle`
-    as it is. A blocking handler with middleware runs them in the event loop around an
-    awaitable of its thread call (`RouteTable.use_threads`).
+    as it is. A blocking handler's middleware run in the event loop around an awaitable of its
+    thread call (`RouteTable.use_threads`).
     """
 
     __slots__ = ("blocking", "handle", "handler", "histogram", "middleware", "name", "threaded")
@@ -55,11 +55,11 @@ class Route:
         self.handle: Callable[[Message], Awaitable[None]] = chain(handler.handle, self.middleware)
         self.threaded = False
         """True once `handle` runs the blocking handler in a worker thread (through its
-        middleware): its thread call bounds itself, the async watchdog must not cut it off."""
+        middleware, if any): the thread call bounds itself, the async watchdog stays out."""
 
     def use_threads(self, threads: HandlerThreads, timeout: float | None) -> None:
-        """Run a blocking handler that has middleware through them, on `threads`."""
-        func = self.blocking if self.middleware else None
+        """Run a blocking handler on `threads`, inside its middleware (if any)."""
+        func = self.blocking
         if func is None:
             return
 
@@ -67,7 +67,6 @@ class Route:
             await threads.call(func, msg, timeout)
 
         self.handle = chain(in_thread, self.middleware)
-        self.blocking = None
         self.threaded = True
 
 
@@ -106,7 +105,7 @@ class RouteTable:
         self._routes = [r for routes in per_stream.values() for r in routes]
 
     def use_threads(self, threads: HandlerThreads, timeout: float | None) -> None:
-        """Bind the blocking routes that have middleware to the dispatcher's threads."""
+        """Bind the blocking routes to the dispatcher's threads."""
         for route in self._routes:
             route.use_threads(threads, timeout)
 
@@ -204,16 +203,14 @@ class Dispatcher:
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]
-        timeout = self.handler_timeout
         deadlines = self.deadlines
         task = asyncio.current_task() if deadlines is not None else None
         try:
             for route in routes:
                 msg._handler = route.name  # for msg.log
                 started = perf_counter()
-                if route.blocking is not None:
-                    await self.threads.call(route.blocking, msg, timeout)
-                elif deadlines is None or task is None or route.threaded:
+                # A blocking handler's thread call bounds itself: the watchdog stays out.
+                if route.threaded or deadlines is None or task is None:
                     await route.handle(msg)
                 else:
                     deadlines.started(task, msg)
