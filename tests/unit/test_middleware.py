@@ -329,3 +329,28 @@ print("clean")
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "clean", done.stderr
+
+
+async def test_the_metrics_example_of_the_docs_counts_outcomes() -> None:
+    """The example middleware in docs/middleware.md runs as shown and counts what it says."""
+    from prometheus_client import REGISTRY
+
+    text = (ROOT / "docs" / "middleware.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "docs/middleware.md", "exec"), namespace)
+    metrics = namespace["metrics"]
+
+    @handler(stream="orders", name="sync_payment")
+    async def sync_payment(msg: Message) -> None:
+        if msg.data.get("currency") not in {"EUR", "USD"}:
+            raise Reject("unsupported currency")
+
+    result = await deliver(sync_payment, type="t", data={}, middleware=[metrics])
+    assert result.outcome == "dead_letter"
+    assert (
+        await deliver(sync_payment, type="t", data={"currency": "EUR"}, middleware=[metrics])
+    ).outcome == "ok"
+    for outcome in ("rejected", "ok"):
+        labels = {"stream": "orders", "handler": "sync_payment", "outcome": outcome}
+        assert REGISTRY.get_sample_value("app_handler_calls_total", labels) == 1
