@@ -4,6 +4,7 @@ retries, dead-lettering, replays and relays."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -217,3 +218,60 @@ class TestPublishCommand:
         version, trace_id, span_id, _ = fields["traceparent"].split("-")
         assert (version, trace_id) == ("00", "0af7651916cd43dd8448eb211c80319c")
         assert span_id != "b7ad6b7169203331"  # the command's own send span
+
+
+class TestRunCommand:
+    async def test_run_sets_up_the_sdk_and_flushes_at_exit(
+        self,
+        tmp_path: Path,
+        redis: Redis,
+        redis_server: RedisServer,
+        names: dict[str, str],
+        provider: TracerProvider,
+    ) -> None:
+        """`syncworker run` with `tracing = true` sets up the SDK from the OTEL_* variables
+        (here the console exporter) and exports the span of each call by the time it exits."""
+        stream, group = names["stream"], names["group"]
+        config = tmp_path / "worker.toml"
+        config.write_text(
+            f'redis_url = "{redis_server.url}"\n'
+            f'group = "{group}"\n'
+            "metrics_port = 0\n"
+            "block = 0.1\n"
+            "tracing = true\n"
+            "[[routes]]\n"
+            f'stream = "{stream}"\n'
+            'handler = "tests.integration.plugins:Recorder"\n'
+        )
+        with provider.get_tracer("app").start_as_current_span("checkout") as outer:
+            await Publisher(redis).publish(stream, "order.paid", {"n": 1})
+        trace_id = f"0x{outer.get_span_context().trace_id:032x}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCWORKER_", "OTEL_"))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--config", str(config)],
+            env={
+                **clean,
+                "PYTHONPATH": str(ROOT),
+                "TEST_STREAM": stream,
+                "OTEL_TRACES_EXPORTER": "console",
+                "OTEL_SERVICE_NAME": "orders-worker",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+
+            async def handled() -> bool:
+                return await redis.llen(f"{stream}:processed") == 1 and (
+                    await _drained(redis, stream, group)
+                )
+
+            await eventually(handled, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert f'"name": "process {stream}"' in out, out
+        assert f'"trace_id": "{trace_id}"' in out
+        assert '"service.name": "orders-worker"' in out
