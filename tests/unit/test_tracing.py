@@ -3,6 +3,7 @@ messaging attributes, an outcome, and events for retries and dead letters (no Re
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -239,6 +240,27 @@ class TestFailures:
         exception = span.events[0].attributes or {}
         assert exception["exception.type"] == "worker.errors.InvalidEvent"
         assert "order_id: Input should be a valid integer" in str(exception["exception.message"])
+
+    async def test_shutdown_interrupting_a_call_is_released_not_failed(self, spans: Spans) -> None:
+        """A call cancelled by shutdown records outcome `released`, no error and no event:
+        the entry runs again on the same attempt."""
+        provider, exporter = spans
+        started = asyncio.Event()
+
+        @handler(stream="orders")
+        async def slow(msg: Message) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        task = asyncio.create_task(deliver(slow, type="t", tracer_provider=provider))
+        await started.wait()
+        task.cancel()  # as the worker's shutdown cancels its lanes
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (span,) = only(exporter, "process orders")
+        assert (span.attributes or {})["syncworker.outcome"] == "released"
+        assert span.status.status_code is StatusCode.UNSET
+        assert span.events == ()
 
 
 class TestLinks:
