@@ -3,7 +3,10 @@
 For example `order.completed` on `orders` becomes `payment.requested` on `payments`. A relay
 fans out to one or more target streams; each target may filter types, rename them and pick
 fields of `data`. Downstream entries keep the source's fields (`key`, `version`, `event_id`,
-...) and gain `source_stream` and `source_id`, so consumers can trace them back.
+...) and gain `source_stream` and `source_id`, so consumers can trace them back. With tracing
+on (`worker.tracing`), a downstream entry carries the relay's own trace context instead of the
+source's `traceparent`: its consumers' spans are children of the relay's span, in the origin's
+trace.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -27,6 +30,7 @@ primary with replicas), not a Redis Cluster.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,6 +130,21 @@ _NOT_COPIED = frozenset(
 )
 """Source fields a forwarded entry does not copy: rewritten ones, and a replay's markers,
 which name an entry and a consumer group of the source stream, not of the target."""
+
+
+_TRACE_FIELDS = frozenset((b"traceparent", b"tracestate", b"baggage"))
+"""The W3C trace-context fields, replaced by the relay's own when it is traced."""
+_NOT_COPIED_TRACED = _NOT_COPIED | _TRACE_FIELDS
+
+
+def _trace_fields() -> dict[str, str] | None:
+    """The current trace context as fields, when the process traces; None otherwise (then
+    OpenTelemetry is never loaded, and the source's fields are copied as they are)."""
+    if "opentelemetry.trace" not in sys.modules:
+        return None
+    from worker.tracing import current_fields
+
+    return current_fields() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,14 +259,23 @@ class Relay(Handler):
         self._script = redis.register_script(RELAY)
         self._wide_script = redis.register_script(RELAY_WIDE)
 
-    def entry(self, msg: Message, target: Target) -> list[bytes | str]:
-        """The fields of the downstream entry for `target`, flattened name, value, ..."""
+    def entry(
+        self, msg: Message, target: Target, trace: Mapping[str, str] | None = None
+    ) -> list[bytes | str]:
+        """The fields of the downstream entry for `target`, flattened name, value, ...
+
+        `trace`: the current trace context's fields, which replace the source's.
+        """
         flat: list[bytes | str] = []
         event_type = msg.type
+        skip = _NOT_COPIED_TRACED if trace else _NOT_COPIED
         for name, value in msg.raw.items():
-            if name in _NOT_COPIED:
+            if name in skip:
                 continue
             flat += (name, value)
+        if trace:
+            for field_name, text in trace.items():
+                flat += (field_name, text)
         if event_type is not None:
             flat += ("type", target.rename.get(event_type, event_type))
         if target.fields is not None:
@@ -277,7 +305,8 @@ class Relay(Handler):
             self.dedup_ms,
             "" if self.maxlen is None else self.maxlen,
         ]
-        entries = [self.entry(msg, target) for target in targets]
+        trace = _trace_fields()
+        entries = [self.entry(msg, target, trace) for target in targets]
         keys = [
             self.marker(msg),
             msg.stream,

@@ -16,6 +16,7 @@ from worker.errors import (
 )
 from worker.handler import FunctionHandler, Handler, HandlerContext, HandlerFunc, handler
 from worker.message import Message
+from worker.middleware import Middleware
 from worker.publish import Publisher, event_fields, publish
 from worker.runtime.stats import Stats
 from worker.runtime.worker import Worker
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidEvent",
     "MalformedMessage",
     "Message",
+    "Middleware",
     "Publisher",
     "Reject",
     "Retry",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -23,6 +23,9 @@ ENVELOPES: tuple[str, ...] = get_args(EnvelopeName)
 
 HandlerFunc = Callable[[Message], Awaitable[None]]
 """An async function that processes one message; returning means success."""
+
+MiddlewareFunc = Callable[[HandlerFunc], HandlerFunc]
+"""A middleware (see `worker.middleware`): takes the next handler function, returns another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,9 @@ class Handler:
             atomic step as its effect (a Lua script or MULTI/EXEC that includes XACK). Such a
             handler must be the only one on its stream, or a message could be acknowledged
             before another handler ran; the runtime refuses that configuration at start-up.
+        middleware: this handler's own middleware, first listed outermost, run inside the
+            worker-wide ones and typed validation (see `worker.middleware`); a route in the
+            config file may add more.
     """
 
     name: str = ""
@@ -76,6 +82,7 @@ class Handler:
     envelope: str = "syncworker"
     model: Any = None
     acks_atomically: bool = False
+    middleware: Sequence[MiddlewareFunc] = ()
 
     async def handle(self, msg: Message) -> None:
         """Apply one message's effect."""
@@ -119,6 +126,7 @@ class FunctionHandler(Handler):
         types: frozenset[str] | None,
         envelope: str = "syncworker",
         model: Any = None,
+        middleware: Sequence[MiddlewareFunc] = (),
     ) -> None:
         self.func = func
         self.name = name
@@ -126,6 +134,7 @@ class FunctionHandler(Handler):
         self.types = types
         self.envelope = envelope
         self.model = model
+        self.middleware = tuple(middleware)
         self._is_async = inspect.iscoroutinefunction(func)
         self.blocking: Callable[[Message], Any] | None = None if self._is_async else func
         """The plain function, which the worker runs in a thread of its own rather than call
@@ -152,6 +161,7 @@ def handler(
     name: str | None = None,
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
+    middleware: Sequence[MiddlewareFunc] = (),
 ) -> Callable[[Callable[[Message], Any]], FunctionHandler]:
     """Turn a function into a handler plugin routed to `stream` (or several `streams`).
 
@@ -171,6 +181,9 @@ def handler(
             `faststream` or `dapr` (see `worker.envelopes`).
         model: a type (usually a pydantic model) to validate `data` against; the function
             reads the parsed value as `msg.event`.
+        middleware: wrapped around this handler's calls, first listed outermost (see
+            `worker.middleware`); for a plain function they run in the event loop, around
+            the call in the worker's thread.
 
     Raises:
         TypeError: no stream was given, or both `stream` and `streams`.
@@ -191,6 +204,7 @@ def handler(
             types=wanted,
             envelope=envelope,
             model=model,
+            middleware=middleware,
         )
 
     return decorate

@@ -4,12 +4,19 @@ as CloudEvents for consumers in other frameworks."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+_OTEL = "opentelemetry.trace"
+"""Imported by every application that traces: until it is, publishing never loads it."""
 
 
 def event_fields(
@@ -48,13 +55,15 @@ def cloudevent_fields(
     key: str | None = None,
     event_id: str | None = None,
     version: int | None = None,
+    extensions: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """One event as a CloudEvent 1.0 in structured mode: field `data` holding the JSON event.
 
     Structured rather than binary, because it is the layout Dapr's Redis pub/sub writes and
     reads too, and one field keeps the event whole for any JSON reader. `key` becomes the
     `partitionkey` extension (the CloudEvents partitioning extension), `version` a `version`
-    extension; `id` is `event_id`, or a new UUID (CloudEvents requires one).
+    extension; `id` is `event_id`, or a new UUID (CloudEvents requires one). `extensions` are
+    further extension attributes, such as the distributed-tracing `traceparent`.
 
     Raises:
         TypeError: `data` cannot be serialised to JSON.
@@ -72,6 +81,8 @@ def cloudevent_fields(
         event["partitionkey"] = key
     if version is not None:
         event["version"] = int(version)
+    if extensions:
+        event.update(extensions)
     return {"data": json.dumps(event, separators=(",", ":"))}
 
 
@@ -87,6 +98,10 @@ class Publisher:
             writes structured CloudEvents (`cloudevent_fields`), which routes with
             `envelope = "cloudevents"` or `"dapr"`, and Dapr itself, read.
         source: the CloudEvents `source` attribute (a URI-reference naming the producer).
+        tracer_provider: where the PRODUCER spans go (`worker.tracing`); None for the global
+            provider. Once the application has imported OpenTelemetry, each event carries the
+            current trace context (`traceparent`, ...), within a `send <stream>` span when a
+            provider is set; otherwise OpenTelemetry is never loaded.
     """
 
     def __init__(
@@ -96,6 +111,7 @@ class Publisher:
         maxlen: int | None = None,
         envelope: Literal["syncworker", "cloudevents"] = "syncworker",
         source: str = "syncworker",
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if envelope not in ("syncworker", "cloudevents"):
             raise ValueError(f"Publisher writes syncworker or cloudevents, not {envelope!r}")
@@ -103,6 +119,7 @@ class Publisher:
         self.maxlen = maxlen
         self.envelope = envelope
         self.source = source
+        self.tracer_provider = tracer_provider
 
     async def publish(
         self,
@@ -115,12 +132,40 @@ class Publisher:
         version: int | None = None,
     ) -> str:
         """Append one event and return its entry id."""
+        if _OTEL not in sys.modules and self.tracer_provider is None:
+            return await self._add(stream, type, data, key, event_id, version, None)
+        from worker.tracing import sending
+
+        with sending(stream, self.tracer_provider) as (span, trace_fields):
+            entry_id = await self._add(stream, type, data, key, event_id, version, trace_fields)
+            if span is not None:
+                span.set_attribute("messaging.message.id", entry_id)
+        return entry_id
+
+    async def _add(
+        self,
+        stream: str,
+        type: str,
+        data: Any,
+        key: str | None,
+        event_id: str | None,
+        version: int | None,
+        trace_fields: Mapping[str, str] | None,
+    ) -> str:
         if self.envelope == "cloudevents":
             fields = cloudevent_fields(
-                type, data, source=self.source, key=key, event_id=event_id, version=version
+                type,
+                data,
+                source=self.source,
+                key=key,
+                event_id=event_id,
+                version=version,
+                extensions=trace_fields,
             )
         else:
-            fields = event_fields(type, data, key=key, event_id=event_id, version=version)
+            fields = event_fields(
+                type, data, key=key, event_id=event_id, version=version, extra=trace_fields
+            )
         entry_id = await self.redis.xadd(
             stream,
             dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly

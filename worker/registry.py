@@ -101,6 +101,10 @@ def _bind_route(route: Route, setting: str) -> Handler:
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
     bound = instance.bind([route.stream], route.types, route.envelope)
+    if route.middleware:
+        from worker.middleware import load  # imported late: worker.middleware imports this module
+
+        bound.middleware = (*bound.middleware, *load(route.middleware, f"{setting}.middleware"))
     if route.name:
         bound.name = route.name
     elif not bound.name:

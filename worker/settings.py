@@ -71,6 +71,11 @@ class Route(BaseModel):
         description="Layout of the stream's entries: syncworker (this runtime's fields), "
         "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
     )
+    middleware: list[str] = Field(
+        default_factory=list,
+        description="module:attr of middleware for this route, run inside the worker-wide "
+        "ones and the handler's own (first listed outermost).",
+    )
 
 
 class WorkerSettings(BaseSettings):
@@ -111,6 +116,16 @@ class WorkerSettings(BaseSettings):
     )
     routes: list[Route] = Field(
         default_factory=list, description="Stream-to-handler routes with options (TOML)."
+    )
+    middleware: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated module:attr of middleware wrapped around every handler "
+        "call, first listed outermost (see worker.middleware).",
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry tracing: a CONSUMER span per handler call, continuing the "
+        "producer's traceparent. Needs the otel extra; see docs/tracing.md.",
     )
 
     # Throughput
@@ -205,7 +220,7 @@ class WorkerSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("handlers", mode="before")
+    @field_validator("handlers", "middleware", mode="before")
     @classmethod
     def _split_handlers(cls, value: Any) -> Any:
         if isinstance(value, str):

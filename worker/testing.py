@@ -15,17 +15,22 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.connection import refused_for_now
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
+from worker.middleware import Middleware, load
 from worker.runtime.backoff import Backoff
 from worker.runtime.dispatch import Dispatcher, RouteTable
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 Outcome = Literal["ok", "retry", "dead_letter", "skipped"]
 
@@ -111,21 +116,35 @@ async def deliver(
     message: Message | None = None,
     *,
     max_attempts: int = 5,
+    middleware: Sequence[Middleware | str] = (),
+    tracer_provider: TracerProvider | None = None,
     **message_args: Any,
 ) -> Delivery:
     """Run `handler` on one message through the runtime's own dispatch rules.
+
+    The handler's own middleware and typed validation (`model`) apply as in the worker.
 
     Args:
         handler: the handler under test (bound to a stream, as `@handler` does).
         message: the message; or build one from `message_args` (see `make_message`), on the
             handler's first stream.
         max_attempts: as the setting: a failure at this attempt dead-letters.
+        middleware: worker-wide middleware to run around the call, as `Worker(middleware=)`.
+        tracer_provider: trace the delivery as `SYNCWORKER_TRACING` does, into this provider
+            (an SDK `TracerProvider` with an `InMemorySpanExporter`, say); needs the otel extra.
     """
     if message is None:
         message_args.setdefault("stream", handler.streams[0] if handler.streams else "test")
         message = make_message(**message_args)
     bound = handler if message.stream in handler.streams else handler.bind([message.stream])
-    recorder = _Recorder(RetryPolicy(max_attempts, Backoff(), claim_idle=60.0))
-    dispatcher = Dispatcher(RouteTable([bound], Stats()), recorder, 0)  # type: ignore[arg-type]
+    policy = RetryPolicy(max_attempts, Backoff(), claim_idle=60.0)
+    recorder = _Recorder(policy)
+    chain = load(middleware, "middleware")
+    if tracer_provider is not None:
+        from worker.middleware.tracing import Tracing
+
+        chain.insert(0, Tracing(policy, tracer_provider=tracer_provider))
+    routes = RouteTable([bound], Stats(), chain)
+    dispatcher = Dispatcher(routes, recorder, 0)  # type: ignore[arg-type]
     await dispatcher.process(message)
     return recorder.results[-1]

@@ -1,13 +1,12 @@
 """Typed events: validate a message's `data` against the model its handler declares.
 
-The check wraps the handler's call once, when the runtime builds its routes, so handlers
-without a model run exactly as before. The parsed value reaches the handler as `msg.event`,
-for plain functions and `Handler` subclasses alike.
+The check runs as a middleware (`worker.middleware.typed`), composed once when the runtime
+builds its routes, so handlers without a model run exactly as before. The parsed value reaches
+the handler as `msg.event`, for plain functions and `Handler` subclasses alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
@@ -54,27 +53,3 @@ def parse(model: Any, msg: Message, stats: Stats) -> Any:
         stats.invalid_events[msg.stream] += 1
         log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
         raise InvalidEvent(reason) from None
-
-
-def typed_async(
-    handle: Callable[[Message], Awaitable[None]], model: Any, stats: Stats
-) -> Callable[[Message], Awaitable[None]]:
-    """`handle`, called with `msg.event` set once `msg.data` validated against `model`."""
-
-    async def call(msg: Message) -> None:
-        msg._event = parse(model, msg, stats)
-        await handle(msg)
-
-    return call
-
-
-def typed_blocking(
-    func: Callable[[Message], Any], model: Any, stats: Stats
-) -> Callable[[Message], Any]:
-    """`func` (a blocking handler), likewise; it runs in the handler thread with the call."""
-
-    def call(msg: Message) -> Any:
-        msg._event = parse(model, msg, stats)
-        return func(msg)
-
-    return call

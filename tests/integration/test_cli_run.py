@@ -125,6 +125,20 @@ class TestCheck:
         assert "persistence is off" in result.stderr
         assert "evict" not in result.stderr  # the default policy is noeviction
 
+    def test_check_refuses_a_middleware_that_does_not_import(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A misspelt `SYNCWORKER_MIDDLEWARE` fails `check` with one line and exit 2."""
+        result = run_cli(
+            "check",
+            SYNCWORKER_REDIS_URL=redis_server.url,
+            SYNCWORKER_HANDLERS="tests.integration.plugins:noop",
+            SYNCWORKER_MIDDLEWARE="tests.integration.plugins:no_such_middleware",
+        )
+        assert result.returncode == 2, result.stderr
+        assert "SYNCWORKER_MIDDLEWARE" in result.stderr
+        assert "no_such_middleware" in result.stderr
+
     def test_check_is_quiet_about_a_durable_server(self) -> None:
         """Against an AOF server with noeviction, `check` prints no warning."""
         with RedisServer(appendonly=True) as server:

@@ -11,8 +11,10 @@ from redis.exceptions import ResponseError
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import EXIT_FAILED, EXIT_USAGE, fail
 from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
+from worker.middleware import worker_middleware
 from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE, SafetyReport, inspect
 from worker.registry import handlers_from_settings
+from worker.runtime.policy import RetryPolicy
 
 RISKS = {
     EVICTION: "maxmemory-policy may evict keys, and an evicted stream loses its messages "
@@ -26,7 +28,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = commands.add_parser(
         "check",
         help="validate settings and handlers, and ping Redis",
-        description="Exit 0 when the settings are valid, every handler loads and Redis "
+        description="Exit 0 when the settings are valid, every handler and middleware loads "
+        "and Redis "
         "answers; otherwise print why and exit 1 (Redis refused the login or PING) or 2 "
         "(invalid settings, a handler that does not load, an unreachable Redis), like every "
         "other command. Warns (without failing) "
@@ -41,6 +44,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     handlers = handlers_from_settings(settings)
+    worker_middleware(settings, RetryPolicy.from_settings(settings))  # they load, or exit 2
     url = mask_url(settings.redis_url.get_secret_value())
 
     async def ping() -> SafetyReport:

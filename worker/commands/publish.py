@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 from redis.asyncio import Redis
 
-from worker.commands.common import add_config_option, settings_from
+from worker.commands.common import add_config_option, settings_from, start_tracing
 from worker.commands.support import CommandError, execute
 from worker.publish import Publisher
 
@@ -63,8 +65,17 @@ def publish(args: argparse.Namespace) -> int:
         print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
         return 2
 
-    async def body(redis: Redis) -> int:
-        publisher = Publisher(redis, maxlen=args.maxlen)
+    stop_tracing = start_tracing(settings)
+    try:
+        return execute(settings, partial(_publish, args, document))
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+
+
+async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> int:
+    publisher = Publisher(redis, maxlen=args.maxlen)
+    with _traced():
         try:
             entry_id = await publisher.publish(
                 args.stream,
@@ -76,7 +87,15 @@ def publish(args: argparse.Namespace) -> int:
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
-        print(entry_id)
-        return 0
+    print(entry_id)
+    return 0
 
-    return execute(settings, body)
+
+def _traced() -> AbstractContextManager[None]:
+    """The caller's trace (`TRACEPARENT`, `TRACESTATE`) as the current context, when
+    OpenTelemetry is loaded (`SYNCWORKER_TRACING`); nothing otherwise."""
+    if "opentelemetry.trace" not in sys.modules:
+        return nullcontext()
+    from worker.tracing import attached, context_from_environment
+
+    return attached(context_from_environment())

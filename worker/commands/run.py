@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import structlog
 
-from worker.commands.common import add_config_option, settings_from
+from worker.commands.common import add_config_option, settings_from, start_tracing
 from worker.errors import ConfigError, StartupError
 from worker.gc_tuning import tune_gc
 from worker.logs import configure_logging, secret_values
@@ -42,8 +42,13 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     handlers = handlers_from_settings(settings)
     worker = Worker(settings, handlers)
+    stop_tracing = start_tracing(settings)
     tune_gc(settings.gc_threshold)  # last, so that everything set up so far is frozen
-    code = run_in_loop(_serve(worker), settings.event_loop)
+    try:
+        code = run_in_loop(_serve(worker), settings.event_loop)
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # exports the spans still buffered
     if worker.threads.abandoned:
         _exit_now(code)
     return code

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -13,11 +13,12 @@ from worker.envelopes import EnvelopeMessage, open_message
 from worker.errors import MalformedMessage, Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import REPLAY_FOR_GROUP, Message
+from worker.middleware import Middleware, chain, skip_hooks
+from worker.middleware.typed import validate
 from worker.runtime.deadlines import Deadlines
 from worker.runtime.stats import Histogram, Stats
 from worker.runtime.supervise import told_to_stop
 from worker.runtime.threads import HandlerThreads
-from worker.typed import typed_async, typed_blocking
 
 if TYPE_CHECKING:
     from worker.runtime.settle import Settler
@@ -30,39 +31,64 @@ _REPLAY_FOR_GROUP = REPLAY_FOR_GROUP.encode()
 class Route:
     """One handler on one stream, with its precomputed metric slots.
 
-    A handler that declares a `model` gets its calls wrapped here, once, by `worker.typed`;
-    the others are called as they are.
+    Its middleware chain (worker-wide, typed validation for a `model`, the handler's own; see
+    `worker.middleware`) is composed here, once; a route without any calls `handler.handle`
+    as it is. A blocking handler's middleware run in the event loop around an awaitable of its
+    thread call (`RouteTable.use_threads`).
     """
 
-    __slots__ = ("blocking", "handle", "handler", "histogram", "name")
+    __slots__ = ("blocking", "handle", "handler", "histogram", "middleware", "name", "threaded")
 
-    def __init__(self, handler: Handler, histogram: Histogram, stats: Stats) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        histogram: Histogram,
+        stats: Stats,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
         self.handler = handler
         self.name = handler.name
         self.histogram = histogram
         self.blocking = handler.blocking if isinstance(handler, FunctionHandler) else None
-        self.handle: Callable[[Message], Awaitable[None]] = handler.handle
-        if handler.model is not None:
-            self.handle = typed_async(handler.handle, handler.model, stats)
-            if self.blocking is not None:
-                self.blocking = typed_blocking(self.blocking, handler.model, stats)
+        typed = (validate(handler.model, stats),) if handler.model is not None else ()
+        self.middleware = (*middleware, *typed, *handler.middleware)
+        self.handle: Callable[[Message], Awaitable[None]] = chain(handler.handle, self.middleware)
+        self.threaded = False
+        """True once `handle` runs the blocking handler in a worker thread (through its
+        middleware, if any): the thread call bounds itself, the async watchdog stays out."""
+
+    def use_threads(self, threads: HandlerThreads, timeout: float | None) -> None:
+        """Run a blocking handler on `threads`, inside its middleware (if any)."""
+        func = self.blocking
+        if func is None:
+            return
+
+        async def in_thread(msg: Message) -> None:
+            await threads.call(func, msg, timeout)
+
+        self.handle = chain(in_thread, self.middleware)
+        self.threaded = True
 
 
 class RouteTable:
     """stream -> event type -> the handlers to run, in registration order."""
 
-    def __init__(self, handlers: Iterable[Handler], stats: Stats) -> None:
+    def __init__(
+        self, handlers: Iterable[Handler], stats: Stats, middleware: Sequence[Middleware] = ()
+    ) -> None:
         self._untyped: dict[str, tuple[Route, ...]] = {}
         self._typed: dict[str, dict[bytes, tuple[Route, ...]]] = {}
         self.labels: dict[str, str] = {}
         self.envelopes: dict[str, str] = {}
         """stream -> its envelope, for streams not in the `syncworker` layout only."""
         self._stats = stats
+        self.skipped = skip_hooks(middleware)
+        """Hooks of worker-wide middleware for entries no handler wants (e.g. tracing)."""
         per_stream: dict[str, list[Route]] = {}
         for h in handlers:
             for stream in h.streams:
                 per_stream.setdefault(stream, []).append(
-                    Route(h, stats.handler_seconds[(stream, h.name)], stats)
+                    Route(h, stats.handler_seconds[(stream, h.name)], stats, middleware)
                 )
                 if h.envelope != "syncworker":
                     self.envelopes[stream] = h.envelope
@@ -76,6 +102,12 @@ class RouteTable:
                 for t in types
             }
         self.streams: tuple[str, ...] = tuple(per_stream)
+        self._routes = [r for routes in per_stream.values() for r in routes]
+
+    def use_threads(self, threads: HandlerThreads, timeout: float | None) -> None:
+        """Bind the blocking routes to the dispatcher's threads."""
+        for route in self._routes:
+            route.use_threads(threads, timeout)
 
     def lookup(self, stream: str, event_type: bytes | None) -> tuple[Route, ...]:
         if event_type is not None:
@@ -117,6 +149,15 @@ def _for_this_group(msg: Message) -> bool:
     return target is None or target == msg.group.encode()
 
 
+def _tell_skipped(hooks: Iterable[Callable[[Message], None]], msg: Message) -> None:
+    """Call each middleware's `skipped` hook; one that fails is logged, never fatal."""
+    for hook in hooks:
+        try:
+            hook(msg)
+        except Exception:
+            log.critical("middleware.hook_failed", hook=repr(hook), exc_info=True)
+
+
 class Dispatcher:
     """Runs the handlers of each message and settles the outcome; never raises."""
 
@@ -133,6 +174,7 @@ class Dispatcher:
         self.settler = settler
         self.handler_timeout = handler_timeout or None
         self.threads = threads or HandlerThreads(1, Stats())
+        routes.use_threads(self.threads, self.handler_timeout)
         self.deadlines = Deadlines(handler_timeout) if handler_timeout else None
         """Cuts off async handler calls past `handler_timeout`; its watchdog runs beside the
         lanes (`Worker`). None without a timeout."""
@@ -156,19 +198,19 @@ class Dispatcher:
                 return
         routes = self.routes.lookup(msg.stream, event_type)
         if not routes or not _for_this_group(msg):
+            if self.routes.skipped:  # empty unless a middleware wants to know
+                _tell_skipped(self.routes.skipped, msg)
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]
-        timeout = self.handler_timeout
         deadlines = self.deadlines
         task = asyncio.current_task() if deadlines is not None else None
         try:
             for route in routes:
                 msg._handler = route.name  # for msg.log
                 started = perf_counter()
-                if route.blocking is not None:
-                    await self.threads.call(route.blocking, msg, timeout)
-                elif deadlines is None or task is None:
+                # A blocking handler's thread call bounds itself: the watchdog stays out.
+                if route.threaded or deadlines is None or task is None:
                     await route.handle(msg)
                 else:
                     deadlines.started(task, msg)

@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -21,6 +21,7 @@ from worker.errors import GroupRefused, StartupError
 from worker.handler import Handler, HandlerContext
 from worker.logs import effective_settings
 from worker.message import Message
+from worker.middleware import worker_middleware
 from worker.ops.redis_safety import check_redis_safety
 from worker.registry import validate
 from worker.runtime.deadlines import Deadlines
@@ -89,6 +90,12 @@ class Worker:
         stats: where to count; pass one in to read it from outside (metrics, tests).
         services: run beside the worker (started first, stopped last); None for the
             defaults of the settings (the metrics and health server on `metrics_port`).
+        middleware: wrapped around every handler call (`worker.middleware`), inside tracing
+            (`tracing`) and `middleware` of the settings: middleware objects or
+            `module:attr` strings, first listed outermost.
+
+    Raises:
+        ConfigError: the handlers cannot run together, or a middleware does not load.
     """
 
     def __init__(
@@ -98,13 +105,16 @@ class Worker:
         *,
         stats: Stats | None = None,
         services: Sequence[Service] | None = None,
+        middleware: Sequence[Any] = (),
     ) -> None:
         validate(handlers)
         self.settings = settings
         self.handlers = list(handlers)
         self.stats = stats or Stats()
         self.services = list(default_services(settings) if services is None else services)
-        self.routes = RouteTable(self.handlers, self.stats)
+        self.policy = RetryPolicy.from_settings(settings)
+        self.middleware = worker_middleware(settings, self.policy, middleware)
+        self.routes = RouteTable(self.handlers, self.stats, self.middleware)
         self.streams = self.routes.streams
         self.ledger = Ledger(
             2 * settings.batch_size + settings.concurrency, settings.held_bytes_max
@@ -116,7 +126,6 @@ class Worker:
         self._stop = asyncio.Event()
         self._signals = 0
         self.redis: Redis | None = None
-        self.policy = RetryPolicy.from_settings(settings)
         self.reader: Reader | None = None
         self.lanes: Lanes | None = None
         self._reader_task: asyncio.Task[None] | None = None
