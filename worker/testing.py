@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from worker.connection import refused_for_now
 from worker.batch import BatchHandler
+from worker.connection import refused_for_now
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
