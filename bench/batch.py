@@ -9,19 +9,30 @@ Two measurements, each contender in its own process against a redis-server start
 - throughput: a pre-filled backlog drained as fast as possible (msg/s).
 
 Runs are taken in rounds (one run per contender each) and the best is reported, as in
-`python -m bench`.
+`python -m bench`. On a busy machine the spread between runs dwarfs the difference between
+the contenders; `--together` runs both at once instead, each on its own stream with its own
+producer, so that every run puts both through the same minute of the machine, and reports
+each run's pair and the median of the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from array import array
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
 
-from bench.harness import Streams
-from bench.sections import Sizes, _latency_run, interleaved_best
+from bench.harness import ROOT, Contender, Streams, _text, _url, wait_done
+from bench.sections import Sizes, _latency_run, _percentiles, interleaved_best
 from worker.redis_server import RedisServer
 
 CONTENDERS: list[tuple[str, list[str]]] = [
@@ -37,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=2, help="runs per contender (best kept)")
     p.add_argument("--entries", type=int, default=100_000, help="throughput backlog")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--together", action="store_true", help="run both contenders at once")
     return p
 
 
@@ -53,10 +65,70 @@ def latency(redis: Redis, args: argparse.Namespace) -> dict[str, dict[str, Any]]
     return best
 
 
+def together(redis: Redis, args: argparse.Namespace) -> list[dict[str, dict[str, float]]]:
+    """Each run: both contenders at once, each with its own stream and producer."""
+    results = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = []
+            for label, contender in CONTENDERS:
+                stream = "bench:batch:" + uuid.uuid4().hex[:6]
+                redis.xgroup_create(stream, "g", id="$", mkstream=True)
+                path = Path(tmp) / f"{len(runs)}.bin"
+                consumer = Contender(
+                    [*contender[:1], "--url", _url(redis), "--stream", stream, "--group", "g",
+                     "--latencies", str(path), *contender[1:]]
+                )  # fmt: skip
+                runs.append((label, stream, path, consumer))
+            for *_, consumer in runs:
+                consumer.go()
+            time.sleep(0.5)  # connected and blocked in their first reads
+            producers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.producer", _url(redis), stream,
+                     str(args.rate), str(args.seconds)],
+                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                )
+                for _, stream, _, _ in runs
+            ]  # fmt: skip
+            for producer in producers:
+                producer.wait()
+            row = {}
+            for label, stream, path, consumer in runs:
+                last_id = _text(redis.xinfo_stream(stream)["last-generated-id"])
+                wait_done(redis, stream, "g", last_id, 60)
+                consumer.stop()
+                values = array("d")
+                values.frombytes(path.read_bytes())
+                redis.delete(stream)
+                acked, by_id = values[0::3], values[1::3]
+                row[label] = _percentiles(sorted(a - i for a, i in zip(acked, by_id, strict=True)))
+            results.append(row)
+    return results
+
+
+def print_together(rows: list[dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+    (single, batch) = (label for label, _ in CONTENDERS)
+    print(f"latency, both at once, {args.rate:.0f} msg/s each for {args.seconds:.0f} s (ms):")
+    for n, row in enumerate(rows, 1):
+        s, b = row[single], row[batch]
+        print(
+            f"  run {n}: per-message p50 {s['p50']:6.2f} p99 {s['p99']:6.2f} | "
+            f"batch p50 {b['p50']:6.2f} p99 {b['p99']:6.2f} | p99 ratio {b['p99'] / s['p99']:.2f}"
+        )
+    ratios = [row[batch]["p99"] / row[single]["p99"] for row in rows]
+    print(f"  median p99 ratio (batch / per-message): {statistics.median(ratios):.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     with RedisServer() as server:
         redis = Redis.from_url(server.url)
+        if args.together:
+            print_together(together(redis, args), args)
+            redis.close()
+            return 0
         rows = latency(redis, args)
         print(f"latency at {args.rate:.0f} msg/s for {args.seconds:.0f} s (ms, append to ack):")
         for label, row in rows.items():

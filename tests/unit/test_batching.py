@@ -86,6 +86,34 @@ class TestLanesWithBatches:
         assert all(seq == sorted(seq) for seq in order.values())
         assert max(sizes) == 5 and peak > 1
 
+    async def test_a_key_shared_with_a_plain_stream_keeps_order_and_paths(self) -> None:
+        """One key on a batch stream and a plain stream: runs in submit order, each message
+        by its own stream's path."""
+        seen: list[tuple[str, str]] = []
+
+        async def process(m: Message) -> None:
+            seen.append(("single", m.id))
+            await asyncio.sleep(0)
+
+        async def process_batch(batch: list[Message]) -> None:
+            seen.extend(("batch", m.id) for m in batch)
+            await asyncio.sleep(0)
+
+        lanes = Lanes(3, process, batching={"s": BatchSpec(10, 0.0)}, process_batch=process_batch)
+        lanes.start()
+        expected = []
+        for n in range(12):
+            stream = "s" if n % 3 else "plain"
+            lanes.submit(Message(stream, f"{n}-0", {b"key": b"shared"}))
+            expected.append(("batch" if stream == "s" else "single", f"{n}-0"))
+        for _ in range(100):
+            if len(seen) == 12:
+                break
+            await asyncio.sleep(0.01)
+        lanes.close()
+        await lanes.wait(1)
+        assert seen == expected
+
     async def test_close_hands_back_what_waits_in_a_gather(self) -> None:
         """Messages queued for a batch that never started come back from close()."""
         release = asyncio.Event()
