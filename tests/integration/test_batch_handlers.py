@@ -219,7 +219,7 @@ class TestBatchForming:
         calls: list[list[int]] = []
         release = asyncio.Event()
 
-        @handler(stream=stream, batch=True, batch_max=4, batch_wait=0.3)
+        @handler(stream=stream, batch=True, batch_max=4, batch_wait=2.0)
         async def sink(msgs: list[Message]) -> list[Outcome]:
             calls.append([m.data["n"] for m in msgs])
             if msgs[0].data["n"] == 0:
