@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel
 
 from worker import ConfigError, Message, Outcome, Reject, Retry, handler
 from worker.registry import validate
@@ -205,6 +206,32 @@ class TestDeliverBatch:
         assert [r.outcome for r in await deliver_batch(short, batch)] == ["retry", "retry"]
         assert type((await deliver_batch(short, batch))[0].error).__name__ == "BatchResultError"
         assert [r.outcome for r in await deliver_batch(rejects, batch)] == ["dead_letter"] * 2
+
+
+class TestBeforeTheCall:
+    async def test_unwanted_types_and_invalid_events_never_reach_the_call(self) -> None:
+        """Entries of other types are skipped, entries that fail `model` are dead-lettered;
+        the call gets the rest, parsed."""
+        calls: list[list[int]] = []
+
+        class Paid(BaseModel):
+            amount: int
+
+        @handler(stream="orders", types=["order.paid"], model=Paid, batch=True)
+        async def typed(msgs: list[Message]) -> list[Outcome]:
+            calls.append([m.event.amount for m in msgs])
+            return [None] * len(msgs)
+
+        batch = [
+            make_message("orders", type="order.paid", data={"amount": 1}),
+            make_message("orders", type="order.shipped", data={}),
+            make_message("orders", type="order.paid", data={"amount": "lots"}),
+            make_message("orders", type="order.paid", data={"amount": 3}),
+        ]
+        results = await deliver_batch(typed, batch)
+        assert [r.outcome for r in results] == ["ok", "skipped", "dead_letter", "ok"]
+        assert type(results[2].error).__name__ == "InvalidEvent"
+        assert calls == [[1, 3]]
 
 
 class TestStartupCheck:
