@@ -142,7 +142,7 @@ class RouteTable:
         return list(seen)
 
 
-def _for_this_group(msg: Message) -> bool:
+def for_this_group(msg: Message) -> bool:
     """False for a dead letter replayed for another consumer group (`dlq replay --group`):
     the groups that had handled it must not run it again, so they ack it untouched."""
     target = msg.raw.get(_REPLAY_FOR_GROUP)
@@ -197,7 +197,7 @@ class Dispatcher:
                 self.settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
                 return
         routes = self.routes.lookup(msg.stream, event_type)
-        if not routes or not _for_this_group(msg):
+        if not routes or not for_this_group(msg):
             if self.routes.skipped:  # empty unless a middleware wants to know
                 _tell_skipped(self.routes.skipped, msg)
             self.settler.ack(msg, "", skipped=True)
