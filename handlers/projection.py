@@ -44,6 +44,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from handlers._batch import by_stream, chunks, failure, text
 from handlers._fields import (
     FieldMap,
     data_object,
@@ -53,20 +54,24 @@ from handlers._fields import (
     milliseconds,
     pick,
 )
-from worker import Handler, HandlerContext, Message
+from worker import Handler, HandlerContext, MalformedMessage, Message
 
 log = structlog.get_logger("handlers.projection")
 
 ACTIONS = ("set", "merge", "delete")
 
 PROJECT = """
--- KEYS[1] entity hash, KEYS[2] versions hash, KEYS[3] counts hash, KEYS[4] source stream,
--- KEYS[5] dedup marker (used when the event has no version)
--- ARGV[1] entity key, ARGV[2] version or '', ARGV[3] action, ARGV[4] group, ARGV[5] entry id,
--- ARGV[6] '1' to XACK, ARGV[7] marker TTL ms, ARGV[8] n = number of field/value items,
--- ARGV[9 .. 8+n] field/value pairs to write, ARGV[9+n ..] fields to remove (null in data)
--- Redis does not roll a script back when a command fails half-way, so everything that can
--- fail is checked before the first write.
+-- Applies a batch of events in order, each exactly once, and acknowledges them.
+-- KEYS[1] versions hash, KEYS[2] counts hash, KEYS[3] source stream,
+-- then per event e (1-based): KEYS[2 + 2e] entity hash, KEYS[3 + 2e] dedup marker.
+-- ARGV[1] group, ARGV[2] '1' to XACK, ARGV[3] marker TTL ms, ARGV[4] number of events,
+-- ARGV[5] number of entry ids to acknowledge only (no rule for their type), those ids, then
+-- per event: entry id, entity key, version or '', action, n, r, n field/value items, r fields
+-- to remove (null in data).
+-- Returns one reply per event: 'applied', 'stale', 'duplicate', or an error text. An event
+-- that fails is neither applied nor acknowledged; the others are. Redis does not roll a
+-- script back when a command fails half-way, so everything that can fail is checked before
+-- an event's first write.
 --
 -- Versions are compared as decimal integers of any size, never with tonumber: Lua numbers
 -- are doubles, which cannot tell 2^53 from 2^53 + 1 (nanosecond timestamps, snowflake ids).
@@ -101,49 +106,76 @@ local function compare(a, b)
   end
   return a_negative and -order or order
 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a hash')
+-- One command over ARGV[first .. last] after `head`, in slices: Lua's unpack refuses more
+-- than about 8,000 values, and HSET/HDEL of a wide entry may pass more.
+local function sliced(command, key, first, last)
+  for i = first, last, 7000 do
+    redis.call(command, key, unpack(ARGV, i, math.min(i + 6999, last)))
+  end
 end
-local outcome
-if ARGV[2] ~= '' then
-  if not parse(ARGV[2]) then
-    return redis.error_reply('ERR version is not an integer: ' .. ARGV[2])
+-- The outcome of one event, or an error text; writes nothing unless it returns 'applied'.
+local function apply(entity, marker, key, version, action, first, n, r)
+  local kind = redis.call('TYPE', entity).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    return 'WRONGTYPE ' .. entity .. ' holds a ' .. kind .. ', not a hash'
   end
-  local current = redis.call('HGET', KEYS[2], ARGV[1])
-  if current and not parse(current) then
-    return redis.error_reply('ERR ' .. KEYS[2] .. ' holds a version that is not an integer for '
-      .. ARGV[1] .. ': ' .. current)
+  if version ~= '' then
+    if not parse(version) then
+      return 'ERR version is not an integer: ' .. version
+    end
+    local current = redis.call('HGET', KEYS[1], key)
+    if current and not parse(current) then
+      return 'ERR ' .. KEYS[1] .. ' holds a version that is not an integer for ' .. key
+        .. ': ' .. current
+    end
+    if current and compare(current, version) >= 0 then
+      return 'stale'
+    end
+  elseif redis.call('EXISTS', marker) == 1 then
+    return 'duplicate'
   end
-  if current and compare(current, ARGV[2]) >= 0 then
-    outcome = 'stale'
+  if action ~= 'merge' then
+    redis.call('DEL', entity)
   end
-elseif redis.call('EXISTS', KEYS[5]) == 1 then
-  outcome = 'duplicate'
-end
-if not outcome then
-  if ARGV[3] ~= 'merge' then
-    redis.call('DEL', KEYS[1])
+  if action ~= 'delete' and n > 0 then
+    sliced('HSET', entity, first, first + n - 1)
   end
-  local n = tonumber(ARGV[8])
-  if ARGV[3] ~= 'delete' and n > 0 then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + n))
+  if action == 'merge' and r > 0 then
+    sliced('HDEL', entity, first + n, first + n + r - 1)
   end
-  if ARGV[3] == 'merge' and #ARGV > 8 + n then
-    redis.call('HDEL', KEYS[1], unpack(ARGV, 9 + n))
-  end
-  if ARGV[2] ~= '' then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  if version ~= '' then
+    redis.call('HSET', KEYS[1], key, version)
   else
-    redis.call('SET', KEYS[5], '1', 'PX', ARGV[7])
+    redis.call('SET', marker, '1', 'PX', ARGV[3])
   end
-  outcome = 'applied'
+  return 'applied'
 end
-redis.call('HINCRBY', KEYS[3], outcome, 1)
-if ARGV[6] == '1' then
-  redis.call('XACK', KEYS[4], ARGV[4], ARGV[5])
+local acks, replies, tally = {}, {}, {}
+local skip = tonumber(ARGV[5])
+for i = 6, 5 + skip do
+  acks[#acks + 1] = ARGV[i]
 end
-return outcome
+local pos = 6 + skip
+for e = 1, tonumber(ARGV[4]) do
+  local n, r = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
+  local outcome = apply(KEYS[2 + 2 * e], KEYS[3 + 2 * e], ARGV[pos + 1], ARGV[pos + 2],
+    ARGV[pos + 3], pos + 6, n, r)
+  replies[e] = outcome
+  if outcome == 'applied' or outcome == 'stale' or outcome == 'duplicate' then
+    tally[outcome] = (tally[outcome] or 0) + 1
+    acks[#acks + 1] = ARGV[pos]
+  end
+  pos = pos + 6 + n + r
+end
+for outcome, count in pairs(tally) do
+  redis.call('HINCRBY', KEYS[2], outcome, count)
+end
+if ARGV[2] == '1' then
+  for i = 1, #acks, 7000 do
+    redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 6999, #acks)))
+  end
+end
+return replies
 """
 
 
@@ -239,10 +271,51 @@ class Projection(Handler):
         return self.prefix + key
 
     async def handle(self, msg: Message) -> None:
+        """Apply one event (the batch path with a batch of one)."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
+
+    async def handle_batch(self, msgs: Sequence[Message]) -> list[BaseException | None]:
+        """Apply `msgs` in order, one script call per chunk of a stream's events.
+
+        Returns:
+            Per message: None (applied, stale or duplicate, and acknowledged with `ack`),
+            `MalformedMessage` (dead-lettered) or the script's error (retried).
+        """
+        outcomes: list[BaseException | None] = [None] * len(msgs)
+        for stream, indices in by_stream(msgs).items():
+            planned: list[tuple[int, Plan]] = []
+            ignored: list[str] = []
+            for i in indices:
+                try:
+                    plan = self.plan(msgs[i])
+                except MalformedMessage as exc:
+                    outcomes[i] = exc
+                    continue
+                if plan is None:
+                    self.counts["ignored"] += 1
+                    ignored.append(msgs[i].id)
+                else:
+                    planned.append((i, plan))
+            group = msgs[indices[0]].group
+            for part in chunks([len(plan.args) for _, plan in planned]):
+                await self._run(stream, group, planned[part], ignored, outcomes, msgs)
+                ignored = []  # acknowledged by the first call
+            if ignored and self.acks_atomically:
+                assert self._redis is not None, "on_startup was not called"
+                await self._redis.xack(stream, group, *ignored)
+        return outcomes
+
+    def plan(self, msg: Message) -> Plan | None:
+        """The script's keys and arguments for `msg`; None when no rule wants its type.
+
+        Raises:
+            MalformedMessage: no entity key, `data` not an object, or a non-integer version.
+        """
         rule = self.rules.get(msg.type or "")
         if rule is None:
-            self.counts["ignored"] += 1
-            return
+            return None
         key = entity_key(msg, self.key_field)
         version = msg.version
         pairs: list[str] = []
@@ -255,32 +328,70 @@ class Projection(Handler):
                     pairs += (name, encode(value))
             for name, value in rule.values.items():
                 pairs += (name, value)
+        if rule.action != "merge":
+            removed = []
         origin_stream, origin_id = msg.origin
         marker = f"{self.state}:seen:{msg.group}:{origin_stream}:{origin_id}"
+        args: list[str | int] = [
+            msg.id,
+            key,
+            "" if version is None else str(version),  # canonical: no '+', no zeros
+            rule.action,
+            len(pairs),
+            len(removed),
+            *pairs,
+            *removed,
+        ]
+        return Plan(key, self.entity(key), marker, args)
+
+    async def _run(
+        self,
+        stream: str,
+        group: str,
+        planned: Sequence[tuple[int, Plan]],
+        ignored: Sequence[str],
+        outcomes: list[BaseException | None],
+        msgs: Sequence[Message],
+    ) -> None:
+        keys = [self.versions_key, self.counts_key, stream]
+        args: list[str | int] = [
+            group,
+            "1" if self.acks_atomically else "0",
+            self.dedup_ms,
+            len(planned),
+            len(ignored),
+            *ignored,
+        ]
+        for _, plan in planned:
+            keys += (plan.entity, plan.marker)
+            args += plan.args
         assert self._script is not None, "on_startup was not called"
-        outcome = await self._script(
-            keys=[self.entity(key), self.versions_key, self.counts_key, msg.stream, marker],
-            args=[
-                key,
-                "" if version is None else str(version),  # canonical: no '+', no zeros
-                rule.action,
-                msg.group,
-                msg.id,
-                "1" if self.acks_atomically else "0",
-                self.dedup_ms,
-                len(pairs),
-                *pairs,
-                *removed,
-            ],
-        )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        self.counts[outcome] += 1
-        if outcome != "applied":
-            log.debug(
-                "projection.skipped",
-                outcome=outcome,
-                stream=msg.stream,
-                message_id=msg.id,
-                entity=key,
-                version=version,
-            )
+        replies = await self._script(keys=keys, args=args)
+        for (i, plan), reply in zip(planned, replies, strict=True):
+            outcome = text(reply)
+            if outcome not in OUTCOMES:
+                outcomes[i] = failure(outcome)
+                continue
+            self.counts[outcome] += 1
+            if outcome != "applied":
+                log.debug(
+                    "projection.skipped",
+                    outcome=outcome,
+                    stream=stream,
+                    message_id=msgs[i].id,
+                    entity=plan.key,
+                )
+
+
+OUTCOMES = frozenset(("applied", "stale", "duplicate"))
+"""What the script replies for an event it settled; anything else is an error text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One event as the script takes it."""
+
+    key: str
+    entity: str
+    marker: str
+    args: list[str | int]

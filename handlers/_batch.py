@@ -1,0 +1,46 @@
+"""What the batch paths of the built-in plugins share: grouping, chunking, outcome texts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from redis.exceptions import ResponseError
+
+from worker import Message
+
+SCRIPT_ITEMS = 50_000
+"""Most arguments one script call of a batch carries. Redis runs a script to its end before
+anything else, so a bound keeps each call short; a single wider event still goes alone."""
+
+SCRIPT_EVENTS = 500
+"""Most events one script call of a batch applies."""
+
+
+def by_stream(msgs: Sequence[Message]) -> dict[str, list[int]]:
+    """Indices of `msgs` per stream, in order: each script acknowledges on one stream."""
+    groups: dict[str, list[int]] = {}
+    for i, msg in enumerate(msgs):
+        groups.setdefault(msg.stream, []).append(i)
+    return groups
+
+
+def chunks(sizes: Sequence[int]) -> Iterator[slice]:
+    """Consecutive slices of items of `sizes` arguments each, within SCRIPT_ITEMS and
+    SCRIPT_EVENTS per slice (an item wider than the bound forms a slice of its own)."""
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (total + size > SCRIPT_ITEMS or i - start >= SCRIPT_EVENTS):
+            yield slice(start, i)
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        yield slice(start, len(sizes))
+
+
+def failure(reply: bytes | str) -> ResponseError:
+    """A script's per-event error text as the error a single-event script would have raised."""
+    return ResponseError(reply.decode() if isinstance(reply, bytes) else reply)
+
+
+def text(reply: bytes | str) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
