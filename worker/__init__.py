@@ -4,6 +4,7 @@ The public API: write handlers with `@handler` (or subclass `Handler`), raise `R
 `Reject` to steer what happens to a message, and run them with `Worker`.
 """
 
+from worker.batch import BatchFunctionHandler, BatchHandler, Outcome
 from worker.errors import (
     ConfigError,
     DuplicateHandlerName,
@@ -22,6 +23,8 @@ from worker.runtime.worker import Worker
 from worker.settings import Route, WorkerSettings, load_settings
 
 __all__ = [
+    "BatchFunctionHandler",
+    "BatchHandler",
     "ConfigError",
     "DuplicateHandlerName",
     "FunctionHandler",
@@ -32,6 +35,7 @@ __all__ = [
     "InvalidEvent",
     "MalformedMessage",
     "Message",
+    "Outcome",
     "Publisher",
     "Reject",
     "Retry",

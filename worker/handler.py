@@ -7,13 +7,14 @@ import copy
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 from worker.message import Message
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from worker.batch import BatchFunctionHandler
     from worker.settings import WorkerSettings
 
 EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr"]
@@ -144,6 +145,7 @@ class FunctionHandler(Handler):
         return self.func(msg)
 
 
+@overload
 def handler(
     stream: str | None = None,
     *,
@@ -152,13 +154,47 @@ def handler(
     name: str | None = None,
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
-) -> Callable[[Callable[[Message], Any]], FunctionHandler]:
+    batch: Literal[False] = False,
+) -> Callable[[Callable[[Message], Any]], FunctionHandler]: ...
+
+
+@overload
+def handler(
+    stream: str | None = None,
+    *,
+    streams: Iterable[str] | None = None,
+    types: Iterable[str] | None = None,
+    name: str | None = None,
+    envelope: EnvelopeName = "syncworker",
+    model: Any = None,
+    batch: Literal[True],
+    batch_max: int = 100,
+    batch_wait: float = 0.002,
+) -> Callable[[Callable[[list[Message]], Any]], BatchFunctionHandler]: ...
+
+
+def handler(
+    stream: str | None = None,
+    *,
+    streams: Iterable[str] | None = None,
+    types: Iterable[str] | None = None,
+    name: str | None = None,
+    envelope: EnvelopeName = "syncworker",
+    model: Any = None,
+    batch: bool = False,
+    batch_max: int = 100,
+    batch_wait: float = 0.002,
+) -> Callable[[Callable[..., Any]], Handler]:
     """Turn a function into a handler plugin routed to `stream` (or several `streams`).
 
     Example:
         ```python
         @handler(stream="orders", types=["order.completed"])
         async def sync_payment(msg: Message) -> None:
+            ...
+
+        @handler(stream="orders", batch=True, batch_max=200)
+        async def sync_payments(msgs: list[Message]) -> list[Outcome]:
             ...
         ```
 
@@ -171,10 +207,14 @@ def handler(
             `faststream` or `dapr` (see `worker.envelopes`).
         model: a type (usually a pydantic model) to validate `data` against; the function
             reads the parsed value as `msg.event`.
+        batch: the function takes a list of messages and returns one outcome per message
+            (`worker.batch`).
+        batch_max: with `batch`: most messages per call.
+        batch_wait: with `batch`: seconds to wait for more messages after the first.
 
     Raises:
         TypeError: no stream was given, or both `stream` and `streams`.
-        ValueError: an unknown envelope.
+        ValueError: an unknown envelope, or batch bounds out of range.
     """
     if (stream is None) == (streams is None):
         raise TypeError("@handler needs exactly one of stream= or streams=")
@@ -183,7 +223,20 @@ def handler(
     if envelope not in ENVELOPES:
         raise ValueError(f"unknown envelope {envelope!r} (one of {', '.join(ENVELOPES)})")
 
-    def decorate(func: Callable[[Message], Any]) -> FunctionHandler:
+    def decorate(func: Callable[..., Any]) -> Handler:
+        if batch:
+            from worker.batch import BatchFunctionHandler  # batch imports this module
+
+            return BatchFunctionHandler(
+                func,
+                name=name or func.__qualname__,
+                streams=routed,
+                types=wanted,
+                envelope=envelope,
+                model=model,
+                batch_max=batch_max,
+                batch_wait=batch_wait,
+            )
         return FunctionHandler(
             func,
             name=name or func.__qualname__,
