@@ -54,7 +54,8 @@ from handlers._fields import (
     milliseconds,
     pick,
 )
-from worker import Handler, HandlerContext, MalformedMessage, Message
+from worker import HandlerContext, MalformedMessage, Message
+from worker.batch import BatchHandler, Outcome
 
 log = structlog.get_logger("handlers.projection")
 
@@ -208,7 +209,7 @@ def parse_rule(event_type: str, spec: str | Mapping[str, Any], default: FieldMap
     return Rule(action, fields, values)
 
 
-class Projection(Handler):
+class Projection(BatchHandler):
     """Keeps `<prefix><key>` hashes in step with events; see the module docstring.
 
     Args:
@@ -270,20 +271,14 @@ class Projection(Handler):
         """The hash that holds entity `key`."""
         return self.prefix + key
 
-    async def handle(self, msg: Message) -> None:
-        """Apply one event (the batch path with a batch of one)."""
-        (outcome,) = await self.handle_batch([msg])
-        if outcome is not None:
-            raise outcome
-
-    async def handle_batch(self, msgs: Sequence[Message]) -> list[BaseException | None]:
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
         """Apply `msgs` in order, one script call per chunk of a stream's events.
 
         Returns:
             Per message: None (applied, stale or duplicate, and acknowledged with `ack`),
             `MalformedMessage` (dead-lettered) or the script's error (retried).
         """
-        outcomes: list[BaseException | None] = [None] * len(msgs)
+        outcomes: list[Outcome] = [None] * len(msgs)
         for stream, indices in by_stream(msgs).items():
             planned: list[tuple[int, Plan]] = []
             ignored: list[str] = []
@@ -350,7 +345,7 @@ class Projection(Handler):
         group: str,
         planned: Sequence[tuple[int, Plan]],
         ignored: Sequence[str],
-        outcomes: list[BaseException | None],
+        outcomes: list[Outcome],
         msgs: Sequence[Message],
     ) -> None:
         keys = [self.versions_key, self.counts_key, stream]
