@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from handlers._fields import FieldMap, data_object, entity_key, field_map, pick
-from worker import Handler, HandlerContext, Message, Reject
+from worker import HandlerContext, MalformedMessage, Message, Reject
+from worker.batch import BatchHandler, Outcome
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -86,7 +87,7 @@ def identifier(option: str, name: str) -> str:
     return name
 
 
-class SqlSink(Handler):
+class SqlSink(BatchHandler):
     """Upserts one PostgreSQL row per entity; see the module docstring.
 
     Args:
@@ -208,51 +209,98 @@ class SqlSink(Handler):
 
     # Messages ---------------------------------------------------------------------------
 
-    async def handle(self, msg: Message) -> None:
-        key = entity_key(msg, self.key_field)
-        version = msg.version
-        row = pick(data_object(msg), self.columns)
-        row.update(self.values.get(msg.type or "", {}))
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        """Apply `msgs` in ONE transaction, their statements pipelined in one round trip.
+
+        A data exception (one event's value its column cannot hold) aborts the transaction;
+        the batch then runs again with a savepoint around each event, so that only the
+        offending events are rejected, with PostgreSQL's reason.
+
+        Returns:
+            Per message: None (applied, stale or duplicate: committed before the runtime
+            acknowledges it), or `Reject` / `MalformedMessage` (dead-lettered).
+        """
+        outcomes: list[Outcome] = [None] * len(msgs)
+        work: list[tuple[int, Any, list[Any]]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                work.append((i, *self._statement(msg)))
+            except MalformedMessage as exc:
+                outcomes[i] = exc
+        if not work:
+            return outcomes
+        from psycopg.errors import DataError
+
         assert self._pool is not None, "on_startup was not called"
         async with self._pool.connection() as conn:
             if not self._ready:
                 await self._prepare(conn)
-            outcome = await self._apply(conn, msg, key, version, row)
-        self.counts[outcome] += 1
+            results: list[str | BaseException]
+            try:
+                results = list(await self._apply_all(conn, work))
+            except DataError:
+                results = await self._apply_each(conn, work)
+        for (i, _, _), result in zip(work, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+            else:
+                self.counts[result] += 1
+        return outcomes
 
-    async def _apply(
-        self,
-        conn: AsyncConnection[Any],
-        msg: Message,
-        key: str,
-        version: int | None,
-        row: dict[str, Any],
-    ) -> str:
-        """Inbox row, guarded upsert and outcome in ONE statement: atomic by itself (the
-        connection is in autocommit mode), and one round trip."""
-        from psycopg.errors import DataError
+    def _statement(self, msg: Message) -> tuple[Any, list[Any]]:
+        """The statement for `msg` and its parameters.
+
+        Raises:
+            MalformedMessage: no entity key, `data` not an object, or a non-integer version.
+        """
         from psycopg.types.json import Jsonb
 
+        key = entity_key(msg, self.key_field)
+        version = msg.version
+        row = pick(data_object(msg), self.columns)
+        row.update(self.values.get(msg.type or "", {}))
         versioned = version is not None and self.version_column is not None
         record = {self.key_column: key, **row}
         if versioned:
             record[self.version_column or ""] = version
         statement = self._sql(tuple(record), versioned)
-        try:
-            cursor = await conn.execute(
-                statement, [msg.group, *msg.origin, self.table, Jsonb(record)]
-            )
-        except DataError as exc:
-            # A data exception (SQLSTATE class 22: a version or value out of range for its
-            # column, text in a number column) comes from the event itself: no retry can
-            # change it. The statement failed whole, so nothing was written, inbox included.
-            reason = exc.diag.message_primary or str(exc)
-            raise Reject(f"PostgreSQL refused the event for table {self.table}: {reason}") from None
-        result = await cursor.fetchone()
-        fresh, applied = result if result else (False, False)
-        if not fresh:
-            return "duplicate"
-        return "applied" if applied else "stale"
+        return statement, [msg.group, *msg.origin, self.table, Jsonb(record)]
+
+    async def _apply_all(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, Any, list[Any]]]
+    ) -> list[str]:
+        """Every statement and the commit in one pipeline: one round trip for the batch.
+
+        Raises:
+            DataError: an event's value does not fit its column; nothing was committed.
+        """
+        async with conn.pipeline(), conn.transaction():
+            cursors = [await conn.execute(statement, params) for _, statement, params in work]
+        return [_outcome(await cursor.fetchone()) for cursor in cursors]
+
+    async def _apply_each(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, Any, list[Any]]]
+    ) -> list[str | BaseException]:
+        """The batch again, each statement under a savepoint: a data error rejects its event
+        alone (the savepoint undoes its inbox row too), the others commit together."""
+        from psycopg.errors import DataError
+
+        results: list[str | BaseException] = []
+        async with conn.transaction():
+            for _, statement, params in work:
+                try:
+                    async with conn.transaction():
+                        cursor = await conn.execute(statement, params)
+                        results.append(_outcome(await cursor.fetchone()))
+                except DataError as exc:
+                    # A data exception (SQLSTATE class 22: a version or value out of range
+                    # for its column, text in a number column) comes from the event itself:
+                    # no retry can change it.
+                    reason = exc.diag.message_primary or str(exc)
+                    results.append(
+                        Reject(f"PostgreSQL refused the event for table {self.table}: {reason}")
+                    )
+        return results
 
     def _sql(self, columns: tuple[str, ...], versioned: bool) -> Any:
         """The statement for this set of columns, built once and cached."""
@@ -301,6 +349,14 @@ class SqlSink(Handler):
             guard=guard,
         )
         return statement
+
+
+def _outcome(result: tuple[Any, ...] | None) -> str:
+    """What the statement's (fresh, applied) reply means."""
+    fresh, applied = result if result else (False, False)
+    if not fresh:
+        return "duplicate"
+    return "applied" if applied else "stale"
 
 
 def _name(dotted: str) -> Any:
