@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
+from worker.batch import BatchHandler
 from worker.errors import ConfigError, DuplicateHandlerName, HandlerNotFound
 from worker.handler import ENVELOPES, Handler
 from worker.settings import Route, WorkerSettings
@@ -141,6 +142,14 @@ def validate(handlers: Iterable[Handler]) -> None:
                 f"handlers on {stream!r} read it in different envelopes "
                 f"({', '.join(f'{h.name}: {h.envelope}' for h in group)}); an entry has one "
                 "layout, so every handler of a stream must name the same envelope",
+            )
+        batching = [h.name for h in group if isinstance(h, BatchHandler)]
+        if batching and len(group) > 1:
+            raise ConfigError(
+                "routes",
+                f"{batching[0]!r} is a batch handler and must be the only handler on "
+                f"{stream!r} (also routed there: {', '.join(h.name for h in group)}); "
+                "route the other handlers to a stream of their own",
             )
         atomic = [h.name for h in group if h.acks_atomically]
         if atomic and len(group) > 1:

@@ -7,6 +7,10 @@ Example:
     async def test_rejects_unknown_currency():
         result = await deliver(sync_payment, type="order.paid", data={"currency": "XYZ"})
         assert result.outcome == "dead_letter"
+
+    async def test_batch_rejects_only_the_bad_one():
+        results = await deliver_batch(sync_payments, [make_message(data=...), ...])
+        assert [r.outcome for r in results] == ["ok", "dead_letter"]
     ```
 """
 
@@ -18,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from worker.batch import BatchHandler
 from worker.connection import refused_for_now
 from worker.errors import Retry
 from worker.handler import Handler
 from worker.message import Message
 from worker.runtime.backoff import Backoff
+from worker.runtime.batch_dispatch import BatchDispatcher
 from worker.runtime.dispatch import Dispatcher, RouteTable
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.stats import Stats
@@ -129,3 +135,31 @@ async def deliver(
     dispatcher = Dispatcher(RouteTable([bound], Stats()), recorder, 0)  # type: ignore[arg-type]
     await dispatcher.process(message)
     return recorder.results[-1]
+
+
+async def deliver_batch(
+    handler: BatchHandler,
+    messages: list[Message],
+    *,
+    max_attempts: int = 5,
+) -> list[Delivery]:
+    """Run a batch handler on `messages` as one batch, through the runtime's own rules.
+
+    Returns one `Delivery` per message, in order: what the runtime would do with each (a
+    raised exception or a result of the wrong length gives every message that failure).
+
+    Args:
+        handler: the batch handler under test.
+        messages: the batch (see `make_message`); all of one stream.
+        max_attempts: as the setting: a failure at this attempt dead-letters.
+    """
+    if not messages:
+        return []
+    stream = messages[0].stream
+    bound = handler if stream in handler.streams else handler.bind([stream])
+    recorder = _Recorder(RetryPolicy(max_attempts, Backoff(), claim_idle=60.0))
+    stats = Stats()
+    dispatcher = Dispatcher(RouteTable([bound], stats), recorder, 0)  # type: ignore[arg-type]
+    await BatchDispatcher(dispatcher, stats).process_batch(list(messages))
+    by_id = {d.message.id: d for d in recorder.results}  # an envelope opens a new Message
+    return [by_id[m.id] for m in messages]

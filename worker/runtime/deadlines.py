@@ -16,6 +16,8 @@ import time
 
 from worker.message import Message
 
+Work = Message | list[Message]
+"""What a call runs on: one message, or a batch."""
 MAX_TICK_S = 1.0
 """Longest pause of the watchdog: a call overruns its timeout by at most this much."""
 
@@ -30,11 +32,11 @@ class Deadlines:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.tick = min(max(timeout / 10, 0.01), MAX_TICK_S)
-        self._running: dict[asyncio.Task[object], tuple[Message, float]] = {}
-        self._expired: dict[asyncio.Task[object], Message] = {}
+        self._running: dict[asyncio.Task[object], tuple[Work, float]] = {}
+        self._expired: dict[asyncio.Task[object], Work] = {}
 
-    def started(self, task: asyncio.Task[object], msg: Message) -> None:
-        """`task` starts a handler call on `msg` now."""
+    def started(self, task: asyncio.Task[object], msg: Work) -> None:
+        """`task` starts a handler call on `msg` (a message or a batch) now."""
         self._running[task] = (msg, time.monotonic())
 
     def ended(self, task: asyncio.Task[object]) -> None:
@@ -44,7 +46,7 @@ class Deadlines:
         if self._expired and self._expired.pop(task, None) is not None:
             task.uncancel()
 
-    def cut_off(self, task: asyncio.Task[object], msg: Message) -> bool:
+    def cut_off(self, task: asyncio.Task[object], msg: Work) -> bool:
         """Whether the `CancelledError` that ended `task`'s call on `msg` was the watchdog's.
 
         If so the cancellation is withdrawn (the lane goes on) and the caller reports the call

@@ -110,7 +110,7 @@ class RouteTable:
         return list(seen)
 
 
-def _for_this_group(msg: Message) -> bool:
+def for_this_group(msg: Message) -> bool:
     """False for a dead letter replayed for another consumer group (`dlq replay --group`):
     the groups that had handled it must not run it again, so they ack it untouched."""
     target = msg.raw.get(_REPLAY_FOR_GROUP)
@@ -155,7 +155,7 @@ class Dispatcher:
                 self.settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
                 return
         routes = self.routes.lookup(msg.stream, event_type)
-        if not routes or not _for_this_group(msg):
+        if not routes or not for_this_group(msg):
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]

@@ -10,6 +10,10 @@ first message of a key to be queued owns that key until it has run; later messag
 wait behind it, and the lane that ran the owner runs them next, in stream order. So two
 messages of one entity never run at once and never overtake each other.
 
+Streams with a batch handler queue their messages in a `Gather` of their own, which sits in
+the shared queue in their place; a lane that takes it runs one batch (`worker.runtime.batching`
+says how batches are formed and why per-key order holds).
+
 Lanes are supervised: a lane that dies of anything but its own cancellation (shutdown) is
 logged, counted and replaced, and the message it held is settled as failed, so that the
 entry is retried and the rest of its key goes on. A silently dead lane would otherwise keep
@@ -20,17 +24,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
 from worker.message import Message
+from worker.runtime.batching import BatchSpec, Gather
 from worker.runtime.stats import Stats
 from worker.runtime.supervise import told_to_stop
 
 log = structlog.get_logger("worker.runtime.lanes")
 
 Process = Callable[[Message], Awaitable[None]]
+ProcessBatch = Callable[[list[Message]], Awaitable[None]]
 Lost = Callable[[Message, BaseException], None]
 
 CANCEL_WAIT_S = 2.0
@@ -43,7 +49,7 @@ class _Lane:
 
     def __init__(self) -> None:
         self.waiter: asyncio.Future[None] | None = None
-        self.current: Message | None = None
+        self.current: Message | list[Message] | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -55,6 +61,8 @@ class Lanes:
         process: the per-message coroutine; it must settle every outcome itself.
         lost: settles a message as failed when its lane died outside `process`'s own care.
         stats: where lane restarts are counted.
+        batching: stream -> how its messages are batched, for streams with a batch handler.
+        process_batch: the per-batch coroutine for those streams; it settles every outcome.
     """
 
     def __init__(
@@ -64,13 +72,17 @@ class Lanes:
         *,
         lost: Lost | None = None,
         stats: Stats | None = None,
+        batching: Mapping[str, BatchSpec] | None = None,
+        process_batch: ProcessBatch | None = None,
     ) -> None:
         self._lanes = [_Lane() for _ in range(size)]
         self._idle: list[_Lane] = []
         self._process = process
         self._lost = lost
         self._stats = stats or Stats()
-        self._queue: deque[Message] = deque()
+        self._queue: deque[Message | Gather] = deque()
+        self._gathers = {stream: Gather(stream, spec) for stream, spec in (batching or {}).items()}
+        self._process_batch = process_batch
         self._owned: dict[bytes, deque[Message] | None] = {}
         """key -> the messages of that key queued behind the one that owns it (None: none
         yet; most keys never get a follower, so the deque is made only when one arrives)."""
@@ -92,7 +104,22 @@ class Lanes:
                 followers.append(msg)
                 return
             owned[key] = None
+        if self._gathers:
+            gather = self._gathers.get(msg.stream)
+            if gather is not None:
+                gather.queue.append(msg)
+                if gather.arrived():
+                    self._enqueue(gather)
+                return
         self._queue.append(msg)
+        if self._idle:
+            waiter = self._idle.pop().waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _enqueue(self, gather: Gather) -> None:
+        gather.queued = True
+        self._queue.append(gather)
         if self._idle:
             waiter = self._idle.pop().waiter
             if waiter is not None and not waiter.done():
@@ -101,7 +128,7 @@ class Lanes:
     async def _run(self, lane: _Lane) -> None:
         """Serve until closed; a lane that dies is replaced (in the same task) after its
         message was settled, starting with the next message of that message's key."""
-        first: Message | None = None
+        first: Message | Gather | None = None
         while True:
             try:
                 await self._serve(lane, first)
@@ -113,7 +140,7 @@ class Lanes:
             except BaseException as exc:  # no lane dies of anything silently
                 first = self._died(lane, exc)
 
-    async def _serve(self, lane: _Lane, first: Message | None) -> None:
+    async def _serve(self, lane: _Lane, first: Message | Gather | None) -> None:
         queue = self._queue
         owned = self._owned
         process = self._process
@@ -124,6 +151,9 @@ class Lanes:
             while msg is not None or queue:
                 if msg is None:
                     msg = queue.popleft()
+                if isinstance(msg, Gather):
+                    msg = await self._run_batch(lane, msg)
+                    continue
                 lane.current = msg
                 await process(msg)  # never raises: the dispatcher settles every outcome
                 lane.current = None
@@ -137,9 +167,53 @@ class Lanes:
             await lane.waiter
             lane.waiter = None
 
-    def _died(self, lane: _Lane, exc: BaseException) -> Message | None:
+    async def _run_batch(self, lane: _Lane, gather: Gather) -> Gather | None:
+        """Run one batch of `gather`; returns the gather to serve next, if this lane should."""
+        gather.queued = False
+        if gather.should_wait() and not self._closed:
+            await gather.wait_for_more()
+            if self._closed:
+                return None  # close() has handed the queued messages back
+        batch = gather.take()
+        if not batch:
+            return None
+        if gather.queue and not gather.queued:
+            self._enqueue(gather)  # the rest is another lane's next batch
+        assert self._process_batch is not None
+        lane.current = batch
+        gather.running += 1
+        try:
+            await self._process_batch(batch)  # never raises: it settles every outcome
+        finally:
+            gather.running -= 1
+        lane.current = None
+        self._stats.calls_ended += len(batch)
+        return self._after_batch(batch)
+
+    def _after_batch(self, batch: list[Message]) -> Gather | None:
+        """Hand each key of a settled batch on to its next message, which this lane (or
+        another, if several gathers were touched) runs in a later batch."""
+        gather = self._gathers[batch[0].stream]
+        owned = self._owned
+        nexts = [
+            n
+            for m in batch
+            if m.lane_key is not None and (n := self._next_of_key(m.lane_key, owned)) is not None
+        ]
+        if not nexts:
+            return None
+        gather.queue.extendleft(reversed(nexts))  # owners now; older than the rest
+        if not gather.arrived():
+            return None  # queued already, or a lane is gathering it
+        gather.queued = True  # taken by this lane, next
+        return gather
+
+    def _died(self, lane: _Lane, exc: BaseException) -> Message | Gather | None:
         """Log and count a lane's death, settle its message; return the next of its key."""
-        msg, lane.current = lane.current, None
+        current, lane.current = lane.current, None
+        if isinstance(current, list):
+            return self._batch_died(lane, current, exc)
+        msg = current
         if lane.waiter is not None:
             if lane in self._idle:
                 self._idle.remove(lane)
@@ -164,6 +238,27 @@ class Lanes:
         key = msg.lane_key
         return None if key is None else self._next_of_key(key, self._owned)
 
+    def _batch_died(
+        self, lane: _Lane, batch: list[Message], exc: BaseException
+    ) -> Message | Gather | None:
+        self._stats.lane_restarts += 1
+        log.error(
+            "lane.died",
+            lane=self._lanes.index(lane),
+            stream=batch[0].stream,
+            message_ids=[m.id for m in batch][:20],
+            note="the lane is replaced; its batch is settled as failed",
+            exc_info=exc,
+        )
+        self._stats.calls_ended += len(batch)
+        if self._lost is not None:
+            for msg in batch:
+                try:
+                    self._lost(msg, exc)
+                except Exception:
+                    log.exception("lane.settle_failed", stream=msg.stream, message_id=msg.id)
+        return self._after_batch(batch)
+
     def _next_of_key(self, key: bytes, owned: dict[bytes, deque[Message] | None]) -> Message | None:
         """The next message of `key`, which this lane runs now; or release the key."""
         followers = owned.get(key)
@@ -181,8 +276,13 @@ class Lanes:
     def close(self) -> list[Message]:
         """Stop taking work; return the queued messages that never started."""
         self._closed = True
-        unstarted = list(self._queue)
+        unstarted = [m for m in self._queue if isinstance(m, Message)]
         self._queue.clear()
+        for gather in self._gathers.values():
+            unstarted.extend(gather.queue)
+            gather.queue.clear()
+            gather.queued = False
+            gather.wake()
         for followers in self._owned.values():
             if followers:
                 unstarted.extend(followers)
@@ -200,9 +300,11 @@ class Lanes:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
         else:
             pending = set()
-        interrupted = [
-            lane.current for lane in self._lanes if lane.task in pending and lane.current
-        ]
+        interrupted: list[Message] = []
+        for lane in self._lanes:
+            if lane.task in pending and lane.current:
+                current = lane.current
+                interrupted.extend(current if isinstance(current, list) else (current,))
         for task in pending:
             task.cancel()
         if pending:

@@ -113,11 +113,14 @@ class HandlerThreads:
     def __init__(self, size: int, stats: Stats) -> None:
         self._pool = DaemonPool(size, "syncworker-handler")
         self._stats = stats
-        self._running: dict[asyncio.Future[Any], Message] = {}
+        self._running: dict[asyncio.Future[Any], Message | list[Message]] = {}
         self.abandoned: list[Message] = []
 
-    async def call(self, func: Blocking, msg: Message, timeout: float | None) -> None:
-        """Run `func(msg)` in a thread and return its outcome once the thread ended.
+    async def call(
+        self, func: Callable[[Any], Any], msg: Message | list[Message], timeout: float | None
+    ) -> Any:
+        """Run `func(msg)` in a thread and return its result once the thread ended; `msg` is
+        a message, or a batch for a batch function.
 
         Raises:
             TimeoutError: it ran longer than `timeout` (raised only once it has ended).
@@ -137,9 +140,12 @@ class HandlerThreads:
                 f"handler timed out after {timeout}s; its thread ended after "
                 f"{time.monotonic() - started:.1f}s"
             )
-        future.result()
+        return future.result()
 
-    async def _overrun(self, future: asyncio.Future[Any], msg: Message, started: float) -> None:
+    async def _overrun(
+        self, future: asyncio.Future[Any], work: Message | list[Message], started: float
+    ) -> None:
+        msg = work[0] if isinstance(work, list) else work
         log.warning(
             "handler.thread_overran",
             stream=msg.stream,
@@ -160,7 +166,10 @@ class HandlerThreads:
 
     def running(self) -> list[Message]:
         """Messages whose handler thread is still running."""
-        return list(self._running.values())
+        running: list[Message] = []
+        for work in self._running.values():
+            running.extend(work if isinstance(work, list) else (work,))
+        return running
 
     def close(self) -> list[Message]:
         """Abandon the threads still running (after the shutdown timeout); return their

@@ -15,6 +15,7 @@ from typing import Protocol
 import structlog
 from redis.asyncio import Redis
 
+from worker.batch import BatchHandler
 from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
 from worker.envelopes import opened_first
 from worker.errors import GroupRefused, StartupError
@@ -23,6 +24,8 @@ from worker.logs import effective_settings
 from worker.message import Message
 from worker.ops.redis_safety import check_redis_safety
 from worker.registry import validate
+from worker.runtime.batch_dispatch import BatchDispatcher
+from worker.runtime.batching import BatchSpec
 from worker.runtime.deadlines import Deadlines
 from worker.runtime.dispatch import Dispatcher, RouteTable
 from worker.runtime.heartbeat import Heartbeat
@@ -46,6 +49,16 @@ CLOSE_STEP_S = 10.0
 take before the process gives up on it and exits anyway."""
 FINAL_FLUSH_S = 5.0
 """Seconds the last acks get after the handlers stopped, on top of `shutdown_timeout`."""
+
+
+def batch_specs(handlers: Sequence[Handler]) -> dict[str, BatchSpec]:
+    """stream -> how its messages are batched, for the streams of batch handlers."""
+    return {
+        stream: BatchSpec(h.batch_max, h.batch_wait)
+        for h in handlers
+        if isinstance(h, BatchHandler)
+        for stream in h.streams
+    }
 
 
 class Service(Protocol):
@@ -203,7 +216,14 @@ class Worker:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
         settler = Settler(redis, settings, policy, ledger, stats)
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout, self.threads)
-        lanes = Lanes(settings.concurrency, dispatcher.process, lost=dispatcher.lost, stats=stats)
+        lanes = Lanes(
+            settings.concurrency,
+            dispatcher.process,
+            lost=dispatcher.lost,
+            stats=stats,
+            batching=batch_specs(self.handlers),
+            process_batch=BatchDispatcher(dispatcher, stats).process_batch,
+        )
         self.lanes = lanes
         submit: Callable[[Message], None] = lanes.submit
         if self.routes.envelopes:  # open those entries first, so lanes order them by their key
