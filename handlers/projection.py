@@ -56,6 +56,7 @@ from handlers._fields import (
 )
 from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 
 log = structlog.get_logger("handlers.projection")
 
@@ -209,7 +210,7 @@ def parse_rule(event_type: str, spec: str | Mapping[str, Any], default: FieldMap
     return Rule(action, fields, values)
 
 
-class Projection(BatchHandler):
+class Projection(Handler):
     """Keeps `<prefix><key>` hashes in step with events; see the module docstring.
 
     Args:
@@ -224,6 +225,11 @@ class Projection(BatchHandler):
             without a trailing colon.
         ack: acknowledge inside the script (must then be alone on the stream).
         dedup_ttl: seconds a message-id marker of a versionless event is kept.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options (the runtime reports them as a configuration error).
@@ -231,9 +237,18 @@ class Projection(BatchHandler):
 
     name = "projection"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> Projection:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is Projection:
+            cls = BatchProjection
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         prefix: str,
         events: Mapping[str, str | Mapping[str, Any]],
         fields: Sequence[str] | Mapping[str, str] | None = None,
@@ -242,6 +257,12 @@ class Projection(BatchHandler):
         ack: bool = True,
         dedup_ttl: float = 86400.0,
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         if not prefix:
             raise ValueError("prefix must not be empty")
         if not events:
@@ -270,6 +291,12 @@ class Projection(BatchHandler):
     def entity(self, key: str) -> str:
         """The hash that holds entity `key`."""
         return self.prefix + key
+
+    async def handle(self, msg: Message) -> None:
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
 
     async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
         """Apply `msgs` in order, one script call per chunk of a stream's events.
@@ -390,3 +417,9 @@ class Plan:
     entity: str
     marker: str
     args: list[str | int]
+
+
+class BatchProjection(Projection, BatchHandler):
+    """`Projection` as a batch handler (what `Projection(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""

@@ -38,6 +38,7 @@ from handlers._batch import chunks, failure, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
@@ -211,7 +212,7 @@ def parse_target(
     )
 
 
-class Relay(BatchHandler):
+class Relay(Handler):
     """Forwards events to other streams; see the module docstring.
 
     Args:
@@ -228,6 +229,11 @@ class Relay(BatchHandler):
         dedup: `id` deduplicates redeliveries of one entry (source stream + entry id);
             `event_id` also drops an event the producer published twice (same `event_id`
             field, different entries), falling back to the entry id when it has none.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options.
@@ -235,9 +241,18 @@ class Relay(BatchHandler):
 
     name = "relay"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> Relay:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is Relay:
+            cls = BatchRelay
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         to: str | Sequence[str | Mapping[str, Any]],
         types: Sequence[str] | None = None,
         rename: Mapping[str, str] | None = None,
@@ -248,6 +263,12 @@ class Relay(BatchHandler):
         dedup_ttl: float = 86400.0,
         dedup: str = "id",
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         if dedup not in ("id", "event_id"):
             raise ValueError(f"dedup must be 'id' or 'event_id', not {dedup!r}")
         specs: Sequence[str | Mapping[str, Any]] = [to] if isinstance(to, str) else list(to)
@@ -305,6 +326,12 @@ class Relay(BatchHandler):
         if self.dedup == "event_id" and msg.event_id:
             return f"{self.state}:event:{msg.group}:{stream}:{msg.event_id}"
         return f"{self.state}:seen:{msg.group}:{stream}:{entry_id}"
+
+    async def handle(self, msg: Message) -> None:
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
 
     async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
         """Forward `msgs` in order: one script call per chunk of events, and an entry too
@@ -409,3 +436,9 @@ class Relay(BatchHandler):
             if isinstance(reply, Exception):
                 raise reply
         return outcome
+
+
+class BatchRelay(Relay, BatchHandler):
+    """`Relay` as a batch handler (what `Relay(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""

@@ -60,6 +60,7 @@ import structlog
 from handlers._fields import FieldMap, data_object, entity_key, field_map, pick
 from worker import HandlerContext, MalformedMessage, Message, Reject
 from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -87,7 +88,7 @@ def identifier(option: str, name: str) -> str:
     return name
 
 
-class SqlSink(BatchHandler):
+class SqlSink(Handler):
     """Upserts one PostgreSQL row per entity; see the module docstring.
 
     Args:
@@ -104,6 +105,11 @@ class SqlSink(BatchHandler):
             advisory lock so that replicas starting together do not race.
         pool_size: most connections this handler opens.
         connect_timeout: seconds to wait for a connection before the attempt fails.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options, or no DSN at all.
@@ -111,9 +117,18 @@ class SqlSink(BatchHandler):
 
     name = "sql"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> SqlSink:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is SqlSink:
+            cls = BatchSqlSink
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         table: str,
         columns: Mapping[str, str] | Sequence[str],
         key_column: str = "id",
@@ -126,6 +141,12 @@ class SqlSink(BatchHandler):
         pool_size: int = 4,
         connect_timeout: float = 5.0,
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         self.dsn = dsn or os.environ.get(DSN_ENV, "")
         if not self.dsn:
             raise ValueError(f"no dsn option and {DSN_ENV} is not set")
@@ -208,6 +229,12 @@ class SqlSink(BatchHandler):
         log.info("sql.ready", table=self.table, inbox_table=self.inbox_table)
 
     # Messages ---------------------------------------------------------------------------
+
+    async def handle(self, msg: Message) -> None:
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
 
     async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
         """Apply `msgs` in ONE transaction, their statements pipelined in one round trip.
@@ -363,3 +390,9 @@ def _name(dotted: str) -> Any:
     from psycopg import sql
 
     return sql.Identifier(*dotted.split("."))
+
+
+class BatchSqlSink(SqlSink, BatchHandler):
+    """`SqlSink` as a batch handler (what `SqlSink(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""
