@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from handlers._fields import FieldMap, data_object, entity_key, field_map, pick
+from handlers._sql_set import set_statement
 from worker import HandlerContext, MalformedMessage, Message, Reject
 from worker.batch import BatchHandler, Outcome
 from worker.handler import Handler
@@ -177,6 +178,8 @@ class SqlSink(Handler):
         self._pool: AsyncConnectionPool[Any] | None = None
         self._ready = False
         self._statements: dict[tuple[str, ...], bytes] = {}
+        self._sets: dict[bytes, bytes] = {}
+        """Per-event statement -> the statement for a batch of such events."""
 
     # Lifecycle --------------------------------------------------------------------------
 
@@ -263,8 +266,13 @@ class SqlSink(Handler):
             if not self._ready:
                 await self._prepare(conn)
             results: list[str | BaseException]
+            statements = {statement for _, statement, _ in work}
+            origins = {(params[1], params[2]) for _, _, params in work}
             try:
-                results = list(await self._apply_all(conn, work))
+                if len(work) > 1 and len(statements) == 1 and len(origins) == len(work):
+                    results = list(await self._apply_set(conn, work))
+                else:
+                    results = list(await self._apply_all(conn, work))
             except DataError:
                 results = await self._apply_each(conn, work)
         for (i, _, _), result in zip(work, results, strict=True):
@@ -315,6 +323,25 @@ class SqlSink(Handler):
                 outcomes += [_outcome(await result.fetchone()) async for result in cursor.results()]
         return outcomes
 
+    async def _apply_set(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, bytes, list[Any]]]
+    ) -> list[str]:
+        """Events that all write the same columns, as one statement (`handlers._sql_set`).
+
+        Raises:
+            DataError: an event's value does not fit its column; nothing was committed.
+        """
+        from psycopg.types.json import Jsonb
+
+        statement = self._sets[work[0][1]]
+        group, _, _, sink, _ = work[0][2]
+        events = Jsonb([[p[1], p[2], p[4].obj] for _, _, p in work])
+        cursor = await conn.execute(statement, [events, group, sink])
+        return [
+            "duplicate" if not fresh else "applied" if landed else "stale"
+            for fresh, landed in await cursor.fetchall()
+        ]
+
     async def _apply_each(
         self, conn: AsyncConnection[Any], work: list[tuple[int, bytes, list[Any]]]
     ) -> list[str | BaseException]:
@@ -347,6 +374,13 @@ class SqlSink(Handler):
         cached = self._statements.get(cache_key)
         if cached is None:
             cached = self._statements[cache_key] = self._build(columns, versioned).as_bytes(None)
+            self._sets[cached] = set_statement(
+                self.table,
+                self.inbox_table,
+                self.key_column,
+                self.version_column if versioned else None,
+                columns,
+            )
         return cached
 
     def _build(self, names: tuple[str, ...], versioned: bool) -> Any:

@@ -232,6 +232,39 @@ class TestSqlBatches:
         assert inbox(pg, stream) == 2
         assert s.counts == {"applied": 2, "duplicate": 2}
 
+    async def test_one_statement_batch_keeps_the_newest_version_of_each_row(
+        self, redis: Redis, pg_dsn: str, pg: Any
+    ) -> None:
+        """A batch of events with the same columns (one statement for the batch) leaves each
+        row at its newest version, keeps a newer row already there, and counts each event:
+        the write that landed as applied, the others as stale; redelivered, all duplicates."""
+        events = [
+            Event("item.set", "a", 1, {"x": 1, "y": "a1"}),
+            Event("item.set", "a", 3, {"x": 3, "y": "a3"}),
+            Event("item.set", "b", 4, {"x": 4, "y": "b4"}),
+            Event("item.set", "a", 2, {"x": 2, "y": "a2"}),
+            Event("item.set", "c", None, {"x": 7, "y": "c-first"}),
+        ]
+        stream, _, messages = await stream_of(redis, events)
+        table = f"t_{uuid.uuid4().hex[:8]}"
+        s = await opened(sink(pg_dsn, table))
+        try:
+            await s.handle(messages[4])  # creates the table; the rest goes as one batch
+            pg.execute(f"INSERT INTO {table} (id, x, y, version) VALUES ('b', 5, 'b5', 5)")
+            first = await s.handle_batch(messages[:4])
+            again = await s.handle_batch(messages)
+        finally:
+            await s.on_shutdown()
+        assert first == [None] * 4
+        assert again == [None] * 5
+        assert rows(pg, table) == {
+            "a": (3, "a3", 3),
+            "b": (5, "b5", 5),
+            "c": (7, "c-first", None),
+        }
+        assert s.counts == {"applied": 2, "stale": 3, "duplicate": 5}
+        assert inbox(pg, stream) == 5
+
     async def test_a_malformed_event_is_rejected_alone(
         self, redis: Redis, pg_dsn: str, pg: Any
     ) -> None:
