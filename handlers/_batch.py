@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from redis.exceptions import ResponseError
 
@@ -44,3 +44,37 @@ def failure(reply: bytes | str) -> ResponseError:
 
 def text(reply: bytes | str) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+UNPACK_ITEMS = """
+-- The items `pack` joined into one string: each is its length in decimal, ':', its bytes.
+local function unpack_items(packed)
+  local items, pos, size = {}, 1, #packed
+  while pos <= size do
+    local colon = string.find(packed, ':', pos, true)
+    local length = tonumber(string.sub(packed, pos, colon - 1))
+    items[#items + 1] = string.sub(packed, colon + 1, colon + length)
+    pos = colon + length + 1
+  end
+  return items
+end
+"""
+
+
+def pack(items: Iterable[bytes | str | int]) -> bytes:
+    """Many script arguments as one (read back by UNPACK_ITEMS' `unpack_items`).
+
+    redis-py encodes and frames every argument of a command in Python; for a batch of
+    events that is most of the client's work. Joined here in one pass, they cost a fraction.
+    """
+    parts = []
+    for item in items:
+        raw = (
+            item.encode()
+            if isinstance(item, str)
+            else b"%d" % item
+            if isinstance(item, int)
+            else item
+        )
+        parts.append(b"%d:%s" % (len(raw), raw))
+    return b"".join(parts)

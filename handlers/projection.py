@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from handlers._batch import by_stream, chunks, failure, text
+from handlers._batch import UNPACK_ITEMS, by_stream, chunks, failure, pack, text
 from handlers._fields import (
     FieldMap,
     data_object,
@@ -62,14 +62,17 @@ log = structlog.get_logger("handlers.projection")
 
 ACTIONS = ("set", "merge", "delete")
 
-PROJECT = """
+PROJECT = (
+    UNPACK_ITEMS
+    + """
 -- Applies a batch of events in order, each exactly once, and acknowledges them.
 -- KEYS[1] versions hash, KEYS[2] counts hash, KEYS[3] source stream,
 -- then per event e (1-based): KEYS[2 + 2e] entity hash, KEYS[3 + 2e] dedup marker.
 -- ARGV[1] group, ARGV[2] '1' to XACK, ARGV[3] marker TTL ms, ARGV[4] number of events,
 -- ARGV[5] number of entry ids to acknowledge only (no rule for their type), those ids, then
--- per event: entry id, entity key, version or '', action, n, r, n field/value items, r fields
--- to remove (null in data).
+-- the events packed in one argument (`handlers._batch.pack`: one argument is far cheaper for
+-- the client to send than thousands), per event: entry id, entity key, version or '',
+-- action, n, r, n field/value items, r fields to remove (null in data).
 -- Returns one reply per event: 'applied', 'stale', 'duplicate', or an error text. An event
 -- that fails is neither applied nor acknowledged; the others are. Redis does not roll a
 -- script back when a command fails half-way, so everything that can fail is checked before
@@ -108,11 +111,12 @@ local function compare(a, b)
   end
   return a_negative and -order or order
 end
--- One command over ARGV[first .. last] after `head`, in slices: Lua's unpack refuses more
--- than about 8,000 values, and HSET/HDEL of a wide entry may pass more.
+-- One command over A[first .. last], in slices: Lua's unpack refuses more than about 8,000
+-- values, and HSET/HDEL of a wide entry may pass more.
+local A
 local function sliced(command, key, first, last)
   for i = first, last, 7000 do
-    redis.call(command, key, unpack(ARGV, i, math.min(i + 6999, last)))
+    redis.call(command, key, unpack(A, i, math.min(i + 6999, last)))
   end
 end
 -- The outcome of one event, or an error text; writes nothing unless it returns 'applied'.
@@ -157,15 +161,16 @@ local skip = tonumber(ARGV[5])
 for i = 6, 5 + skip do
   acks[#acks + 1] = ARGV[i]
 end
-local pos = 6 + skip
+A = unpack_items(ARGV[6 + skip])
+local pos = 1
 for e = 1, tonumber(ARGV[4]) do
-  local n, r = tonumber(ARGV[pos + 4]), tonumber(ARGV[pos + 5])
-  local outcome = apply(KEYS[2 + 2 * e], KEYS[3 + 2 * e], ARGV[pos + 1], ARGV[pos + 2],
-    ARGV[pos + 3], pos + 6, n, r)
+  local n, r = tonumber(A[pos + 4]), tonumber(A[pos + 5])
+  local outcome = apply(KEYS[2 + 2 * e], KEYS[3 + 2 * e], A[pos + 1], A[pos + 2],
+    A[pos + 3], pos + 6, n, r)
   replies[e] = outcome
   if outcome == 'applied' or outcome == 'stale' or outcome == 'duplicate' then
     tally[outcome] = (tally[outcome] or 0) + 1
-    acks[#acks + 1] = ARGV[pos]
+    acks[#acks + 1] = A[pos]
   end
   pos = pos + 6 + n + r
 end
@@ -179,6 +184,7 @@ if ARGV[2] == '1' then
 end
 return replies
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +382,7 @@ class Projection(Handler):
         msgs: Sequence[Message],
     ) -> None:
         keys = [self.versions_key, self.counts_key, stream]
-        args: list[str | int] = [
+        args: list[bytes | str | int] = [
             group,
             "1" if self.acks_atomically else "0",
             self.dedup_ms,
@@ -386,7 +392,7 @@ class Projection(Handler):
         ]
         for _, plan in planned:
             keys += (plan.entity, plan.marker)
-            args += plan.args
+        args.append(pack(item for _, plan in planned for item in plan.args))
         assert self._script is not None, "on_startup was not called"
         replies = await self._script(keys=keys, args=args)
         for (i, plan), reply in zip(planned, replies, strict=True):

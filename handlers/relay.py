@@ -34,7 +34,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from handlers._batch import chunks, failure, text
+from handlers._batch import UNPACK_ITEMS, chunks, failure, pack, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
@@ -42,13 +42,16 @@ from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
-RELAY = """
+RELAY = (
+    UNPACK_ITEMS
+    + """
 -- Forwards a batch of events in order, each exactly once, and acknowledges them.
 -- KEYS[1] source stream, KEYS[2] counts hash, KEYS[3..] dedup markers and target streams.
 -- ARGV[1] group, ARGV[2] '1' to XACK, ARGV[3] marker TTL ms, ARGV[4] MAXLEN ('' for none),
 -- ARGV[5] number of events, ARGV[6] number of entry ids to acknowledge only (filtered out),
--- those ids, then per event: entry id, index in KEYS of its marker, number of targets, and
--- per target: index in KEYS of the stream, n, followed by n field/value items.
+-- those ids, then the events packed in one argument (`handlers._batch.pack`), per event:
+-- entry id, index in KEYS of its marker, number of targets, and per target: index in KEYS
+-- of the stream, n, followed by n field/value items.
 -- Returns one reply per event: 'forwarded', 'duplicate', or an error text. An event that
 -- fails writes nothing and is not acknowledged; the others are. Redis does not roll a
 -- script back when a command fails half-way: an event's targets are checked before its
@@ -64,12 +67,13 @@ local trim = {}
 if ARGV[4] ~= '' then
   trim = {'MAXLEN', '~', ARGV[4]}
 end
--- The outcome of the event whose marker index is at ARGV[pos + 1]; and where the next starts.
+local A
+-- The outcome of the event whose marker index is at A[pos + 1]; and where the next starts.
 local function forward(pos)
   local targets, next_pos = {}, pos + 3
-  for t = 1, tonumber(ARGV[pos + 2]) do
-    local n = tonumber(ARGV[next_pos + 1])
-    targets[t] = {KEYS[tonumber(ARGV[next_pos])], next_pos + 2, n}
+  for t = 1, tonumber(A[pos + 2]) do
+    local n = tonumber(A[next_pos + 1])
+    targets[t] = {KEYS[tonumber(A[next_pos])], next_pos + 2, n}
     next_pos = next_pos + 2 + n
   end
   for _, target in ipairs(targets) do
@@ -78,7 +82,7 @@ local function forward(pos)
       return 'WRONGTYPE ' .. target[1] .. ' holds a ' .. k .. ', not a stream', next_pos
     end
   end
-  local marker = KEYS[tonumber(ARGV[pos + 1])]
+  local marker = KEYS[tonumber(A[pos + 1])]
   if redis.call('EXISTS', marker) == 1 then
     return 'duplicate', next_pos
   end
@@ -86,7 +90,7 @@ local function forward(pos)
     local args = {target[1], unpack(trim)}
     args[#args + 1] = '*'
     for i = target[2], target[2] + target[3] - 1 do
-      args[#args + 1] = ARGV[i]
+      args[#args + 1] = A[i]
     end
     redis.call('XADD', unpack(args))
     kinds[target[1]] = 'stream'
@@ -99,13 +103,14 @@ local skip = tonumber(ARGV[6])
 for i = 7, 6 + skip do
   acks[#acks + 1] = ARGV[i]
 end
-local pos = 7 + skip
+A = unpack_items(ARGV[7 + skip])
+local pos = 1
 for e = 1, tonumber(ARGV[5]) do
   local outcome, next_pos = forward(pos)
   replies[e] = outcome
   if outcome == 'forwarded' or outcome == 'duplicate' then
     tally[outcome] = (tally[outcome] or 0) + 1
-    acks[#acks + 1] = ARGV[pos]
+    acks[#acks + 1] = A[pos]
   end
   pos = next_pos
 end
@@ -119,6 +124,7 @@ if ARGV[2] == '1' then
 end
 return replies
 """
+)
 
 RELAY_WIDE = (
     DROP_NEWEST
@@ -395,12 +401,14 @@ class Relay(Handler):
                 *filtered,
             ]
             filtered = []  # acknowledged by the first call
+            events: list[bytes | str | int] = []
             for i, targets, entries in planned[part]:
                 marker = keys.setdefault(self.marker(msgs[i]), len(keys) + 1)
-                args += (msgs[i].id, marker, len(targets))
+                events += (msgs[i].id, marker, len(targets))
                 for target, fields in zip(targets, entries, strict=True):
-                    args += (keys.setdefault(target.stream, len(keys) + 1), len(fields))
-                    args += fields
+                    events += (keys.setdefault(target.stream, len(keys) + 1), len(fields))
+                    events += fields
+            args.append(pack(events))
             assert self._script is not None, "on_startup was not called"
             replies = await self._script(keys=list(keys), args=args)
             for (i, _, _), reply in zip(planned[part], replies, strict=True):
