@@ -45,11 +45,26 @@ CONTENDERS: list[tuple[str, str, list[str]]] = [
     # (label, label of the raw loop it is compared with, arguments)
     ("raw projection loop", "", ["raw-projection"]),
     ("projection sink", "raw projection loop", ["worker", "--sink", "projection"]),
+    (
+        "projection sink, batch_max 500",
+        "raw projection loop",
+        ["worker", "--sink", "projection", "--batch-max", "500"],
+    ),
     ("raw relay loop", "", ["raw-relay"]),
     ("relay sink", "raw relay loop", ["worker", "--sink", "relay"]),
+    (
+        "relay sink, batch_max 500",
+        "raw relay loop",
+        ["worker", "--sink", "relay", "--batch-max", "500"],
+    ),
     ("raw SQL loop (executemany)", "", ["raw-sql"]),
     ("raw SQL loop (unnest)", "", ["raw-sql-unnest"]),
     ("SQL sink", "raw SQL loop (executemany)", ["worker", "--sink", "sql"]),
+    (
+        "SQL sink, batch_max 500",
+        "raw SQL loop (executemany)",
+        ["worker", "--sink", "sql", "--batch-max", "500"],
+    ),
 ]
 
 
