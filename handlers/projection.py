@@ -30,6 +30,12 @@ script: a crash leaves either all of them or none. With `ack = true` the handler
 only one on its stream (the runtime enforces it); `ack = false` lets it share a stream, and the
 guard alone keeps the effect exactly once while the runtime acknowledges afterwards.
 
+Batches. `Projection(...)` is a batch handler unless `batch=False`: one script call applies
+a whole batch (up to 500 events per call) in order, each event with its own guard, and XACKs
+the events it settled in the same call; an event that fails its checks (a key that is not a
+hash) is neither applied nor acknowledged, and only it is retried. Field lists are written in
+slices, so an event may carry any number of fields (Lua's `unpack` stops near 8,000 values).
+
 The script touches the entity, state and stream keys together, so it needs one Redis server
 (or a primary with replicas), not a Redis Cluster.
 """

@@ -11,7 +11,11 @@ entry. The script checks a marker `<state>:seen:<group>:<stream>:<id>` (for a re
 stream and id of the entry it copies: `Message.origin`) with a TTL (`dedup_ttl`, one day by
 default), and writes nothing if it exists. The marker, every XADD, an outcome counter
 (`<state>:counts:<stream>`) and, with `ack = true`, the XACK happen in one Lua script, so a
-crash leaves either all of them or none. The TTL bounds memory; it must outlast the time an
+crash leaves either all of them or none. `Relay(...)` is a batch handler unless
+`batch=False`: one script call then forwards a whole batch in order (up to 500 events per
+call), each event checked against its own marker, and acknowledges those it settled; an event
+that fails (a target that is not a stream) writes nothing and alone is retried. The TTL
+bounds memory; it must outlast the time an
 entry can stay pending, which one day does by orders of magnitude.
 
 Entries of more fields than a script can pass to XADD (about 4,000; Lua's `unpack` limit) go

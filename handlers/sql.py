@@ -42,6 +42,14 @@ AsyncConnectionPool, `pool_size` connections at most (4 by default). The worker 
 lock and one round trip at a time, while a few pooled connections let independent entities
 commit in parallel, and the pool already knows how to discard and reopen connections.
 
+Batches. `SqlSink(...)` is a batch handler unless `batch=False`: a batch commits as one
+transaction, so one commit (and one round trip) per batch instead of per event. When every
+event of the batch writes the same columns, one statement does it all (`handlers._sql_set`):
+it inserts the inbox rows and upserts, per row, the newest of the events whose inbox row is
+new, which is what applying them one by one leaves. Otherwise each event's statement above
+runs, pipelined. A data exception in any event rolls the batch back; it then runs again with
+a savepoint around each event, so that only the offending events are rejected.
+
 Deletes are not offered on purpose: a deleted row forgets its version, so a late older event
 would bring it back. Use a status column (`values = { "order.cancelled" = { status =
 "cancelled" } }`) instead.
