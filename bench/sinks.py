@@ -45,26 +45,18 @@ CONTENDERS: list[tuple[str, str, list[str]]] = [
     # (label, label of the raw loop it is compared with, arguments)
     ("raw projection loop", "", ["raw-projection"]),
     ("projection sink", "raw projection loop", ["worker", "--sink", "projection"]),
-    (
-        "projection sink, batch_max 500",
-        "raw projection loop",
-        ["worker", "--sink", "projection", "--batch-max", "500"],
-    ),
     ("raw relay loop", "", ["raw-relay"]),
     ("relay sink", "raw relay loop", ["worker", "--sink", "relay"]),
-    (
-        "relay sink, batch_max 500",
-        "raw relay loop",
-        ["worker", "--sink", "relay", "--batch-max", "500"],
-    ),
     ("raw SQL loop (executemany)", "", ["raw-sql"]),
     ("raw SQL loop (unnest)", "", ["raw-sql-unnest"]),
     ("SQL sink", "raw SQL loop (executemany)", ["worker", "--sink", "sql"]),
-    (
-        "SQL sink, batch_max 500",
-        "raw SQL loop (executemany)",
-        ["worker", "--sink", "sql", "--batch-max", "500"],
-    ),
+]
+
+VARIANTS: list[tuple[str, str, list[str]]] = [
+    # With --variants: the sinks with batches as large as the raw loops' reads.
+    (f"{label}, batch_max 500", baseline, [*args, "--batch-max", "500"])
+    for label, baseline, args in CONTENDERS
+    if args[0] == "worker"
 ]
 
 
@@ -170,7 +162,7 @@ def one_run(
     }
 
 
-def run(count: int, repeat: int, only: list[str]) -> dict[str, Any]:
+def run(count: int, repeat: int, only: list[str], variants: bool = False) -> dict[str, Any]:
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -179,7 +171,8 @@ def run(count: int, repeat: int, only: list[str]) -> dict[str, Any]:
     params = conninfo_to_dict(ADMIN_DSN)
     params["dbname"] = name
     dsn = make_conninfo(**params)
-    wanted = [c for c in CONTENDERS if not only or any(o in c[0] for o in only)]
+    contenders = CONTENDERS + (VARIANTS if variants else [])
+    wanted = [c for c in contenders if not only or any(o in c[0] for o in only)]
     results: dict[str, Any] = {"machine": report.machine(), "entries": count, "repeat": repeat}
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin, RedisServer() as server:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -246,11 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="rounds (default 3)")
     parser.add_argument("--only", default="", help="comma-separated label parts to run")
     parser.add_argument("--out", default="docs/bench", help="where sinks.md/json go")
+    parser.add_argument("--variants", action="store_true", help="also sinks with batch_max 500")
     args = parser.parse_args(argv)
     count = args.entries or (20_000 if args.quick else 100_000)
     repeat = args.repeat or (1 if args.quick else 3)
     only = [o.strip() for o in args.only.split(",") if o.strip()]
-    results = run(count, repeat, only)
+    results = run(count, repeat, only, args.variants)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sinks.json").write_text(json.dumps(results, indent=1, default=str))
