@@ -33,6 +33,9 @@ Caveat: Redis does not roll a script back when a command fails half-way (a WRONG
 say). The marker is written after the last command, so such a message is retried, and the
 commands before the failing one run again. Keep the recorded commands ones that cannot fail
 on your data; every command here touches only the key it names (declared to the script).
+A script passes at most about 7,000 values to one command (Lua's `unpack` stops near 8,000):
+the helpers for variadic commands (`hset`, `hdel`, `sadd`, `srem`, `zadd`, `rpush`, `lpush`)
+split wider writes into several commands, and `call` or `xadd` with more raises `Reject`.
 """
 
 from __future__ import annotations
