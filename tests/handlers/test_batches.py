@@ -294,3 +294,8 @@ def test_a_response_error_keeps_the_scripts_text() -> None:
     """A per-event error text becomes the ResponseError a script would have raised."""
     assert str(_batch.failure(b"WRONGTYPE x")) == "WRONGTYPE x"
     assert isinstance(_batch.failure("ERR y"), ResponseError)
+
+
+def test_pack_frames_each_item_by_its_length() -> None:
+    """Items of any bytes (colons, non-ASCII, empty) are framed so that none runs into the next."""
+    assert _batch.pack([b"a:b", "é", 12, b""]) == b"3:a:b2:\xc3\xa92:120:"
