@@ -33,16 +33,20 @@ Caveat: Redis does not roll a script back when a command fails half-way (a WRONG
 say). The marker is written after the last command, so such a message is retried, and the
 commands before the failing one run again. Keep the recorded commands ones that cannot fail
 on your data; every command here touches only the key it names (declared to the script).
+A script passes at most about 7,000 values to one command (Lua's `unpack` stops near 8,000):
+the helpers for variadic commands (`hset`, `hdel`, `sadd`, `srem`, `zadd`, `rpush`, `lpush`)
+split wider writes into several commands, and `call` or `xadd` with more raises `Reject`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from redis.asyncio import Redis
 
-from worker import Handler, HandlerContext, Message
+from worker import Handler, HandlerContext, Message, Reject
+from worker.wide import LUA_ITEMS, fits
 
 RUN_ONCE = """
 -- KEYS[1] marker, KEYS[2] source stream, KEYS[3..] keys the commands write
@@ -108,9 +112,24 @@ class Effects:
     # Recording --------------------------------------------------------------------------
 
     def call(self, command: str, key: str, *args: Value) -> Effects:
-        """Record any single-key write command: `tx.call("PFADD", "visitors", user)`."""
+        """Record any single-key write command: `tx.call("PFADD", "visitors", user)`.
+
+        Raises:
+            Reject: more arguments than a script can pass to one command (Lua's `unpack`
+                stops near 8,000 values); the helpers below split such writes instead.
+        """
+        if not fits(len(args) + 2):
+            raise Reject(f"{command} {key}: too many arguments for one command in a script")
         self.keys[key] = None
         self.commands.append((command, key, *args))
+        return self
+
+    def _many(self, command: str, key: str, items: Sequence[Value], step: int = 1) -> Effects:
+        """A variadic command, as several commands of at most LUA_ITEMS values each (whole
+        groups of `step` items: field and value, score and member)."""
+        size = (LUA_ITEMS - 2) // step * step  # the command and key count too
+        for start in range(0, len(items), size):
+            self.call(command, key, *items[start : start + size])
         return self
 
     def set(self, key: str, value: Value, *, ex: float | None = None) -> Effects:
@@ -134,28 +153,28 @@ class Effects:
     def hset(self, key: str, mapping: Mapping[str, Value]) -> Effects:
         if not mapping:
             return self
-        return self.call("HSET", key, *(item for pair in mapping.items() for item in pair))
+        return self._many("HSET", key, [item for pair in mapping.items() for item in pair], 2)
 
     def hdel(self, key: str, *fields: str) -> Effects:
-        return self.call("HDEL", key, *fields)
+        return self._many("HDEL", key, fields)
 
     def hincrby(self, key: str, field: str, amount: int = 1) -> Effects:
         return self.call("HINCRBY", key, field, amount)
 
     def sadd(self, key: str, *members: Value) -> Effects:
-        return self.call("SADD", key, *members)
+        return self._many("SADD", key, members)
 
     def srem(self, key: str, *members: Value) -> Effects:
-        return self.call("SREM", key, *members)
+        return self._many("SREM", key, members)
 
     def zadd(self, key: str, mapping: Mapping[str, float]) -> Effects:
-        return self.call("ZADD", key, *(item for m, s in mapping.items() for item in (s, m)))
+        return self._many("ZADD", key, [item for m, s in mapping.items() for item in (s, m)], 2)
 
     def rpush(self, key: str, *values: Value) -> Effects:
-        return self.call("RPUSH", key, *values)
+        return self._many("RPUSH", key, values)
 
     def lpush(self, key: str, *values: Value) -> Effects:
-        return self.call("LPUSH", key, *values)
+        return self._many("LPUSH", key, values)
 
     def xadd(
         self, stream: str, fields: Mapping[str, Value], *, maxlen: int | None = None

@@ -30,6 +30,12 @@ script: a crash leaves either all of them or none. With `ack = true` the handler
 only one on its stream (the runtime enforces it); `ack = false` lets it share a stream, and the
 guard alone keeps the effect exactly once while the runtime acknowledges afterwards.
 
+Batches. `Projection(...)` is a batch handler unless `batch=False`: one script call applies
+a whole batch (up to 500 events per call) in order, each event with its own guard, and XACKs
+the events it settled in the same call; an event that fails its checks (a key that is not a
+hash) is neither applied nor acknowledged, and only it is retried. Field lists are written in
+slices, so an event may carry any number of fields (Lua's `unpack` stops near 8,000 values).
+
 The script touches the entity, state and stream keys together, so it needs one Redis server
 (or a primary with replicas), not a Redis Cluster.
 """
@@ -44,6 +50,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from handlers._batch import UNPACK_ITEMS, by_stream, chunks, failure, pack, text
 from handlers._fields import (
     FieldMap,
     data_object,
@@ -53,20 +60,29 @@ from handlers._fields import (
     milliseconds,
     pick,
 )
-from worker import Handler, HandlerContext, Message
+from worker import HandlerContext, MalformedMessage, Message
+from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 
 log = structlog.get_logger("handlers.projection")
 
 ACTIONS = ("set", "merge", "delete")
 
-PROJECT = """
--- KEYS[1] entity hash, KEYS[2] versions hash, KEYS[3] counts hash, KEYS[4] source stream,
--- KEYS[5] dedup marker (used when the event has no version)
--- ARGV[1] entity key, ARGV[2] version or '', ARGV[3] action, ARGV[4] group, ARGV[5] entry id,
--- ARGV[6] '1' to XACK, ARGV[7] marker TTL ms, ARGV[8] n = number of field/value items,
--- ARGV[9 .. 8+n] field/value pairs to write, ARGV[9+n ..] fields to remove (null in data)
--- Redis does not roll a script back when a command fails half-way, so everything that can
--- fail is checked before the first write.
+PROJECT = (
+    UNPACK_ITEMS
+    + """
+-- Applies a batch of events in order, each exactly once, and acknowledges them.
+-- KEYS[1] versions hash, KEYS[2] counts hash, KEYS[3] source stream,
+-- then per event e (1-based): KEYS[2 + 2e] entity hash, KEYS[3 + 2e] dedup marker.
+-- ARGV[1] group, ARGV[2] '1' to XACK, ARGV[3] marker TTL ms, ARGV[4] number of events,
+-- ARGV[5] number of entry ids to acknowledge only (no rule for their type), those ids, then
+-- the events packed in one argument (`handlers._batch.pack`: one argument is far cheaper for
+-- the client to send than thousands), per event: entry id, entity key, version or '',
+-- action, n, r, n field/value items, r fields to remove (null in data).
+-- Returns one reply per event: 'applied', 'stale', 'duplicate', or an error text. An event
+-- that fails is neither applied nor acknowledged; the others are. Redis does not roll a
+-- script back when a command fails half-way, so everything that can fail is checked before
+-- an event's first write.
 --
 -- Versions are compared as decimal integers of any size, never with tonumber: Lua numbers
 -- are doubles, which cannot tell 2^53 from 2^53 + 1 (nanosecond timestamps, snowflake ids).
@@ -101,50 +117,80 @@ local function compare(a, b)
   end
   return a_negative and -order or order
 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind ~= 'hash' and kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a hash')
+-- One command over A[first .. last], in slices: Lua's unpack refuses more than about 8,000
+-- values, and HSET/HDEL of a wide entry may pass more.
+local A
+local function sliced(command, key, first, last)
+  for i = first, last, 7000 do
+    redis.call(command, key, unpack(A, i, math.min(i + 6999, last)))
+  end
 end
-local outcome
-if ARGV[2] ~= '' then
-  if not parse(ARGV[2]) then
-    return redis.error_reply('ERR version is not an integer: ' .. ARGV[2])
+-- The outcome of one event, or an error text; writes nothing unless it returns 'applied'.
+local function apply(entity, marker, key, version, action, first, n, r)
+  local kind = redis.call('TYPE', entity).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    return 'WRONGTYPE ' .. entity .. ' holds a ' .. kind .. ', not a hash'
   end
-  local current = redis.call('HGET', KEYS[2], ARGV[1])
-  if current and not parse(current) then
-    return redis.error_reply('ERR ' .. KEYS[2] .. ' holds a version that is not an integer for '
-      .. ARGV[1] .. ': ' .. current)
+  if version ~= '' then
+    if not parse(version) then
+      return 'ERR version is not an integer: ' .. version
+    end
+    local current = redis.call('HGET', KEYS[1], key)
+    if current and not parse(current) then
+      return 'ERR ' .. KEYS[1] .. ' holds a version that is not an integer for ' .. key
+        .. ': ' .. current
+    end
+    if current and compare(current, version) >= 0 then
+      return 'stale'
+    end
+  elseif redis.call('EXISTS', marker) == 1 then
+    return 'duplicate'
   end
-  if current and compare(current, ARGV[2]) >= 0 then
-    outcome = 'stale'
+  if action ~= 'merge' then
+    redis.call('DEL', entity)
   end
-elseif redis.call('EXISTS', KEYS[5]) == 1 then
-  outcome = 'duplicate'
-end
-if not outcome then
-  if ARGV[3] ~= 'merge' then
-    redis.call('DEL', KEYS[1])
+  if action ~= 'delete' and n > 0 then
+    sliced('HSET', entity, first, first + n - 1)
   end
-  local n = tonumber(ARGV[8])
-  if ARGV[3] ~= 'delete' and n > 0 then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + n))
+  if action == 'merge' and r > 0 then
+    sliced('HDEL', entity, first + n, first + n + r - 1)
   end
-  if ARGV[3] == 'merge' and #ARGV > 8 + n then
-    redis.call('HDEL', KEYS[1], unpack(ARGV, 9 + n))
-  end
-  if ARGV[2] ~= '' then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  if version ~= '' then
+    redis.call('HSET', KEYS[1], key, version)
   else
-    redis.call('SET', KEYS[5], '1', 'PX', ARGV[7])
+    redis.call('SET', marker, '1', 'PX', ARGV[3])
   end
-  outcome = 'applied'
+  return 'applied'
 end
-redis.call('HINCRBY', KEYS[3], outcome, 1)
-if ARGV[6] == '1' then
-  redis.call('XACK', KEYS[4], ARGV[4], ARGV[5])
+local acks, replies, tally = {}, {}, {}
+local skip = tonumber(ARGV[5])
+for i = 6, 5 + skip do
+  acks[#acks + 1] = ARGV[i]
 end
-return outcome
+A = unpack_items(ARGV[6 + skip])
+local pos = 1
+for e = 1, tonumber(ARGV[4]) do
+  local n, r = tonumber(A[pos + 4]), tonumber(A[pos + 5])
+  local outcome = apply(KEYS[2 + 2 * e], KEYS[3 + 2 * e], A[pos + 1], A[pos + 2],
+    A[pos + 3], pos + 6, n, r)
+  replies[e] = outcome
+  if outcome == 'applied' or outcome == 'stale' or outcome == 'duplicate' then
+    tally[outcome] = (tally[outcome] or 0) + 1
+    acks[#acks + 1] = A[pos]
+  end
+  pos = pos + 6 + n + r
+end
+for outcome, count in pairs(tally) do
+  redis.call('HINCRBY', KEYS[2], outcome, count)
+end
+if ARGV[2] == '1' then
+  for i = 1, #acks, 7000 do
+    redis.call('XACK', KEYS[3], ARGV[1], unpack(acks, i, math.min(i + 6999, #acks)))
+  end
+end
+return replies
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +237,11 @@ class Projection(Handler):
             without a trailing colon.
         ack: acknowledge inside the script (must then be alone on the stream).
         dedup_ttl: seconds a message-id marker of a versionless event is kept.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options (the runtime reports them as a configuration error).
@@ -198,9 +249,18 @@ class Projection(Handler):
 
     name = "projection"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> Projection:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is Projection:
+            cls = BatchProjection
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         prefix: str,
         events: Mapping[str, str | Mapping[str, Any]],
         fields: Sequence[str] | Mapping[str, str] | None = None,
@@ -209,6 +269,12 @@ class Projection(Handler):
         ack: bool = True,
         dedup_ttl: float = 86400.0,
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         if not prefix:
             raise ValueError("prefix must not be empty")
         if not events:
@@ -239,10 +305,51 @@ class Projection(Handler):
         return self.prefix + key
 
     async def handle(self, msg: Message) -> None:
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        """Apply `msgs` in order, one script call per chunk of a stream's events.
+
+        Returns:
+            Per message: None (applied, stale or duplicate, and acknowledged with `ack`),
+            `MalformedMessage` (dead-lettered) or the script's error (retried).
+        """
+        outcomes: list[Outcome] = [None] * len(msgs)
+        for stream, indices in by_stream(msgs).items():
+            planned: list[tuple[int, Plan]] = []
+            ignored: list[str] = []
+            for i in indices:
+                try:
+                    plan = self.plan(msgs[i])
+                except MalformedMessage as exc:
+                    outcomes[i] = exc
+                    continue
+                if plan is None:
+                    self.counts["ignored"] += 1
+                    ignored.append(msgs[i].id)
+                else:
+                    planned.append((i, plan))
+            group = msgs[indices[0]].group
+            for part in chunks([len(plan.args) for _, plan in planned]):
+                await self._run(stream, group, planned[part], ignored, outcomes, msgs)
+                ignored = []  # acknowledged by the first call
+            if ignored and self.acks_atomically:
+                assert self._redis is not None, "on_startup was not called"
+                await self._redis.xack(stream, group, *ignored)
+        return outcomes
+
+    def plan(self, msg: Message) -> Plan | None:
+        """The script's keys and arguments for `msg`; None when no rule wants its type.
+
+        Raises:
+            MalformedMessage: no entity key, `data` not an object, or a non-integer version.
+        """
         rule = self.rules.get(msg.type or "")
         if rule is None:
-            self.counts["ignored"] += 1
-            return
+            return None
         key = entity_key(msg, self.key_field)
         version = msg.version
         pairs: list[str] = []
@@ -255,32 +362,76 @@ class Projection(Handler):
                     pairs += (name, encode(value))
             for name, value in rule.values.items():
                 pairs += (name, value)
+        if rule.action != "merge":
+            removed = []
         origin_stream, origin_id = msg.origin
         marker = f"{self.state}:seen:{msg.group}:{origin_stream}:{origin_id}"
+        args: list[str | int] = [
+            msg.id,
+            key,
+            "" if version is None else str(version),  # canonical: no '+', no zeros
+            rule.action,
+            len(pairs),
+            len(removed),
+            *pairs,
+            *removed,
+        ]
+        return Plan(key, self.entity(key), marker, args)
+
+    async def _run(
+        self,
+        stream: str,
+        group: str,
+        planned: Sequence[tuple[int, Plan]],
+        ignored: Sequence[str],
+        outcomes: list[Outcome],
+        msgs: Sequence[Message],
+    ) -> None:
+        keys = [self.versions_key, self.counts_key, stream]
+        args: list[bytes | str | int] = [
+            group,
+            "1" if self.acks_atomically else "0",
+            self.dedup_ms,
+            len(planned),
+            len(ignored),
+            *ignored,
+        ]
+        for _, plan in planned:
+            keys += (plan.entity, plan.marker)
+        args.append(pack(item for _, plan in planned for item in plan.args))
         assert self._script is not None, "on_startup was not called"
-        outcome = await self._script(
-            keys=[self.entity(key), self.versions_key, self.counts_key, msg.stream, marker],
-            args=[
-                key,
-                "" if version is None else str(version),  # canonical: no '+', no zeros
-                rule.action,
-                msg.group,
-                msg.id,
-                "1" if self.acks_atomically else "0",
-                self.dedup_ms,
-                len(pairs),
-                *pairs,
-                *removed,
-            ],
-        )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        self.counts[outcome] += 1
-        if outcome != "applied":
-            log.debug(
-                "projection.skipped",
-                outcome=outcome,
-                stream=msg.stream,
-                message_id=msg.id,
-                entity=key,
-                version=version,
-            )
+        replies = await self._script(keys=keys, args=args)
+        for (i, plan), reply in zip(planned, replies, strict=True):
+            outcome = text(reply)
+            if outcome not in OUTCOMES:
+                outcomes[i] = failure(outcome)
+                continue
+            self.counts[outcome] += 1
+            if outcome != "applied":
+                log.debug(
+                    "projection.skipped",
+                    outcome=outcome,
+                    stream=stream,
+                    message_id=msgs[i].id,
+                    entity=plan.key,
+                )
+
+
+OUTCOMES = frozenset(("applied", "stale", "duplicate"))
+"""What the script replies for an event it settled; anything else is an error text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One event as the script takes it."""
+
+    key: str
+    entity: str
+    marker: str
+    args: list[str | int]
+
+
+class BatchProjection(Projection, BatchHandler):
+    """`Projection` as a batch handler (what `Projection(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""

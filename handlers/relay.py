@@ -4,9 +4,9 @@ For example `order.completed` on `orders` becomes `payment.requested` on `paymen
 fans out to one or more target streams; each target may filter types, rename them and pick
 fields of `data`. Downstream entries keep the source's fields (`key`, `version`, `event_id`,
 ...) and gain `source_stream` and `source_id`, so consumers can trace them back. With tracing
-on (`worker.tracing`), a downstream entry carries the relay's own trace context instead of the
-source's `traceparent`: its consumers' spans are children of the relay's span, in the origin's
-trace.
+on (`worker.tracing`), a per-message relay (`batch = false`) writes its own span's context
+instead of the source's `traceparent`, so its consumers' spans are children of the relay's
+span; a batch relay has no span per message and carries the source's context on unchanged.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -14,7 +14,11 @@ entry. The script checks a marker `<state>:seen:<group>:<stream>:<id>` (for a re
 stream and id of the entry it copies: `Message.origin`) with a TTL (`dedup_ttl`, one day by
 default), and writes nothing if it exists. The marker, every XADD, an outcome counter
 (`<state>:counts:<stream>`) and, with `ack = true`, the XACK happen in one Lua script, so a
-crash leaves either all of them or none. The TTL bounds memory; it must outlast the time an
+crash leaves either all of them or none. `Relay(...)` is a batch handler unless
+`batch=False`: one script call then forwards a whole batch in order (up to 500 events per
+call), each event checked against its own marker, and acknowledges those it settled; an event
+that fails (a target that is not a stream) writes nothing and alone is retried. The TTL
+bounds memory; it must outlast the time an
 entry can stay pending, which one day does by orders of magnitude.
 
 Entries of more fields than a script can pass to XADD (about 4,000; Lua's `unpack` limit) go
@@ -38,55 +42,103 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from handlers._batch import UNPACK_ITEMS, chunks, failure, pack, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
-from worker import Handler, HandlerContext, Message
+from worker import HandlerContext, MalformedMessage, Message
+from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
-RELAY = """
--- KEYS[1] dedup marker, KEYS[2] source stream, KEYS[3] counts hash, KEYS[4..] target streams
--- ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' to XACK, ARGV[4] marker TTL ms,
--- ARGV[5] MAXLEN ('' for none), then per target: n, followed by n field/value items
--- Redis does not roll a script back when a command fails half-way: check the targets' types
--- before the first XADD, and write the marker only after the last one.
-for t = 4, #KEYS do
-  local kind = redis.call('TYPE', KEYS[t]).ok
-  if kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[t] .. ' holds a ' .. kind .. ', not a stream')
+RELAY = (
+    UNPACK_ITEMS
+    + """
+-- Forwards a batch of events in order, each exactly once, and acknowledges them.
+-- KEYS[1] source stream, KEYS[2] counts hash, KEYS[3..] dedup markers and target streams.
+-- ARGV[1] group, ARGV[2] '1' to XACK, ARGV[3] marker TTL ms, ARGV[4] MAXLEN ('' for none),
+-- ARGV[5] number of events, ARGV[6] number of entry ids to acknowledge only (filtered out),
+-- those ids, then the events packed in one argument (`handlers._batch.pack`), per event:
+-- entry id, index in KEYS of its marker, number of targets, and per target: index in KEYS
+-- of the stream, n, followed by n field/value items.
+-- Returns one reply per event: 'forwarded', 'duplicate', or an error text. An event that
+-- fails writes nothing and is not acknowledged; the others are. Redis does not roll a
+-- script back when a command fails half-way: an event's targets are checked before its
+-- first XADD, and its marker is written after its last one.
+local kinds = {}
+local function kind(key)
+  if not kinds[key] then
+    kinds[key] = redis.call('TYPE', key).ok
   end
+  return kinds[key]
 end
-local outcome = 'duplicate'
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local pos = 6
-  for t = 4, #KEYS do
-    local n = tonumber(ARGV[pos])
-    local args = {KEYS[t]}
-    if ARGV[5] ~= '' then
-      args[#args + 1] = 'MAXLEN'
-      args[#args + 1] = '~'
-      args[#args + 1] = ARGV[5]
+local trim = {}
+if ARGV[4] ~= '' then
+  trim = {'MAXLEN', '~', ARGV[4]}
+end
+local A
+-- The outcome of the event whose marker index is at A[pos + 1]; and where the next starts.
+local function forward(pos)
+  local targets, next_pos = {}, pos + 3
+  for t = 1, tonumber(A[pos + 2]) do
+    local n = tonumber(A[next_pos + 1])
+    targets[t] = {KEYS[tonumber(A[next_pos])], next_pos + 2, n}
+    next_pos = next_pos + 2 + n
+  end
+  for _, target in ipairs(targets) do
+    local k = kind(target[1])
+    if k ~= 'stream' and k ~= 'none' then
+      return 'WRONGTYPE ' .. target[1] .. ' holds a ' .. k .. ', not a stream', next_pos
     end
+  end
+  local marker = KEYS[tonumber(A[pos + 1])]
+  if redis.call('EXISTS', marker) == 1 then
+    return 'duplicate', next_pos
+  end
+  for _, target in ipairs(targets) do
+    local args = {target[1], unpack(trim)}
     args[#args + 1] = '*'
-    for i = pos + 1, pos + n do
-      args[#args + 1] = ARGV[i]
+    for i = target[2], target[2] + target[3] - 1 do
+      args[#args + 1] = A[i]
     end
     redis.call('XADD', unpack(args))
-    pos = pos + n + 1
+    kinds[target[1]] = 'stream'
   end
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
-  outcome = 'forwarded'
+  redis.call('SET', marker, '1', 'PX', ARGV[3])
+  return 'forwarded', next_pos
 end
-redis.call('HINCRBY', KEYS[3], outcome, 1)
-if ARGV[3] == '1' then
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+local acks, replies, tally = {}, {}, {}
+local skip = tonumber(ARGV[6])
+for i = 7, 6 + skip do
+  acks[#acks + 1] = ARGV[i]
 end
-return outcome
+A = unpack_items(ARGV[7 + skip])
+local pos = 1
+for e = 1, tonumber(ARGV[5]) do
+  local outcome, next_pos = forward(pos)
+  replies[e] = outcome
+  if outcome == 'forwarded' or outcome == 'duplicate' then
+    tally[outcome] = (tally[outcome] or 0) + 1
+    acks[#acks + 1] = A[pos]
+  end
+  pos = next_pos
+end
+for outcome, count in pairs(tally) do
+  redis.call('HINCRBY', KEYS[2], outcome, count)
+end
+if ARGV[2] == '1' then
+  for i = 1, #acks, 7000 do
+    redis.call('XACK', KEYS[1], ARGV[1], unpack(acks, i, math.min(i + 6999, #acks)))
+  end
+end
+return replies
 """
+)
 
 RELAY_WIDE = (
     DROP_NEWEST
     + """
--- KEYS as RELAY. ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' to XACK, ARGV[4] marker TTL ms,
+-- KEYS[1] dedup marker, KEYS[2] source stream, KEYS[3] counts hash, KEYS[4..] targets.
+-- ARGV[1] group, ARGV[2] entry id, ARGV[3] '1' to XACK, ARGV[4] marker TTL ms,
 -- then per target: its entry's item count followed by its last 4 items.
 -- Runs in MULTI right after one XADD per target: keeps those entries and sets the marker on
 -- a first delivery; deletes them for a duplicate, or when a target is not a stream.
@@ -206,6 +258,11 @@ class Relay(Handler):
         dedup: `id` deduplicates redeliveries of one entry (source stream + entry id);
             `event_id` also drops an event the producer published twice (same `event_id`
             field, different entries), falling back to the entry id when it has none.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options.
@@ -213,9 +270,18 @@ class Relay(Handler):
 
     name = "relay"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> Relay:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is Relay:
+            cls = BatchRelay
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         to: str | Sequence[str | Mapping[str, Any]],
         types: Sequence[str] | None = None,
         rename: Mapping[str, str] | None = None,
@@ -226,6 +292,12 @@ class Relay(Handler):
         dedup_ttl: float = 86400.0,
         dedup: str = "id",
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         if dedup not in ("id", "event_id"):
             raise ValueError(f"dedup must be 'id' or 'event_id', not {dedup!r}")
         specs: Sequence[str | Mapping[str, Any]] = [to] if isinstance(to, str) else list(to)
@@ -294,43 +366,109 @@ class Relay(Handler):
         return f"{self.state}:seen:{msg.group}:{stream}:{entry_id}"
 
     async def handle(self, msg: Message) -> None:
-        targets = [t for t in self.targets if t.wants(msg.type)]
-        if not targets:
-            self.counts["filtered"] += 1
-            return
-        args: list[bytes | str | int] = [
-            msg.group,
-            msg.id,
-            "1" if self.acks_atomically else "0",
-            self.dedup_ms,
-            "" if self.maxlen is None else self.maxlen,
-        ]
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        """Forward `msgs` in order: one script call per chunk of events, and an entry too
+        wide for a script on its own (see the module docstring).
+
+        Returns:
+            Per message: None (forwarded or a duplicate, and acknowledged with `ack`), or the
+            error that keeps it from being forwarded (retried; `MalformedMessage`:
+            dead-lettered).
+        """
+        outcomes: list[Outcome] = [None] * len(msgs)
+        # The current span's context: a per-message relay's own span (tracing middleware);
+        # batch calls have none, so each entry carries its source's context on unchanged.
         trace = _trace_fields()
-        entries = [self.entry(msg, target, trace) for target in targets]
+        planned: list[tuple[int, list[Target], list[list[bytes | str]]]] = []
+        filtered: list[str] = []
+        for i, msg in enumerate(msgs):
+            targets = [t for t in self.targets if t.wants(msg.type)]
+            if not targets:
+                self.counts["filtered"] += 1
+                filtered.append(msg.id)
+                continue
+            try:
+                entries = [self.entry(msg, target, trace) for target in targets]
+            except MalformedMessage as exc:
+                outcomes[i] = exc
+                continue
+            if all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
+                planned.append((i, targets, entries))
+                continue
+            # Events keep their order: those before the wide one go first.
+            await self._forward(msgs, planned, filtered, outcomes)
+            planned, filtered = [], []
+            try:
+                outcome = await self._forward_wide(msg, targets, entries)
+            except Exception as exc:  # this event's failure, not its neighbours'
+                outcomes[i] = exc
+            else:
+                self.counts[text(outcome)] += 1
+        await self._forward(msgs, planned, filtered, outcomes)
+        return outcomes
+
+    async def _forward(
+        self,
+        msgs: Sequence[Message],
+        planned: Sequence[tuple[int, list[Target], list[list[bytes | str]]]],
+        filtered: Sequence[str],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Run RELAY over `planned` (chunked), acknowledging `filtered` with the first call."""
+        if not planned and not filtered:
+            return
+        stream, group = msgs[0].stream, msgs[0].group
+        sizes = [sum(len(fields) + 2 for fields in entries) + 3 for _, _, entries in planned]
+        for part in chunks(sizes) if planned else [slice(0, 0)]:
+            keys: dict[str, int] = {stream: 1, f"{self.state}:counts:{stream}": 2}
+            args: list[bytes | str | int] = [
+                group,
+                "1" if self.acks_atomically else "0",
+                self.dedup_ms,
+                "" if self.maxlen is None else self.maxlen,
+                part.stop - part.start,
+                len(filtered),
+                *filtered,
+            ]
+            filtered = []  # acknowledged by the first call
+            events: list[bytes | str | int] = []
+            for i, targets, entries in planned[part]:
+                marker = keys.setdefault(self.marker(msgs[i]), len(keys) + 1)
+                events += (msgs[i].id, marker, len(targets))
+                for target, fields in zip(targets, entries, strict=True):
+                    events += (keys.setdefault(target.stream, len(keys) + 1), len(fields))
+                    events += fields
+            args.append(pack(events))
+            assert self._script is not None, "on_startup was not called"
+            replies = await self._script(keys=list(keys), args=args)
+            for (i, _, _), reply in zip(planned[part], replies, strict=True):
+                outcome = text(reply)
+                if outcome in ("forwarded", "duplicate"):
+                    self.counts[outcome] += 1
+                else:
+                    outcomes[i] = failure(outcome)
+
+    async def _forward_wide(
+        self, msg: Message, targets: list[Target], entries: list[list[bytes | str]]
+    ) -> Any:
+        """Forward an entry too wide for RELAY: plain XADDs and RELAY_WIDE in one MULTI."""
         keys = [
             self.marker(msg),
             msg.stream,
             f"{self.state}:counts:{msg.stream}",
             *(t.stream for t in targets),
         ]
-        assert self._script is not None, "on_startup was not called"
-        if all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
-            for fields in entries:
-                args.append(len(fields))
-                args.extend(fields)
-            outcome = await self._script(keys=keys, args=args)
-        else:
-            outcome = await self._forward_wide(targets, entries, keys, args[:4])
-        self.counts[outcome.decode() if isinstance(outcome, bytes) else str(outcome)] += 1
-
-    async def _forward_wide(
-        self,
-        targets: list[Target],
-        entries: list[list[bytes | str]],
-        keys: list[str],
-        args: list[bytes | str | int],
-    ) -> Any:
-        """Forward an entry too wide for RELAY: plain XADDs and RELAY_WIDE in one MULTI."""
+        args: list[bytes | str | int] = [
+            msg.group,
+            msg.id,
+            "1" if self.acks_atomically else "0",
+            self.dedup_ms,
+        ]
         trim: list[bytes | str | int] = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
         adds = [[t.stream, *trim, "*", *fields] for t, fields in zip(targets, entries, strict=True)]
         for fields in entries:
@@ -341,3 +479,9 @@ class Relay(Handler):
             if isinstance(reply, Exception):
                 raise reply
         return outcome
+
+
+class BatchRelay(Relay, BatchHandler):
+    """`Relay` as a batch handler (what `Relay(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""

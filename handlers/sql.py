@@ -42,6 +42,14 @@ AsyncConnectionPool, `pool_size` connections at most (4 by default). The worker 
 lock and one round trip at a time, while a few pooled connections let independent entities
 commit in parallel, and the pool already knows how to discard and reopen connections.
 
+Batches. `SqlSink(...)` is a batch handler unless `batch=False`: a batch commits as one
+transaction, so one commit (and one round trip) per batch instead of per event. When every
+event of the batch writes the same columns, one statement does it all (`handlers._sql_set`):
+it inserts the inbox rows and upserts, per row, the newest of the events whose inbox row is
+new, which is what applying them one by one leaves. Otherwise each event's statement above
+runs, pipelined. A data exception in any event rolls the batch back; it then runs again with
+a savepoint around each event, so that only the offending events are rejected.
+
 Deletes are not offered on purpose: a deleted row forgets its version, so a late older event
 would bring it back. Use a status column (`values = { "order.cancelled" = { status =
 "cancelled" } }`) instead.
@@ -58,7 +66,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from handlers._fields import FieldMap, data_object, entity_key, field_map, pick
-from worker import Handler, HandlerContext, Message, Reject
+from handlers._sql_set import set_statement
+from worker import HandlerContext, MalformedMessage, Message, Reject
+from worker.batch import BatchHandler, Outcome
+from worker.handler import Handler
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -103,6 +114,11 @@ class SqlSink(Handler):
             advisory lock so that replicas starting together do not race.
         pool_size: most connections this handler opens.
         connect_timeout: seconds to wait for a connection before the attempt fails.
+        batch: True (the default) builds a batch handler, which writes up to `batch_max`
+            messages in one round trip but must be alone on its stream; False handles one
+            message at a time and may share the stream (with `ack = false`).
+        batch_max: most messages per batch.
+        batch_wait: seconds a batch may wait for more messages (see `worker.batch`).
 
     Raises:
         ValueError: invalid options, or no DSN at all.
@@ -110,9 +126,18 @@ class SqlSink(Handler):
 
     name = "sql"
 
+    def __new__(cls, *args: Any, batch: bool = True, **options: Any) -> SqlSink:
+        # `copy.copy` (Handler.bind) calls __new__ without options: it keeps the class.
+        if batch and options and cls is SqlSink:
+            cls = BatchSqlSink
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
+        batch: bool = True,
+        batch_max: int = 100,
+        batch_wait: float = 0.002,
         table: str,
         columns: Mapping[str, str] | Sequence[str],
         key_column: str = "id",
@@ -125,6 +150,12 @@ class SqlSink(Handler):
         pool_size: int = 4,
         connect_timeout: float = 5.0,
     ) -> None:
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must be >= 0 seconds")
+        self.batch_max = batch_max
+        self.batch_wait = batch_wait
         self.dsn = dsn or os.environ.get(DSN_ENV, "")
         if not self.dsn:
             raise ValueError(f"no dsn option and {DSN_ENV} is not set")
@@ -154,7 +185,9 @@ class SqlSink(Handler):
         self.counts: Counter[str] = Counter()
         self._pool: AsyncConnectionPool[Any] | None = None
         self._ready = False
-        self._statements: dict[tuple[str, ...], Any] = {}
+        self._statements: dict[tuple[str, ...], bytes] = {}
+        self._sets: dict[bytes, bytes] = {}
+        """Per-event statement -> the statement for a batch of such events."""
 
     # Lifecycle --------------------------------------------------------------------------
 
@@ -209,57 +242,153 @@ class SqlSink(Handler):
     # Messages ---------------------------------------------------------------------------
 
     async def handle(self, msg: Message) -> None:
-        key = entity_key(msg, self.key_field)
-        version = msg.version
-        row = pick(data_object(msg), self.columns)
-        row.update(self.values.get(msg.type or "", {}))
+        """One message as a batch of one; raises its outcome unless it succeeded."""
+        (outcome,) = await self.handle_batch([msg])
+        if outcome is not None:
+            raise outcome
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        """Apply `msgs` in ONE transaction, their statements pipelined in one round trip.
+
+        A data exception (one event's value its column cannot hold) aborts the transaction;
+        the batch then runs again with a savepoint around each event, so that only the
+        offending events are rejected, with PostgreSQL's reason.
+
+        Returns:
+            Per message: None (applied, stale or duplicate: committed before the runtime
+            acknowledges it), or `Reject` / `MalformedMessage` (dead-lettered).
+        """
+        outcomes: list[Outcome] = [None] * len(msgs)
+        work: list[tuple[int, bytes, list[Any]]] = []
+        for i, msg in enumerate(msgs):
+            try:
+                work.append((i, *self._statement(msg)))
+            except MalformedMessage as exc:
+                outcomes[i] = exc
+        if not work:
+            return outcomes
+        from psycopg.errors import DataError
+
         assert self._pool is not None, "on_startup was not called"
         async with self._pool.connection() as conn:
             if not self._ready:
                 await self._prepare(conn)
-            outcome = await self._apply(conn, msg, key, version, row)
-        self.counts[outcome] += 1
+            results: list[str | BaseException]
+            statements = {statement for _, statement, _ in work}
+            origins = {(params[1], params[2]) for _, _, params in work}
+            try:
+                if len(work) > 1 and len(statements) == 1 and len(origins) == len(work):
+                    results = list(await self._apply_set(conn, work))
+                else:
+                    results = list(await self._apply_all(conn, work))
+            except DataError:
+                results = await self._apply_each(conn, work)
+        for (i, _, _), result in zip(work, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+            else:
+                self.counts[result] += 1
+        return outcomes
 
-    async def _apply(
-        self,
-        conn: AsyncConnection[Any],
-        msg: Message,
-        key: str,
-        version: int | None,
-        row: dict[str, Any],
-    ) -> str:
-        """Inbox row, guarded upsert and outcome in ONE statement: atomic by itself (the
-        connection is in autocommit mode), and one round trip."""
-        from psycopg.errors import DataError
+    def _statement(self, msg: Message) -> tuple[bytes, list[Any]]:
+        """The statement for `msg` and its parameters.
+
+        Raises:
+            MalformedMessage: no entity key, `data` not an object, or a non-integer version.
+        """
         from psycopg.types.json import Jsonb
 
+        key = entity_key(msg, self.key_field)
+        version = msg.version
+        row = pick(data_object(msg), self.columns)
+        row.update(self.values.get(msg.type or "", {}))
         versioned = version is not None and self.version_column is not None
         record = {self.key_column: key, **row}
         if versioned:
             record[self.version_column or ""] = version
         statement = self._sql(tuple(record), versioned)
-        try:
-            cursor = await conn.execute(
-                statement, [msg.group, *msg.origin, self.table, Jsonb(record)]
-            )
-        except DataError as exc:
-            # A data exception (SQLSTATE class 22: a version or value out of range for its
-            # column, text in a number column) comes from the event itself: no retry can
-            # change it. The statement failed whole, so nothing was written, inbox included.
-            reason = exc.diag.message_primary or str(exc)
-            raise Reject(f"PostgreSQL refused the event for table {self.table}: {reason}") from None
-        result = await cursor.fetchone()
-        fresh, applied = result if result else (False, False)
-        if not fresh:
-            return "duplicate"
-        return "applied" if applied else "stale"
+        return statement, [msg.group, *msg.origin, self.table, Jsonb(record)]
 
-    def _sql(self, columns: tuple[str, ...], versioned: bool) -> Any:
-        """The statement for this set of columns, built once and cached."""
+    async def _apply_all(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, bytes, list[Any]]]
+    ) -> list[str]:
+        """Every statement and the commit in one pipeline: one round trip for the batch.
+
+        Raises:
+            DataError: an event's value does not fit its column; nothing was committed.
+        """
+        runs: list[tuple[bytes, list[list[Any]]]] = []
+        for _, statement, params in work:
+            if runs and runs[-1][0] is statement:
+                runs[-1][1].append(params)
+            else:
+                runs.append((statement, [params]))
+        outcomes: list[str] = []
+        async with conn.pipeline(), conn.transaction(), conn.cursor() as cursor:
+            # One executemany per run of events with the same columns (usually all of them).
+            for statement, params_seq in runs:
+                await cursor.executemany(statement, params_seq, returning=True)
+                outcomes += [_outcome(await result.fetchone()) async for result in cursor.results()]
+        return outcomes
+
+    async def _apply_set(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, bytes, list[Any]]]
+    ) -> list[str]:
+        """Events that all write the same columns, as one statement (`handlers._sql_set`).
+
+        Raises:
+            DataError: an event's value does not fit its column; nothing was committed.
+        """
+        from psycopg.types.json import Jsonb
+
+        statement = self._sets[work[0][1]]
+        group, _, _, sink, _ = work[0][2]
+        events = Jsonb([[p[1], p[2], p[4].obj] for _, _, p in work])
+        cursor = await conn.execute(statement, [events, group, sink])
+        return [
+            "duplicate" if not fresh else "applied" if landed else "stale"
+            for fresh, landed in await cursor.fetchall()
+        ]
+
+    async def _apply_each(
+        self, conn: AsyncConnection[Any], work: list[tuple[int, bytes, list[Any]]]
+    ) -> list[str | BaseException]:
+        """The batch again, each statement under a savepoint: a data error rejects its event
+        alone (the savepoint undoes its inbox row too), the others commit together."""
+        from psycopg.errors import DataError
+
+        results: list[str | BaseException] = []
+        async with conn.transaction():
+            for _, statement, params in work:
+                try:
+                    async with conn.transaction():
+                        cursor = await conn.execute(statement, params)
+                        results.append(_outcome(await cursor.fetchone()))
+                except DataError as exc:
+                    # A data exception (SQLSTATE class 22: a version or value out of range
+                    # for its column, text in a number column) comes from the event itself:
+                    # no retry can change it.
+                    reason = exc.diag.message_primary or str(exc)
+                    results.append(
+                        Reject(f"PostgreSQL refused the event for table {self.table}: {reason}")
+                    )
+        return results
+
+    def _sql(self, columns: tuple[str, ...], versioned: bool) -> bytes:
+        """The statement for this set of columns, built once and cached as bytes: psycopg
+        renders a composed statement again on every execution, which costs more than the
+        rest of the call (the identifiers are plain ASCII, so no connection is needed)."""
         cache_key = (*columns, "\0versioned" if versioned else "\0unversioned")
         cached = self._statements.get(cache_key)
         if cached is None:
-            cached = self._statements[cache_key] = self._build(columns, versioned)
+            cached = self._statements[cache_key] = self._build(columns, versioned).as_bytes(None)
+            self._sets[cached] = set_statement(
+                self.table,
+                self.inbox_table,
+                self.key_column,
+                self.version_column if versioned else None,
+                columns,
+            )
         return cached
 
     def _build(self, names: tuple[str, ...], versioned: bool) -> Any:
@@ -303,7 +432,21 @@ class SqlSink(Handler):
         return statement
 
 
+def _outcome(result: tuple[Any, ...] | None) -> str:
+    """What the statement's (fresh, applied) reply means."""
+    fresh, applied = result if result else (False, False)
+    if not fresh:
+        return "duplicate"
+    return "applied" if applied else "stale"
+
+
 def _name(dotted: str) -> Any:
     from psycopg import sql
 
     return sql.Identifier(*dotted.split("."))
+
+
+class BatchSqlSink(SqlSink, BatchHandler):
+    """`SqlSink` as a batch handler (what `SqlSink(...)` builds unless `batch=False`): the
+    runtime hands it up to `batch_max` messages of its stream at a time, which it writes in
+    one round trip. It must be the only handler of its stream."""

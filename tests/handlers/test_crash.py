@@ -343,3 +343,91 @@ class TestKilledWorkers:
             k: (e.data["x"], e.data["y"], e.version) for k, e in latest(events).items()
         }
         assert inbox_rows == len(events)
+
+
+class TestKilledMidBatch:
+    @pytest.mark.postgres
+    async def test_sql_batch_killed_inside_its_transaction_lands_once(
+        self,
+        redis: Redis,
+        redis_server: RedisServer,
+        tmp_path: Path,
+        pg_dsn: str,
+        run_id: str,
+    ) -> None:
+        """A worker killed while a batch transaction waits on a row lock (part of its writes
+        done, none committed) leaves, after a restart, every event applied once: the newest
+        versions in the table and one inbox row per entry."""
+        import psycopg
+
+        rng = random.Random()
+        events = disorder(rng, history(rng, entities=300, deletes=False))
+        stream, group, table = f"{run_id}:orders", f"g-{run_id}", f"mid_{run_id}"
+        await publish(redis, stream, events)
+        worker = CrashingWorker(
+            tmp_path,
+            redis_server.url,
+            group,
+            [
+                {
+                    "stream": stream,
+                    "handler": "sql",
+                    "options": {"table": table, "columns": ["x", "y"]},
+                }
+            ],
+        )
+        worker.env["SYNCWORKER_POSTGRES_DSN"] = pg_dsn
+        conn = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        locker = await psycopg.AsyncConnection.connect(pg_dsn)
+        try:
+            await conn.execute(
+                f"CREATE TABLE {table} (id text PRIMARY KEY, x integer, y text, version bigint)"
+            )
+            # Given: a row every batch of the first delivery must update, locked elsewhere
+            first_key = events[0].key
+            await conn.execute(f"INSERT INTO {table} (id, version) VALUES (%s, 0)", [first_key])
+            await locker.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [first_key])
+
+            async def waiting_on_lock() -> bool:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                row = await cur.fetchone()
+                return bool(row and row[0])
+
+            async def inbox_rows() -> int:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM syncworker_inbox WHERE stream = %s", [stream]
+                )
+                row = await cur.fetchone()
+                return int(row[0]) if row else 0
+
+            async def done() -> bool:
+                return await inbox_rows() >= len(events) and not await pending_count(
+                    redis, stream, group
+                )
+
+            # When: the worker is killed while its first batch waits on that lock
+            worker.start()
+            try:
+                await worker._until(waiting_on_lock, 30)
+                worker.kill()
+                await locker.rollback()
+                # Then: a restarted worker finishes, and each event landed once
+                worker.start()
+                await worker._until(done, 60)
+                worker.kill(signal.SIGTERM)
+            finally:
+                if worker.alive():
+                    worker.kill()
+            cur = await conn.execute(f"SELECT id, x, y, version FROM {table}")
+            found = {r[0]: r[1:] for r in await cur.fetchall()}
+            inbox_total = await inbox_rows()
+        finally:
+            await locker.close()
+            await conn.close()
+        assert found == {
+            k: (e.data["x"], e.data["y"], e.version) for k, e in latest(events).items()
+        }
+        assert inbox_total == len(events)

@@ -12,7 +12,7 @@ from handlers.idempotent import Effects
 from tests.handlers.events import Event, delivered, publish
 from tests.handlers.plugins import Tally
 from tests.helpers import make_settings, pending_count
-from worker import ConfigError, HandlerContext, Message, handler
+from worker import ConfigError, HandlerContext, Message, Reject, handler
 from worker.redis_server import RedisServer
 from worker.registry import validate
 
@@ -78,6 +78,23 @@ class TestEffects:
         again = Effects(redis, msg).set(f"{run}:a", "2")
         assert await again.commit() is False
         assert await redis.get(f"{run}:a") == b"1"
+
+    async def test_writes_wider_than_a_script_call_run_whole(self, redis: Redis) -> None:
+        """Hashes, sets and lists of 9,000 items (more values than Lua's unpack takes) are
+        written whole; a command that cannot be split is rejected when recorded."""
+        run = uuid.uuid4().hex[:8]
+        msg = Message(f"{run}:s", "1-0", {}, 1, "g")
+        items = [f"i{n}" for n in range(9_000)]
+        async with Effects(redis, msg) as tx:
+            tx.hset(f"{run}:h", dict.fromkeys(items, "v")).sadd(f"{run}:set", *items)
+            tx.rpush(f"{run}:l", *items).zadd(f"{run}:z", dict.fromkeys(items, 1.0))
+            with pytest.raises(Reject, match="too many arguments"):
+                tx.call("PFADD", f"{run}:hll", *items)
+        assert tx.applied
+        assert await redis.hlen(f"{run}:h") == 9_000
+        assert await redis.scard(f"{run}:set") == 9_000
+        assert await redis.lrange(f"{run}:l", 0, -1) == [i.encode() for i in items]
+        assert await redis.zcard(f"{run}:z") == 9_000
 
     def test_acking_helpers_must_be_alone_on_their_stream(self) -> None:
         """An IdempotentHandler that acks is refused beside another handler on its stream."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +25,7 @@ from tests.handlers.events import (
 )
 from tests.helpers import eventually, make_settings, pending_count, running
 from worker import ConfigError, MalformedMessage, Message, WorkerSettings, handler
+from worker.batch import BatchHandler
 from worker.redis_server import RedisServer
 from worker.registry import handlers_from_settings
 
@@ -305,16 +307,35 @@ class TestConfiguration:
 
     def test_an_acking_projection_cannot_share_its_stream(self) -> None:
         """With ack = true another handler on the stream is refused; with ack = false it is not."""
+        from worker.registry import validate
 
         @handler(stream="orders")
         async def other(msg: Message) -> None:
             pass
 
-        with pytest.raises(ConfigError, match="acknowledges atomically"):
-            from worker.registry import validate
+        def shared(**options: Any) -> Projection:
+            return Projection(prefix="p:", events=PROJECTION_EVENTS, batch=False, **options)
 
-            validate([projection("p:").bind(["orders"]), other])
-        validate([projection("p:", ack=False).bind(["orders"]), other])
+        with pytest.raises(ConfigError, match="acknowledges atomically"):
+            validate([shared().bind(["orders"]), other])
+        validate([shared(ack=False).bind(["orders"]), other])
+
+    def test_a_batching_projection_cannot_share_its_stream(self) -> None:
+        """By default the projection takes batches and must be alone on its stream; with
+        batch = false it handles one message at a time beside other handlers."""
+        from worker.registry import validate
+
+        @handler(stream="orders")
+        async def other(msg: Message) -> None:
+            pass
+
+        batching = Projection(prefix="p:", events=PROJECTION_EVENTS, ack=False)
+        assert isinstance(batching, BatchHandler)
+        with pytest.raises(ConfigError, match="batch handler"):
+            validate([batching.bind(["orders"]), other])
+        single = Projection(prefix="p:", events=PROJECTION_EVENTS, ack=False, batch=False)
+        assert not isinstance(single.bind(["orders"]), BatchHandler)
+        validate([single.bind(["orders"]), other])
 
 
 class TestInTheWorker:

@@ -155,8 +155,8 @@ class TestRelay:
         provider: TracerProvider,
         exporter: InMemorySpanExporter,
     ) -> None:
-        """A relayed entry carries the relay's span: the downstream handler's span is its
-        child, in the trace the original publisher started."""
+        """A per-message relay's entry carries the relay's span: the downstream handler's
+        span is its child, in the trace the original publisher started."""
         source, group = names["stream"], names["group"]
         downstream = f"{source}:payments"
 
@@ -164,7 +164,9 @@ class TestRelay:
         async def payments(msg: Message) -> None:
             pass
 
-        relay = Relay(to=downstream, state_prefix=f"relay:{names['suffix']}").bind([source])
+        relay = Relay(to=downstream, state_prefix=f"relay:{names['suffix']}", batch=False).bind(
+            [source]
+        )
         with provider.get_tracer("app").start_as_current_span("checkout"):
             await Publisher(redis, tracer_provider=provider).publish(source, "t", {"id": 1})
         settings = make_settings(redis_server.url, group)

@@ -204,7 +204,8 @@ def _text(value: Any) -> str:
 def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[dict[str, Any]]:
     """The worker's [[routes]]: projection, SQL sink and relay, all on the orders stream.
 
-    Three handlers share the stream, so none may acknowledge on its own (`ack = false`):
+    Three handlers share the stream, so none may acknowledge on its own (`ack = false`) or
+    take batches (`batch = false`: a batch handler must be alone on its stream):
     each one's guard (versions, inbox, dedup marker) keeps its effect exactly once, and the
     runtime acknowledges when all three succeeded.
     """
@@ -216,6 +217,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
             "state_prefix": names.state + ":projection",
             "fields": READ_MODEL_FIELDS,
             "ack": False,
+            "batch": False,
             "events": {
                 "order.created": {"action": "set", "values": {"status": "pending"}},
                 "order.paid": {"action": "set", "values": {"status": "captured"}},
@@ -233,6 +235,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
             "columns": SQL_COLUMNS,
             "values": {kind: {"status": status} for kind, status in STATUS.items()},
             "schema": PAYMENTS_DDL.replace("payments", names.table, 1),
+            "batch": False,
         },
     }
     if dsn is not None:
@@ -248,6 +251,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
             "state_prefix": names.state + ":relay",
             "dedup": "event_id",
             "ack": False,
+            "batch": False,
         },
     }
     return [projection, sql_sink, relay] if sql else [projection, relay]
