@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from worker.errors import InvalidEvent
 from worker.message import Message
 from worker.runtime.stats import Stats
+from worker.versions import Versions, as_versions, parse_versioned
 
 log = structlog.get_logger("worker.typed")
 
@@ -40,26 +41,41 @@ def describe(model: Any, exc: ValidationError) -> str:
     return f"data does not match {name}: {'; '.join(parts[:MAX_ERRORS])}{more}"
 
 
+def validate(model: Any, payload: Any) -> Any:
+    """`payload` validated against `model`.
+
+    Raises:
+        ValidationError: it does not validate.
+    """
+    return adapter(model).validate_python(payload)
+
+
 def parse(model: Any, msg: Message, stats: Stats) -> Any:
-    """`msg.data` validated against `model`.
+    """`msg.data` validated against `model`; with `Versions`, against the model of the
+    entry's schema version, then upcast to the newest (`worker.versions`).
 
     Raises:
         InvalidEvent: it does not validate (counted and logged as `event.invalid`).
-        MalformedMessage: `data` cannot be decoded at all.
+        MalformedMessage: `data` (or the schema version) cannot be decoded at all.
     """
     try:
-        return adapter(model).validate_python(msg.data)
+        if isinstance(model, Versions):
+            return parse_versioned(model, msg.schema_version, msg.data, validate, describe)
+        return validate(model, msg.data)
     except ValidationError as exc:
         reason = describe(model, exc)
-        stats.invalid_events[msg.stream] += 1
-        log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
-        raise InvalidEvent(reason) from None
+    except InvalidEvent as exc:
+        reason = str(exc)
+    stats.invalid_events[msg.stream] += 1
+    log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
+    raise InvalidEvent(reason)
 
 
 def typed_async(
     handle: Callable[[Message], Awaitable[None]], model: Any, stats: Stats
 ) -> Callable[[Message], Awaitable[None]]:
     """`handle`, called with `msg.event` set once `msg.data` validated against `model`."""
+    model = as_versions(model) or model
 
     async def call(msg: Message) -> None:
         msg._event = parse(model, msg, stats)
@@ -72,6 +88,7 @@ def typed_blocking(
     func: Callable[[Message], Any], model: Any, stats: Stats
 ) -> Callable[[Message], Any]:
     """`func` (a blocking handler), likewise; it runs in the handler thread with the call."""
+    model = as_versions(model) or model
 
     def call(msg: Message) -> Any:
         msg._event = parse(model, msg, stats)
