@@ -112,9 +112,7 @@ class TestRefused:
         h = handler(stream="orders", model=broken)(completed.func)
         result = await deliver(h, data={"id": 1, "amount": 1}, schema_version=1)
         assert result.outcome == "dead_letter"
-        assert "upcast from schema version 1 to 2: data does not match OrderV2" in str(
-            result.error
-        )
+        assert "upcast from schema version 1 to 2: data does not match OrderV2" in str(result.error)
         assert "currency: Field required" in str(result.error)
 
     def test_an_upcaster_for_the_newest_version_is_refused(self) -> None:

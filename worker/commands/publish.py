@@ -5,20 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import get_args
 
 from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import CommandError, execute
-from worker.publish import Publisher
+from worker.publish import PublishEnvelope, Publisher
 
-EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id and
-version. --data - reads the JSON from standard input. Prints the new entry id.
+EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id, version
+and schema_version. --data - reads the JSON from standard input. Prints the new entry id.
+--envelope cloudevents writes a structured CloudEvent (one field `data`, as Dapr does),
+cloudevents-binary one `ce_*` field per attribute with the payload in `data`; routes with
+envelope = "cloudevents" read both.
 
 examples:
   syncworker publish orders --type order.completed --key order-42 \\
     --data '{"order_id": 42, "total": "19.90"}' --event-id 5f0c... --version 3
   echo '{"order_id": 42}' | syncworker publish orders --type order.created --key order-42 --data -
+  syncworker publish orders --envelope cloudevents --source /checkout --type order.paid \
+    --key order-42 --data '{"order_id": 42}'
 """
 
 
@@ -42,6 +48,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--event-id", metavar="ID", help="publisher's unique event id")
     parser.add_argument("--version", type=int, metavar="N", help="entity version (integer)")
     parser.add_argument(
+        "--schema-version",
+        type=int,
+        metavar="N",
+        help="version of the payload's shape, for handlers with Versions models (integer)",
+    )
+    parser.add_argument(
+        "--envelope",
+        choices=get_args(PublishEnvelope),
+        default="syncworker",
+        help="entry layout: syncworker fields (default), or a CloudEvent in structured or "
+        "binary mode",
+    )
+    parser.add_argument(
+        "--source",
+        default="syncworker",
+        metavar="URI",
+        help="the CloudEvents source attribute (with --envelope cloudevents*; default syncworker)",
+    )
+    parser.add_argument(
         "--maxlen",
         type=int,
         metavar="N",
@@ -64,7 +89,7 @@ def publish(args: argparse.Namespace) -> int:
         return 2
 
     async def body(redis: Redis) -> int:
-        publisher = Publisher(redis, maxlen=args.maxlen)
+        publisher = Publisher(redis, maxlen=args.maxlen, envelope=args.envelope, source=args.source)
         try:
             entry_id = await publisher.publish(
                 args.stream,
@@ -73,6 +98,7 @@ def publish(args: argparse.Namespace) -> int:
                 key=args.key,
                 event_id=args.event_id,
                 version=args.version,
+                schema_version=args.schema_version,
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
