@@ -134,15 +134,16 @@ def parse_versioned(
     event = payload
     for step, current in enumerate(path):
         model = versions.models[current]
+        where = (
+            f"schema version {current}"
+            if step == 0
+            else f"upcast from schema version {path[step - 1]} to {current}"
+        )
         try:
+            if step > 0:
+                # Building the next version's model inside the upcaster validates it there.
+                event = versions.upcast[path[step - 1]](event)
             event = validate(model, event)
         except ValidationError as exc:
-            reason = describe(model, exc)
-            if step == 0:
-                raise InvalidEvent(f"schema version {current}: {reason}") from None
-            raise InvalidEvent(
-                f"upcast from schema version {path[step - 1]} to {current}: {reason}"
-            ) from None
-        if current != path[-1]:
-            event = versions.upcast[current](event)
+            raise InvalidEvent(f"{where}: {describe(model, exc)}") from None
     return event

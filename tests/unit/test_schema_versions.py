@@ -130,3 +130,31 @@ class TestSchemaExport:
         versions = entry["versions"]["order.completed"]
         assert {v: s["title"] for v, s in versions.items()} == {"1": "OrderV1", "2": "OrderV2"}
         assert json.loads(json.dumps(document)) == document
+
+
+class TestUpcasterErrors:
+    async def test_a_model_the_upcaster_builds_wrongly_is_an_invalid_event(self) -> None:
+        """pydantic refusing what the upcaster builds: dead letter naming the step."""
+
+        def build(v1: OrderV1) -> OrderV2:
+            return OrderV2(order_id=v1.id, total=v1.amount, currency=None)  # type: ignore[arg-type]
+
+        h = handler(stream="orders", model=Versions({1: OrderV1, 2: OrderV2}, upcast={1: build}))(
+            completed.func
+        )
+        result = await deliver(h, data={"id": 1, "amount": 1}, schema_version=1)
+        assert result.outcome == "dead_letter"
+        assert str(result.error).startswith("upcast from schema version 1 to 2: data does not")
+        assert "currency: Input should be a valid string" in str(result.error)
+
+    async def test_an_upcaster_that_raises_anything_else_is_retried(self) -> None:
+        """A bug in the upcaster is the handler's failure: retried, not dead-lettered."""
+
+        def broken(v1: OrderV1) -> OrderV2:
+            raise KeyError("oops")
+
+        h = handler(stream="orders", model=Versions({1: OrderV1, 2: OrderV2}, upcast={1: broken}))(
+            completed.func
+        )
+        result = await deliver(h, data={"id": 1, "amount": 1}, schema_version=1)
+        assert result.outcome == "retry" and isinstance(result.error, KeyError)
