@@ -101,6 +101,11 @@ def _bind_route(route: Route, setting: str) -> Handler:
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
     bound = instance.bind([route.stream], route.types, route.envelope)
+    if route.model is not None:
+        try:
+            bound.model = import_string(route.model)
+        except ImportError as exc:
+            raise ConfigError(f"{setting}.model", f"cannot import {route.model!r}: {exc}") from None
     if route.name:
         bound.name = route.name
     elif not bound.name:

@@ -71,6 +71,12 @@ class Route(BaseModel):
         description="Layout of the stream's entries: syncworker (this runtime's fields), "
         "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
     )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="module:attr of the type (usually a pydantic model, or a Versions) that "
+        "data must validate against; None keeps the handler's own.",
+    )
 
 
 class WorkerSettings(BaseSettings):
