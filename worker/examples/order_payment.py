@@ -50,7 +50,6 @@ PAYMENTS_DDL = """CREATE TABLE IF NOT EXISTS payments (
 )"""
 
 
-
 class OrderState(BaseModel):
     """The payload of every order event: the order's full state at its version.
 
