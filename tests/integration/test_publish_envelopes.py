@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from tests.helpers import dead_letters, eventually, make_settings, pending_count, running
-from worker import Message, handler
+from worker import Message, Versions, handler
 from worker.cli import main
 from worker.publish import PublishEnvelope, Publisher
 from worker.redis_server import RedisServer
@@ -144,3 +145,56 @@ class TestPublishCommand:
 
         assert seen[0][:2] == ("order.paid", "o-9")
         assert seen[0][3:] == (4, 2, {"n": 9})
+
+
+class OrderV1(BaseModel):
+    id: int
+
+
+class OrderV2(BaseModel):
+    order_id: int
+    currency: str
+
+
+class TestSchemaVersionsInAWorker:
+    @pytest.mark.parametrize("envelope", ["syncworker", "cloudevents", "cloudevents-binary"])
+    async def test_v1_and_v2_entries_reach_the_v2_handler_and_v3_is_dead_lettered(
+        self,
+        envelope: PublishEnvelope,
+        redis: Redis,
+        redis_server: RedisServer,
+        names: dict[str, str],
+    ) -> None:
+        """A real worker upcasts v1, takes v2 as is, and dead-letters v3 with the reason."""
+        stream, group = names["stream"], names["group"]
+        seen: list[OrderV2] = []
+        versions = Versions(
+            {1: OrderV1, 2: OrderV2},
+            upcast={1: lambda v1: OrderV2(order_id=v1.id, currency="EUR")},
+        )
+        route = "syncworker" if envelope == "syncworker" else "cloudevents"
+
+        @handler(stream=stream, envelope=route, model=versions)  # type: ignore[arg-type]
+        async def orders(msg: Message) -> None:
+            seen.append(msg.event)
+
+        publisher = Publisher(redis, envelope=envelope)
+        await publisher.publish(stream, "order", {"id": 1}, key="o-1")  # no schema version: v1
+        await publisher.publish(stream, "order", {"id": 2}, key="o-2", schema_version=1)
+        await publisher.publish(
+            stream, "order", {"order_id": 3, "currency": "USD"}, key="o-3", schema_version=2
+        )
+        await publisher.publish(stream, "order", {"order_id": 4}, key="o-4", schema_version=3)
+
+        async with running(make_settings(redis_server.url, group), [orders]):
+            await eventually(lambda: _has_dead_letter(redis, stream))
+            await eventually(lambda: _settled(redis, stream, group))
+
+        assert sorted(seen, key=lambda o: o.order_id) == [
+            OrderV2(order_id=1, currency="EUR"),
+            OrderV2(order_id=2, currency="EUR"),
+            OrderV2(order_id=3, currency="USD"),
+        ]
+        (letter,) = await dead_letters(redis, stream)
+        assert letter["dlq_error_type"] == "InvalidEvent"
+        assert letter["dlq_error"] == "schema version 3 of OrderV2 has no model (known: 1, 2)"
