@@ -22,6 +22,7 @@ from worker.publish import Publisher, event_fields, publish
 from worker.runtime.stats import Stats
 from worker.runtime.worker import Worker
 from worker.settings import Route, WorkerSettings, load_settings
+from worker.versions import Versions
 
 __all__ = [
     "BatchFunctionHandler",
@@ -44,6 +45,7 @@ __all__ = [
     "Route",
     "Stats",
     "SyncWorkerError",
+    "Versions",
     "Worker",
     "WorkerSettings",
     "event_fields",

@@ -106,6 +106,11 @@ def _bind_route(route: Route, setting: str) -> Handler:
         from worker.middleware import load  # imported late: worker.middleware imports this module
 
         bound.middleware = (*bound.middleware, *load(route.middleware, f"{setting}.middleware"))
+    if route.model is not None:
+        try:
+            bound.model = import_string(route.model)
+        except ImportError as exc:
+            raise ConfigError(f"{setting}.model", f"cannot import {route.model!r}: {exc}") from None
     if route.name:
         bound.name = route.name
     elif not bound.name:

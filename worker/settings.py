@@ -76,6 +76,12 @@ class Route(BaseModel):
         description="module:attr of middleware for this route, run inside the worker-wide "
         "ones and the handler's own (first listed outermost).",
     )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="module:attr of the type (usually a pydantic model, or a Versions) that "
+        "data must validate against; None keeps the handler's own.",
+    )
 
 
 class WorkerSettings(BaseSettings):

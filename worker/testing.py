@@ -93,6 +93,7 @@ def make_message(
     data: Any = None,
     version: int | None = None,
     event_id: str | None = None,
+    schema_version: int | None = None,
     fields: dict[str, str | bytes] | None = None,
     attempt: int = 1,
     group: str = "test",
@@ -104,6 +105,7 @@ def make_message(
         "key": key,
         "event_id": event_id,
         "version": None if version is None else str(version),
+        "schema_version": None if schema_version is None else str(schema_version),
     }
     for name, value in conventional.items():
         if value is not None:

@@ -7,20 +7,26 @@ import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from typing import get_args
 
 from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from, start_tracing
 from worker.commands.support import CommandError, execute
-from worker.publish import Publisher
+from worker.publish import PublishEnvelope, Publisher
 
-EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id and
-version. --data - reads the JSON from standard input. Prints the new entry id.
+EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id, version
+and schema_version. --data - reads the JSON from standard input. Prints the new entry id.
+--envelope cloudevents writes a structured CloudEvent (one field `data`, as Dapr does),
+cloudevents-binary one `ce_*` field per attribute with the payload in `data`; routes with
+envelope = "cloudevents" read both.
 
 examples:
   syncworker publish orders --type order.completed --key order-42 \\
     --data '{"order_id": 42, "total": "19.90"}' --event-id 5f0c... --version 3
   echo '{"order_id": 42}' | syncworker publish orders --type order.created --key order-42 --data -
+  syncworker publish orders --envelope cloudevents --source /checkout --type order.paid \
+    --key order-42 --data '{"order_id": 42}'
 """
 
 
@@ -43,6 +49,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("--event-id", metavar="ID", help="publisher's unique event id")
     parser.add_argument("--version", type=int, metavar="N", help="entity version (integer)")
+    parser.add_argument(
+        "--schema-version",
+        type=int,
+        metavar="N",
+        help="version of the payload's shape, for handlers with Versions models (integer)",
+    )
+    parser.add_argument(
+        "--envelope",
+        choices=get_args(PublishEnvelope),
+        default="syncworker",
+        help="entry layout: syncworker fields (default), or a CloudEvent in structured or "
+        "binary mode",
+    )
+    parser.add_argument(
+        "--source",
+        default="syncworker",
+        metavar="URI",
+        help="the CloudEvents source attribute (with --envelope cloudevents*; default syncworker)",
+    )
     parser.add_argument(
         "--maxlen",
         type=int,
@@ -74,7 +99,7 @@ def publish(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> int:
-    publisher = Publisher(redis, maxlen=args.maxlen)
+    publisher = Publisher(redis, maxlen=args.maxlen, envelope=args.envelope, source=args.source)
     with _traced():
         try:
             entry_id = await publisher.publish(
@@ -84,6 +109,7 @@ async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> 
                 key=args.key,
                 event_id=args.event_id,
                 version=args.version,
+                schema_version=args.schema_version,
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None

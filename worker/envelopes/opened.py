@@ -71,6 +71,18 @@ class EnvelopeMessage(Message):
         return self.opened.version
 
     @property
+    def schema_version(self) -> int | None:
+        """The payload's schema version: the CloudEvents extension `schemaversion`, or a
+        `schema_version` header (FastStream); None when absent.
+
+        Raises:
+            MalformedMessage: it is not an integer.
+        """
+        attributes = self.opened.attributes
+        value = attributes.get("schemaversion", attributes.get("schema_version"))
+        return version_of(value)
+
+    @property
     def data(self) -> Any:
         """The payload, decoded when the envelope was opened."""
         return self.opened.data

@@ -27,6 +27,7 @@ from worker.runtime.dispatch import Route, for_this_group
 from worker.runtime.stats import Stats
 from worker.runtime.supervise import told_to_stop
 from worker.typed import parse
+from worker.versions import as_versions
 
 if TYPE_CHECKING:
     from worker.runtime.dispatch import Dispatcher
@@ -94,7 +95,7 @@ class BatchDispatcher:
             model = route.handler.model
             if model is not None:
                 try:
-                    msg._event = parse(model, msg, self.stats)
+                    msg._event = parse(as_versions(model) or model, msg, self.stats)
                 except Reject as exc:
                     settler.dead_letter(msg, exc, route.name)
                     continue
