@@ -36,7 +36,7 @@ ROLLBACK_SHARE = 0.2
 PRODUCE_S = 64.0 if LONG else 8.0
 TX_PAUSE_S = (0.0, 0.06)
 """Pause between one producer's transactions (seeded): about 100 transactions a second in all."""
-KILL_EVERY_S = (0.4, 1.4)
+KILL_EVERY_S = (0.3, 1.0)
 RESTART_AFTER_S = (0.0, 0.8)
 LEADER_SHARE = 0.75
 """Share of the kills aimed at the leader (the rest hit a standby)."""
@@ -172,37 +172,51 @@ class RelayFleet:
         self.kills = 0
         self.takeovers: list[float] = []
         """Seconds from a leader's SIGKILL to a standby's `outbox.leading`."""
-        self._watchers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         for n in (1, 2):
             self.replicas.append(await self._spawn(f"relay{n}"))
+        for replica in self.replicas:
+            await _started(replica)
 
     async def _spawn(self, name: str) -> WorkerProcess:
         return await relay_process(self.redis_server, self.dsn, self.table, name).start()
 
     async def chaos(self, until: float) -> None:
-        """Kill and restart replicas until `until` (monotonic)."""
+        """Kill replicas until `until` (monotonic); each comes back after a seeded delay.
+
+        Only replicas that run are killed (one killed while Python still imports would test
+        nothing but the interpreter's start-up), so the kills go on while a victim restarts.
+        """
         while True:
             await asyncio.sleep(self.rng.uniform(*KILL_EVERY_S))
             if time.monotonic() >= until:
-                return
-            leaders = [p for p in self.replicas if "outbox.leading" in p.output()]
+                break
+            up = [p for p in self.replicas if _up(p)]
+            if not up:
+                continue
+            leaders = [p for p in up if "outbox.leading" in p.output()]
             aim_leader = self.rng.random() < LEADER_SHARE
-            victims = leaders if aim_leader and leaders else self.replicas
+            victims = leaders if aim_leader and leaders else up
             victim = victims[self.rng.randrange(len(victims))]
-            others = [p for p in self.replicas if p is not victim]
-            standby = others[0] if others else None
-            waiting = standby is not None and _standing_by(standby)
+            index = self.replicas.index(victim)
+            standby = self.replicas[1 - index]
+            waiting = _up(standby) and "outbox.leading" not in standby.output()
             victim.process.kill()  # type: ignore[union-attr]
             killed = time.monotonic()
             await victim.wait()
             self.kills += 1
-            if victim in leaders and standby is not None and waiting:
-                self._watchers.append(asyncio.create_task(self._watch(standby, killed)))
-            await asyncio.sleep(self.rng.uniform(*RESTART_AFTER_S))
-            index = self.replicas.index(victim)
-            self.replicas[index] = await self._spawn(f"relay{index + 1}")
+            if victim in leaders and waiting:
+                self._tasks.append(asyncio.create_task(self._watch(standby, killed)))
+            delay = self.rng.uniform(*RESTART_AFTER_S)
+            self._tasks.append(asyncio.create_task(self._restart(index, delay)))
+        for task in self._tasks:
+            await task
+
+    async def _restart(self, index: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.replicas[index] = await self._spawn(f"relay{index + 1}")
 
     async def _watch(self, standby: WorkerProcess, killed: float) -> None:
         while time.monotonic() - killed < 15:
@@ -214,13 +228,20 @@ class RelayFleet:
             await asyncio.sleep(0.005)
 
     async def stop(self) -> list[int]:
-        for watcher in self._watchers:
-            await watcher
         for p in self.replicas:
             p.signal(15)
         return [await p.wait(15) for p in self.replicas]
 
 
-def _standing_by(process: WorkerProcess) -> bool:
+async def _started(process: WorkerProcess) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not _up(process):
+        await asyncio.sleep(0.02)
+
+
+def _up(process: WorkerProcess) -> bool:
+    """Alive, and past start-up: standing by or leading."""
+    if process.process is None or process.process.returncode is not None:
+        return False
     out = process.output()
-    return "outbox.standby" in out and "outbox.leading" not in out
+    return "outbox.standby" in out or "outbox.leading" in out
