@@ -74,6 +74,11 @@ def select_sql(table: str) -> str:
     last row is below the cut-off has every earlier transaction of its keys below it too, and
     both visible (one statement, one snapshot), so they go out in the same batch, in order.
     Rows without a txid (written before the column existed) stand alone.
+
+    "No row of the transaction beyond the cut" is a scalar subquery with LIMIT 1, not NOT
+    EXISTS: PostgreSQL turns the latter into an anti-join that hashes the whole table (50 ms
+    per batch with 20,000 rows waiting); the subquery is one probe of the (txid, id) index
+    per row.
     """
     t = check_table(table)
     return (
@@ -82,8 +87,8 @@ def select_sql(table: str) -> str:
         "picked AS (SELECT o.id, o.stream, o.type, o.key, o.data::text AS data, o.event_id, "
         "o.version, cut.head, max(o.id) OVER (PARTITION BY o.txid, "
         "CASE WHEN o.txid IS NULL THEN o.id END) AS last "
-        f"FROM {t} o, cut WHERE o.id <= cut.id AND NOT EXISTS "
-        f"(SELECT 1 FROM {t} x WHERE x.txid = o.txid AND x.id > cut.id)) "
+        f"FROM {t} o, cut WHERE o.id <= cut.id AND "
+        f"(SELECT x.id FROM {t} x WHERE x.txid = o.txid AND x.id > cut.id LIMIT 1) IS NULL) "
         "SELECT id, stream, type, key, data, event_id, version, head FROM picked "
         "ORDER BY last, id"
     )
