@@ -106,6 +106,7 @@ async def account(
         relay=await _counts(redis, f"{names.state}:relay:counts:{names.orders}"),
         versions_published=len(
             {(f["key"], f["version"]) for f in scenario.published if "version" in f}
+            | {(e.order_id, str(e.version)) for e in scenario.through_outbox}
         ),
     )
     if dsn is not None:
