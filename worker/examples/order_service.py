@@ -45,7 +45,7 @@ UPSERT = (
     "status = EXCLUDED.status, version = EXCLUDED.version"
 )
 
-START_S = 20.0
+START_S = 60.0
 """Longest a relay may take to start leading, or the outbox to drain."""
 
 
@@ -138,10 +138,10 @@ async def launch(service: OrderService, dsn: str, directory: Path, env: dict[str
     await prepare(dsn)
     first = await start_relay(directory, env, dsn, "relay-1")
     service.relays.append(first)
-    await _until(lambda: first.says("outbox.leading"), "relay-1 did not start leading")
+    await _until(lambda: first.says("outbox.leading"), "relay-1 did not start leading", first)
     second = await start_relay(directory, env, dsn, "relay-2")
     service.relays.append(second)
-    await _until(lambda: second.says("outbox.standby"), "relay-2 did not start")
+    await _until(lambda: second.says("outbox.standby"), "relay-2 did not start", second)
 
 
 async def outbox_rows(dsn: str) -> int:
@@ -240,7 +240,7 @@ def _empty(dsn: str) -> Any:
     return check
 
 
-async def _until(check: Any, failure: str) -> None:
+async def _until(check: Any, failure: str, relay: Relay | None = None) -> None:
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
         result = check()
@@ -249,4 +249,7 @@ async def _until(check: Any, failure: str) -> None:
         if result:
             return
         await asyncio.sleep(0.02)
-    raise SystemExit(f"syncworker demo: {failure} within {START_S:.0f} s")
+    tail = ""
+    if relay is not None:
+        tail = "; its log ends:\n" + relay.log_path.read_text(errors="replace")[-2000:]
+    raise SystemExit(f"syncworker demo: {failure} within {START_S:.0f} s{tail}")
