@@ -45,6 +45,8 @@ class Accounting:
     relay: dict[str, int] = field(default_factory=dict)
     versions_published: int = 0
     """Distinct (order, version) pairs among the well-formed events."""
+    relayed_entries: int = 0
+    """Entries the outbox relays added to the orders stream (not in `published`)."""
 
     @property
     def lost(self) -> list[str]:
@@ -109,6 +111,7 @@ async def account(
             | {(e.order_id, str(e.version)) for e in scenario.through_outbox}
         ),
     )
+    result.relayed_entries = max(int(await redis.xlen(names.orders)) - len(ids), 0)
     if dsn is not None:
         result.inbox, result.inbox_rows = await _inbox(dsn, group, names)
     return result

@@ -104,7 +104,10 @@ def accounting(out: TextIO, books: Accounting) -> bool:
     rows = [
         ("projection: applied", books.projection.get("applied", 0)),
         ("projection: skipped, not newer than the entity", books.projection.get("stale", 0)),
-        ("projection: runs beyond one per entry (redeliveries)", max(runs - books.applied, 0)),
+        (
+            "projection: runs beyond one per entry (redeliveries)",
+            max(runs - books.applied - books.relayed_entries, 0),
+        ),
         ("relay: payment.requested forwarded", books.relay.get("forwarded", 0)),
         ("relay: already forwarded, dropped", books.relay.get("duplicate", 0)),
     ]
