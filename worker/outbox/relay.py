@@ -77,7 +77,8 @@ class RelayOptions:
     Args:
         dsn: libpq connection string or URL of the database holding the outbox.
         table: the outbox table.
-        batch_size: rows per batch (one SELECT, one pipelined XADD round trip, one DELETE).
+        batch_size: rows per batch (one SELECT, one pipelined XADD round trip, one DELETE);
+            batches hold whole transactions, so one may run past it by the rest of its last.
         poll_interval: seconds between polls when no notification arrives.
         lock_interval: seconds between a standby's attempts to take the leadership lock.
         stats_interval: seconds between refreshes of the pending-rows and lag gauges.
