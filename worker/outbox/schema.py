@@ -2,8 +2,8 @@
 
 Columns, in the event convention that `worker.publish.event_fields` writes to a stream:
 
-- `id bigserial`: the relay publishes rows in id order (see `worker.outbox.relay` for why that
-  is the order of each key's commits).
+- `id bigserial`: the relay publishes rows oldest id first, a whole transaction at a time (see
+  `worker.outbox.relay` for why that is the order of each key's commits).
 - `stream`, `type`, `key`, `data` (json: kept as the producer wrote it, checked to be JSON),
   `event_id` (text; a random UUID unless the producer gives one: consumers deduplicate on it,
   so the relay's at-least-once duplicates carry the same id), `version` (bigint or NULL).
