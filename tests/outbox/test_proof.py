@@ -39,6 +39,7 @@ Entry = dict[str, str]
 
 
 class TestProof:
+    @pytest.mark.timeout(600 if proof.LONG else 120)
     async def test_committed_events_reach_the_sink_once_in_order_through_relay_kills(
         self, redis: Redis, redis_server: RedisServer, outbox_dsn: str, pg: Any, table: str,
         names: dict[str, str],
