@@ -229,6 +229,7 @@ class RelayFleet:
 
     async def stop(self) -> list[int]:
         for p in self.replicas:
+            await _started(p)  # SIGTERM during Python's start-up would kill it outright
             p.signal(15)
         return [await p.wait(15) for p in self.replicas]
 
