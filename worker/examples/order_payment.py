@@ -120,6 +120,9 @@ class History:
     duplicates: int = 0
     swapped: int = 0
     malformed: int = 0
+    through_outbox: list[Event] = field(default_factory=list)
+    """Events the order service committed through the outbox (`worker.examples.
+    order_service`); the relay publishes them, so they are not in `published`."""
 
 
 def lifecycle(rng: random.Random, n: int) -> list[Event]:
