@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from worker.message import Message
+from worker.partitions import check_partitioned_name, partition_names
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -20,6 +21,23 @@ EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr"]
 """How a stream's entries are laid out; `worker.envelopes` reads all but `syncworker`."""
 
 ENVELOPES: tuple[str, ...] = get_args(EnvelopeName)
+
+OrderedMode = Literal[False, True, "strict"]
+"""Fleet-wide order of a partitioned route: False (per-process key order only), True (each
+partition run by one worker at a time, under a lease), or "strict" (that, and a message
+waiting for its retry holds back the later messages of its key)."""
+
+
+def expand_partitions(streams: Iterable[str], partitions: int) -> tuple[str, ...]:
+    """The Redis streams behind logical `streams`: their partitions when `partitions` > 0."""
+    if not partitions:
+        return tuple(streams)
+    expanded: list[str] = []
+    for stream in streams:
+        check_partitioned_name(stream, partitions)
+        expanded.extend(partition_names(stream, partitions))
+    return tuple(expanded)
+
 
 HandlerFunc = Callable[[Message], Awaitable[None]]
 """An async function that processes one message; returning means success."""
@@ -68,6 +86,10 @@ class Handler:
             atomic step as its effect (a Lua script or MULTI/EXEC that includes XACK). Such a
             handler must be the only one on its stream, or a message could be acknowledged
             before another handler ran; the runtime refuses that configuration at start-up.
+        partitions: 0 for a plain stream; N to read the logical stream's N partitions
+            (`worker.partitions`): `streams` then names the partitions, `logical_streams`
+            the logical streams.
+        ordered: see `OrderedMode`; only for partitioned routes (`worker.runtime.ordered`).
     """
 
     name: str = ""
@@ -76,6 +98,9 @@ class Handler:
     envelope: str = "syncworker"
     model: Any = None
     acks_atomically: bool = False
+    partitions: int = 0
+    ordered: OrderedMode = False
+    logical_streams: tuple[str, ...] = ()
 
     async def handle(self, msg: Message) -> None:
         """Apply one message's effect."""
@@ -92,11 +117,19 @@ class Handler:
         streams: Iterable[str],
         types: Iterable[str] | None = None,
         envelope: str | None = None,
+        *,
+        partitions: int | None = None,
+        ordered: OrderedMode | None = None,
     ) -> Handler:
-        """Return a copy of this handler routed to `streams` (and `types` and `envelope`, if
-        given)."""
+        """Return a copy of this handler routed to `streams` (and `types`, `envelope`,
+        `partitions` and `ordered`, if given); `streams` are logical streams."""
         bound = copy.copy(self)
-        bound.streams = tuple(streams)
+        if partitions is not None:
+            bound.partitions = partitions
+        if ordered is not None:
+            bound.ordered = ordered
+        bound.logical_streams = tuple(streams)
+        bound.streams = expand_partitions(streams, bound.partitions)
         if types is not None:
             bound.types = frozenset(types)
         if envelope is not None:
@@ -119,10 +152,15 @@ class FunctionHandler(Handler):
         types: frozenset[str] | None,
         envelope: str = "syncworker",
         model: Any = None,
+        partitions: int = 0,
+        ordered: OrderedMode = False,
     ) -> None:
         self.func = func
         self.name = name
-        self.streams = streams
+        self.partitions = partitions
+        self.ordered = ordered
+        self.logical_streams = streams
+        self.streams = expand_partitions(streams, partitions)
         self.types = types
         self.envelope = envelope
         self.model = model
@@ -152,6 +190,8 @@ def handler(
     name: str | None = None,
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
+    partitions: int = 0,
+    ordered: OrderedMode = False,
 ) -> Callable[[Callable[[Message], Any]], FunctionHandler]:
     """Turn a function into a handler plugin routed to `stream` (or several `streams`).
 
@@ -171,10 +211,13 @@ def handler(
             `faststream` or `dapr` (see `worker.envelopes`).
         model: a type (usually a pydantic model) to validate `data` against; the function
             reads the parsed value as `msg.event`.
+        partitions: read the stream's N partitions `{stream:0}`... (`worker.partitions`).
+        ordered: True to run each partition on one worker of the fleet at a time (per-key
+            order across the fleet), "strict" to also hold a key back behind its retry.
 
     Raises:
         TypeError: no stream was given, or both `stream` and `streams`.
-        ValueError: an unknown envelope.
+        ValueError: an unknown envelope; `ordered` without partitions; a bad partition count.
     """
     if (stream is None) == (streams is None):
         raise TypeError("@handler needs exactly one of stream= or streams=")
@@ -182,6 +225,11 @@ def handler(
     wanted = frozenset(types) if types is not None else None
     if envelope not in ENVELOPES:
         raise ValueError(f"unknown envelope {envelope!r} (one of {', '.join(ENVELOPES)})")
+    if ordered not in (False, True, "strict"):
+        raise ValueError(f"ordered must be False, True or 'strict', not {ordered!r}")
+    if ordered and not partitions:
+        raise ValueError("ordered routes need partitions= (order is kept per partition)")
+    expand_partitions(routed, partitions)  # refuse a bad name or count now
 
     def decorate(func: Callable[[Message], Any]) -> FunctionHandler:
         return FunctionHandler(
@@ -191,6 +239,8 @@ def handler(
             types=wanted,
             envelope=envelope,
             model=model,
+            partitions=partitions,
+            ordered=ordered,
         )
 
     return decorate

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from worker.partitions import check_partitioned_name, stream_for
+
 
 def event_fields(
     type: str,
@@ -87,6 +89,9 @@ class Publisher:
             writes structured CloudEvents (`cloudevent_fields`), which routes with
             `envelope = "cloudevents"` or `"dapr"`, and Dapr itself, read.
         source: the CloudEvents `source` attribute (a URI-reference naming the producer).
+        partitions: logical stream -> partition count, for partitioned streams
+            (`worker.partitions`): an event goes to the partition of its `key`
+            (`{orders:3}`), keyless events to partition 0.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Publisher:
         maxlen: int | None = None,
         envelope: Literal["syncworker", "cloudevents"] = "syncworker",
         source: str = "syncworker",
+        partitions: Mapping[str, int] | None = None,
     ) -> None:
         if envelope not in ("syncworker", "cloudevents"):
             raise ValueError(f"Publisher writes syncworker or cloudevents, not {envelope!r}")
@@ -103,6 +109,9 @@ class Publisher:
         self.maxlen = maxlen
         self.envelope = envelope
         self.source = source
+        self.partitions = dict(partitions or {})
+        for stream, count in self.partitions.items():
+            check_partitioned_name(stream, count)
 
     async def publish(
         self,
@@ -113,16 +122,23 @@ class Publisher:
         key: str | None = None,
         event_id: str | None = None,
         version: int | None = None,
+        partitions: int | None = None,
     ) -> str:
-        """Append one event and return its entry id."""
+        """Append one event and return its entry id.
+
+        `stream` is a logical stream: with `partitions` (here, or for the stream in the
+        constructor) the event goes to the partition of its key."""
         if self.envelope == "cloudevents":
             fields = cloudevent_fields(
                 type, data, source=self.source, key=key, event_id=event_id, version=version
             )
         else:
             fields = event_fields(type, data, key=key, event_id=event_id, version=version)
+        count = partitions if partitions is not None else self.partitions.get(stream)
+        if count:
+            check_partitioned_name(stream, count)
         entry_id = await self.redis.xadd(
-            stream,
+            stream_for(stream, key, count),
             dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly
             maxlen=self.maxlen,
             approximate=self.maxlen is not None,

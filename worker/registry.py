@@ -100,7 +100,18 @@ def _bind_route(route: Route, setting: str) -> Handler:
             raise ConfigError(f"{setting}.handler", f"{route.handler!r} did not build a Handler")
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
-    bound = instance.bind([route.stream], route.types, route.envelope)
+    try:
+        bound = instance.bind(
+            [route.stream],
+            route.types,
+            route.envelope,
+            partitions=route.partitions,
+            ordered=route.ordered,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{setting}.stream", str(exc)) from None
+    if bound.ordered and not bound.partitions:
+        raise ConfigError(f"{setting}.ordered", "ordered needs partitions")
     if route.name:
         bound.name = route.name
     elif not bound.name:
@@ -141,6 +152,14 @@ def validate(handlers: Iterable[Handler]) -> None:
                 f"handlers on {stream!r} read it in different envelopes "
                 f"({', '.join(f'{h.name}: {h.envelope}' for h in group)}); an entry has one "
                 "layout, so every handler of a stream must name the same envelope",
+            )
+        modes = {h.ordered for h in group}
+        if len(modes) > 1:
+            raise ConfigError(
+                "routes",
+                f"handlers on {stream!r} disagree on ordered "
+                f"({', '.join(f'{h.name}: {h.ordered}' for h in group)}); a partition is "
+                "either leased to one worker or read by all",
             )
         atomic = [h.name for h in group if h.acks_atomically]
         if atomic and len(group) > 1:
