@@ -2,8 +2,10 @@
 
 For example `order.completed` on `orders` becomes `payment.requested` on `payments`. A relay
 fans out to one or more target streams; each target may filter types, rename them and pick
-fields of `data`. Downstream entries keep the source's fields (`key`, `version`, `event_id`,
-...) and gain `source_stream` and `source_id`, so consumers can trace them back.
+fields of `data`, and may be a partitioned stream (`partitions = N`: each entry goes to the
+partition of its key, `worker.partitions`). Downstream entries keep the source's fields
+(`key`, `version`, `event_id`, ...) and gain `source_stream` and `source_id`, so consumers
+can trace them back.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -37,6 +39,7 @@ from redis.asyncio import Redis
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import Handler, HandlerContext, Message
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.partitions import check_partitioned_name, stream_for
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = """
@@ -136,6 +139,12 @@ class Target:
     types: frozenset[str] | None
     rename: dict[str, str]
     fields: FieldMap | None
+    partitions: int = 0
+    """N: `stream` is a logical stream of N partitions, and each entry goes to the partition
+    of its key (`worker.partitions`); 0: `stream` is the stream written to."""
+
+    def stream_for(self, msg: Message) -> str:
+        return stream_for(self.stream, msg.key, self.partitions)
 
     def wants(self, event_type: str | None) -> bool:
         return self.types is None or (event_type is not None and event_type in self.types)
@@ -156,17 +165,26 @@ def parse_target(
     if isinstance(spec, str):
         spec = {"stream": spec}
     where = f"to[{index}]"
-    unknown = set(spec) - {"stream", "types", "rename", "fields"}
+    unknown = set(spec) - {"stream", "types", "rename", "fields", "partitions"}
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields)")
+        raise ValueError(
+            f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields, partitions)"
+        )
     stream = str(spec.get("stream") or "")
     if not stream:
         raise ValueError(f"{where}: stream must not be empty")
+    partitions = int(spec.get("partitions") or 0)
+    if partitions:
+        try:
+            check_partitioned_name(stream, partitions)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return Target(
         stream=stream,
         types=frozenset(spec["types"]) if "types" in spec else types,
         rename={**rename, **dict(spec.get("rename", {}))},
         fields=field_map(f"{where}.fields", spec["fields"]) if "fields" in spec else fields,
+        partitions=partitions,
     )
 
 
@@ -282,7 +300,7 @@ class Relay(Handler):
             self.marker(msg),
             msg.stream,
             f"{self.state}:counts:{msg.stream}",
-            *(t.stream for t in targets),
+            *(t.stream_for(msg) for t in targets),
         ]
         assert self._script is not None, "on_startup was not called"
         if all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
@@ -291,11 +309,12 @@ class Relay(Handler):
                 args.extend(fields)
             outcome = await self._script(keys=keys, args=args)
         else:
-            outcome = await self._forward_wide(targets, entries, keys, args[:4])
+            outcome = await self._forward_wide(msg, targets, entries, keys, args[:4])
         self.counts[outcome.decode() if isinstance(outcome, bytes) else str(outcome)] += 1
 
     async def _forward_wide(
         self,
+        msg: Message,
         targets: list[Target],
         entries: list[list[bytes | str]],
         keys: list[str],
@@ -303,7 +322,10 @@ class Relay(Handler):
     ) -> Any:
         """Forward an entry too wide for RELAY: plain XADDs and RELAY_WIDE in one MULTI."""
         trim: list[bytes | str | int] = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
-        adds = [[t.stream, *trim, "*", *fields] for t, fields in zip(targets, entries, strict=True)]
+        adds = [
+            [t.stream_for(msg), *trim, "*", *fields]
+            for t, fields in zip(targets, entries, strict=True)
+        ]
         for fields in entries:
             args += [len(fields), *tail(fields)]
         assert self._redis is not None, "on_startup was not called"

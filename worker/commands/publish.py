@@ -10,15 +10,18 @@ from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import CommandError, execute
+from worker.partitions import check_partitioned_name, stream_for
 from worker.publish import Publisher
 
 EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id and
-version. --data - reads the JSON from standard input. Prints the new entry id.
+version. --data - reads the JSON from standard input. Prints the new entry id (and, with
+--partitions, the partition stream it went to).
 
 examples:
   syncworker publish orders --type order.completed --key order-42 \\
     --data '{"order_id": 42, "total": "19.90"}' --event-id 5f0c... --version 3
   echo '{"order_id": 42}' | syncworker publish orders --type order.created --key order-42 --data -
+  syncworker publish orders --partitions 8 --type order.paid --key order-42 --data '{}'
 """
 
 
@@ -42,6 +45,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--event-id", metavar="ID", help="publisher's unique event id")
     parser.add_argument("--version", type=int, metavar="N", help="entity version (integer)")
     parser.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="STREAM is split into N partitions {STREAM:0}..{STREAM:N-1}: append to the one of "
+        "--key (CRC-32 of the key mod N; no key: partition 0)",
+    )
+    parser.add_argument(
         "--maxlen",
         type=int,
         metavar="N",
@@ -62,6 +72,12 @@ def publish(args: argparse.Namespace) -> int:
     if args.maxlen is not None and args.maxlen < 1:
         print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
         return 2
+    if args.partitions is not None:
+        try:
+            check_partitioned_name(args.stream, args.partitions)
+        except ValueError as exc:
+            print(f"syncworker: error: --partitions: {exc}", file=sys.stderr)
+            return 2
 
     async def body(redis: Redis) -> int:
         publisher = Publisher(redis, maxlen=args.maxlen)
@@ -73,10 +89,14 @@ def publish(args: argparse.Namespace) -> int:
                 key=args.key,
                 event_id=args.event_id,
                 version=args.version,
+                partitions=args.partitions,
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
-        print(entry_id)
+        if args.partitions:
+            print(entry_id, stream_for(args.stream, args.key, args.partitions))
+        else:
+            print(entry_id)
         return 0
 
     return execute(settings, body)
