@@ -19,6 +19,8 @@ from worker.registry import handlers_from_settings
 from worker.runtime.leases import fair_share
 from worker.settings import WorkerSettings
 
+PLUGIN = "tests.partitions.plugins:VersionCheck"
+
 
 def test_partition_is_crc32_of_the_key_bytes_mod_n() -> None:
     # Known CRC-32 (IEEE) values: the same numbers Go's crc32.ChecksumIEEE and Node's
@@ -69,7 +71,9 @@ def test_routes_and_decorator_expand_to_partitions() -> None:
     assert bound.streams == ("{payments:0}", "{payments:1}")
     assert bound.ordered is True
     unordered = WorkerSettings(
-        routes=[{"stream": "s", "handler": "tests.partitions.plugins:VersionCheck", "ordered": True}]
+        routes=[
+            {"stream": "s", "handler": "tests.partitions.plugins:VersionCheck", "ordered": True}
+        ]
     )
     with pytest.raises(ConfigError, match="partitions"):
         handlers_from_settings(unordered)
@@ -116,7 +120,13 @@ def test_cli_publishes_to_the_partition_and_status_sums_them(
     monkeypatch.setenv(
         "SYNCWORKER_ROUTES",
         json.dumps(
-            [{"stream": stream, "handler": "tests.partitions.plugins:VersionCheck", "partitions": 3}]
+            [
+                {
+                    "stream": stream,
+                    "handler": "tests.partitions.plugins:VersionCheck",
+                    "partitions": 3,
+                }
+            ]
         ),
     )
     assert main(["status", "--group", group, "--json"]) == 0
