@@ -45,6 +45,7 @@ from worker.runtime.deadlines import Deadlines
 from worker.runtime.leases import Lease, LeaseClient, fair_share
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.policy import RetryPolicy
+from worker.runtime.reader import smallest_read
 from worker.runtime.retries import PoisonMessage
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
@@ -356,11 +357,17 @@ class Ordered:
         """XREADGROUP over the readable partitions until stopped."""
         block_ms = max(int(self.block_s * 1000), 1)
         batch = self.settings.batch_size
+        least = smallest_read(batch, self.settings.concurrency)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
             offsets = self.readable()
-            if not offsets or not self.gate.is_open or self.ledger.room() < 1:
+            if not offsets or not self.gate.is_open:
                 await asyncio.sleep(min(self.block_s, 0.05))
+                continue
+            if not self.ledger.fits(least):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.block_s):
+                        await self.ledger.wait_for_room(least)
                 continue
             count = max(min(batch, self.ledger.room()) // len(offsets), 1)
             try:
