@@ -41,7 +41,7 @@ def start(server: RedisServer, names: dict[str, str], consumer: str) -> WorkerPr
         names["stream"],
         consumer,
         SYNCWORKER_ROUTES=json.dumps([route]),
-        SYNCWORKER_LEASE_TTL="1",
+        SYNCWORKER_LEASE_TTL="2",
         SYNCWORKER_HANDLER_TIMEOUT="5",
         TEST_CHECK=f"check:{names['suffix']}",
         TEST_SLEEP="0.002",

@@ -123,6 +123,10 @@ class Ordered:
         """Shutdown began: no new reads, no acquisitions, no rebalancing (renewals go on)."""
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._taking: set[str] = set()
+        """Partitions whose pending entries are being claimed: not read until they are."""
+        self._reading_now: frozenset[str] = frozenset()
+        """The partitions of the read in flight (a release waits for it to return)."""
 
     # Wiring ------------------------------------------------------------------------------
 
@@ -254,7 +258,11 @@ class Ordered:
             self._tenure[partition] += 1
             wanted -= 1
             took = time.monotonic()
-            claimed = await self._take_pending(partition)
+            self._taking.add(partition)  # no new entries before the pending ones are queued
+            try:
+                claimed = await self._take_pending(partition)
+            finally:
+                self._taking.discard(partition)
             log.info(
                 "lease.acquired",
                 partition=partition,
@@ -322,8 +330,10 @@ class Ordered:
         """Hand a surplus partition over: no more reads, in-flight entries finish first."""
         bound = time.monotonic() + max(self.settings.shutdown_timeout, self.interval)
         while partition in self.owned and time.monotonic() < bound:
+            # A read sent before the release began may still deliver entries of it: wait for
+            # it, or they would stay pending here, behind the next owner's reads.
             held = len(self.ledger.held.get(partition, {})) - self.strict.parked_count(partition)
-            if held <= 0:
+            if held <= 0 and partition not in self._reading_now:
                 break
             await asyncio.sleep(0.02)
         self._tasks.discard(asyncio.current_task())
@@ -350,7 +360,7 @@ class Ordered:
         return {
             p: ">"
             for p, lease in self.owned.items()
-            if p not in self.releasing and lease.remaining(now) > margin
+            if p not in self.releasing and p not in self._taking and lease.remaining(now) > margin
         }
 
     async def read(self) -> None:
@@ -370,6 +380,7 @@ class Ordered:
                         await self.ledger.wait_for_room(least)
                 continue
             count = max(min(batch, self.ledger.room()) // len(offsets), 1)
+            self._reading_now = frozenset(offsets)
             try:
                 reply: Any = await self.read_redis.xreadgroup(
                     self.group, self.consumer, offsets, count=count, block=block_ms
@@ -385,6 +396,8 @@ class Ordered:
                 log.warning("redis.unavailable", operation="ordered read", error=str(exc))
                 await asyncio.sleep(self.block_s)
                 continue
+            finally:
+                self._reading_now = frozenset()
             for name, entries in reply or ():
                 stream = text(name)
                 msgs = [Message(stream, text(i), f or {}, 1, self.group) for i, f in entries]
