@@ -42,10 +42,10 @@ from worker.handler import Handler
 from worker.message import Message
 from worker.runtime.claims import Claims, Guard
 from worker.runtime.deadlines import Deadlines
+from worker.runtime.leased_reader import create_groups, read_leased
 from worker.runtime.leases import Lease, LeaseClient, fair_share
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.policy import RetryPolicy
-from worker.runtime.reader import smallest_read
 from worker.runtime.retries import PoisonMessage
 from worker.runtime.settle import Settler
 from worker.runtime.stats import Stats
@@ -119,13 +119,13 @@ class Ordered:
         self.block_s = min(settings.block, settings.lease_ttl / 8)
         self.submit: Callable[[Message], None] = lambda msg: None
         self.deadlines: Deadlines | None = None
-        self._stopping = False
+        self.stopping = False
         """Shutdown began: no new reads, no acquisitions, no rebalancing (renewals go on)."""
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._taking: set[str] = set()
         """Partitions whose pending entries are being claimed: not read until they are."""
-        self._reading_now: frozenset[str] = frozenset()
+        self.reading_now: frozenset[str] = frozenset()
         """The partitions of the read in flight (a release waits for it to return)."""
 
     # Wiring ------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class Ordered:
         lost = await self.leases.renew(list(self.owned.values()))
         for lease in lost:
             self._lose(lease.partition, "taken or expired")
-        if self._stopping:
+        if self.stopping:
             return  # draining: keep the leases until the work in flight has finished
         for stream in self.logical:
             members = await self.leases.members(stream.logical)
@@ -246,7 +246,7 @@ class Ordered:
         me = members.index(self.consumer) if self.consumer in members else 0
         start = me * fair_share(len(parts), len(members))
         for step in range(len(parts)):
-            if wanted <= 0 or self._stopping:
+            if wanted <= 0 or self.stopping:
                 return
             partition = parts[(start + step) % len(parts)]
             if partition in self.owned:
@@ -261,6 +261,12 @@ class Ordered:
             self._taking.add(partition)  # no new entries before the pending ones are queued
             try:
                 claimed = await self._take_pending(partition)
+            except BaseException:
+                # Reading it now could overtake what was not claimed: give it back whole.
+                self._lose(partition, "claiming its pending entries failed")
+                with contextlib.suppress(*REDIS_DOWN, ResponseError):
+                    await self.leases.release(partition)
+                raise
             finally:
                 self._taking.discard(partition)
             log.info(
@@ -276,9 +282,15 @@ class Ordered:
         taken = 0
         start = "-"
         while True:
-            rows = await self.redis.xpending_range(
-                partition, self.group, min=start, max="+", count=PENDING_PAGE
-            )
+            try:
+                rows = await self.redis.xpending_range(
+                    partition, self.group, min=start, max="+", count=PENDING_PAGE
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                await self._create_groups({partition: ">"})  # flushed: nothing is pending
+                return taken
             if not rows:
                 return taken
             guards = [
@@ -333,7 +345,7 @@ class Ordered:
             # A read sent before the release began may still deliver entries of it: wait for
             # it, or they would stay pending here, behind the next owner's reads.
             held = len(self.ledger.held.get(partition, {})) - self.strict.parked_count(partition)
-            if held <= 0 and partition not in self._reading_now:
+            if held <= 0 and partition not in self.reading_now:
                 break
             await asyncio.sleep(0.02)
         self._tasks.discard(asyncio.current_task())
@@ -350,11 +362,11 @@ class Ordered:
             log.warning("lease.release_failed", partition=partition, error=str(exc))
         log.info("lease.released", partition=partition)
 
-    # Reading -----------------------------------------------------------------------------
+    # Reading ---------------------------------------------------------------------------
 
     def readable(self) -> dict[Any, Any]:
-        """The partitions a read may include now: leased, not being released, and with more
-        lease left than the read can block for."""
+        """The partitions a read may include now: leased, not being released or claimed, and
+        with more lease left than the read can block for."""
         now = time.monotonic()
         margin = self.block_s + self.interval / 2
         return {
@@ -364,59 +376,17 @@ class Ordered:
         }
 
     async def read(self) -> None:
-        """XREADGROUP over the readable partitions until stopped."""
-        block_ms = max(int(self.block_s * 1000), 1)
-        batch = self.settings.batch_size
-        least = smallest_read(batch, self.settings.concurrency)
-        while not self._stopping:
-            self.stats.last_read_loop = time.monotonic()
-            offsets = self.readable()
-            if not offsets or not self.gate.is_open:
-                await asyncio.sleep(min(self.block_s, 0.05))
-                continue
-            if not self.ledger.fits(least):
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.block_s):
-                        await self.ledger.wait_for_room(least)
-                continue
-            count = max(min(batch, self.ledger.room()) // len(offsets), 1)
-            self._reading_now = frozenset(offsets)
-            try:
-                reply: Any = await self.read_redis.xreadgroup(
-                    self.group, self.consumer, offsets, count=count, block=block_ms
-                )
-            except ResponseError as exc:
-                if str(exc).startswith("NOGROUP"):
-                    await self._create_groups(offsets)
-                else:
-                    log.error("read.failed", error=str(exc))
-                    await asyncio.sleep(self.block_s)
-                continue
-            except REDIS_DOWN as exc:
-                log.warning("redis.unavailable", operation="ordered read", error=str(exc))
-                await asyncio.sleep(self.block_s)
-                continue
-            finally:
-                self._reading_now = frozenset()
-            for name, entries in reply or ():
-                stream = text(name)
-                msgs = [Message(stream, text(i), f or {}, 1, self.group) for i, f in entries]
-                self.ledger.hold_many(stream, msgs)
-                for msg in msgs:
-                    self.submit(msg)
+        """XREADGROUP over the readable partitions until stopped (`leased_reader`)."""
+        await read_leased(self)
 
     async def _create_groups(self, offsets: dict[Any, Any]) -> None:
-        for stream in offsets:
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker did it
-                await self.redis.xgroup_create(
-                    stream, self.group, id=self.settings.start_id, mkstream=True
-                )
+        await create_groups(self.redis, self.group, self.settings.start_id, offsets)
 
     # Lifecycle ---------------------------------------------------------------------------
 
     def stop_reading(self) -> None:
         """Shutdown begins: take nothing new (leases are still renewed while work drains)."""
-        self._stopping = True
+        self.stopping = True
 
     async def release_all(self) -> None:
         """Shutdown ends: give every lease back and leave the membership, so that peers take
