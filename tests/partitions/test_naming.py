@@ -140,3 +140,17 @@ def test_cli_publishes_to_the_partition_and_status_sums_them(
         5,
     )
     assert main(["publish", "{bad}", "--partitions", "2", "--type", "t", "--data", "{}"]) == 2
+
+
+async def test_deliver_runs_a_partitioned_handler_on_any_stream_name() -> None:
+    from worker.testing import deliver
+
+    seen: list[str] = []
+
+    @handler(stream="orders", partitions=4, ordered=True)
+    async def apply(msg: Message) -> None:
+        seen.append(msg.stream)
+
+    assert (await deliver(apply, type="t", key="k")).outcome == "ok"
+    assert (await deliver(apply, stream="orders", type="t", key="k")).outcome == "ok"
+    assert seen == ["{orders:0}", "orders"]
