@@ -120,6 +120,7 @@ async def test_a_lost_lease_stops_the_partition_before_anyone_else_may_take_it(
         await redis.set(f"{partition}:lease:{names['group']}", "intruder", px=60_000)
         await eventually(lambda: handler.cancelled != [], timeout=5)
         assert partition not in owned_by(worker)
+        assert worker.stats.leases_lost[names["stream"]] == 1
         assert await redis.get(f"{partition}:lease:{names['group']}") == b"intruder"
         # not applied, not acknowledged: still pending, for the partition's owner to run
         assert (await counts(redis, prefix)).get("applied", 0) == 0

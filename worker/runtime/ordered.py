@@ -107,6 +107,7 @@ class Ordered:
         self.group = settings.group
         self.consumer = settings.consumer
         self.streams = frozenset(p for s in streams for p in s.partitions)
+        self._logical_of = {p: s.logical for s in streams for p in s.partitions}
         self._strict_streams = frozenset(p for s in streams if s.strict for p in s.partitions)
         self.leases = LeaseClient(redis, settings.group, settings.consumer, settings.lease_ttl)
         self.claims = Claims(redis, settings.group, settings.consumer, stats)
@@ -208,6 +209,9 @@ class Ordered:
                 log.error("lease.refused", error=str(exc))
             self._expire_local()
             self.strict.sweep(self.submit)
+            for stream in self.logical:
+                owned = sum(1 for p in stream.partitions if p in self.owned)
+                self.stats.partitions_owned[stream.logical] = owned
             await asyncio.sleep(self._next_wait(started))
 
     def _next_wait(self, started: float) -> float:
@@ -329,6 +333,7 @@ class Ordered:
         self.releasing.discard(partition)
         cut = self.deadlines.cut_stream(partition) if self.deadlines is not None else 0
         self._stop_partition(partition)
+        self.stats.leases_lost[self._logical_of[partition]] += 1
         log.warning("lease.lost", partition=partition, reason=why, calls_cut_off=cut)
 
     def _stop_partition(self, partition: str) -> None:
