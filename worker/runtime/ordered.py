@@ -158,7 +158,8 @@ class Ordered:
                 for stale in await self.strict.run(msg, run_one, self.current):
                     self._discard(stale)
             else:
-                await run_one(msg)
+                await process(msg)
+                self._done(msg)
 
         async def run_one(msg: Message) -> None:
             await process(msg)
