@@ -159,3 +159,50 @@ async def test_without_strict_mode_a_retried_event_lands_after_later_ones(
     found = await strict_run(redis, redis_server, names, True)
     assert found.get("violations", 0) == 1  # version 1 came back after 3
     assert found["applied"] == 2
+
+
+class CutRecorder(VersionCheck):
+    """Records, when its call is cut off, how long Redis still keeps the partition's lease."""
+
+    def __init__(self, direct: Redis, group: str, prefix: str) -> None:
+        super().__init__(prefix=prefix, sleep=30)
+        self.direct = direct
+        self.group = group
+        self.lease_ms_left_at_cut: list[int] = []
+
+    async def handle(self, msg: Any) -> None:
+        try:
+            await super().handle(msg)
+        except asyncio.CancelledError:
+            key = f"{msg.stream}:lease:{self.group}"
+            self.lease_ms_left_at_cut.append(await self.direct.pttl(key))
+            raise
+
+
+async def test_an_owner_cut_off_from_redis_stops_before_its_lease_runs_out(
+    redis: Redis, redis_server: RedisServer, names: dict[str, str]
+) -> None:
+    """Its renewals hang (a command may wait redis_timeout, 10 s, far beyond the 1 s lease):
+    the owner still stops the running call on its own clock, while Redis still holds the
+    lease, so no successor can have started the partition yet."""
+    from tests.handlers.tcp_proxy import Proxy
+
+    proxy = Proxy(redis_server.port)
+    await proxy.start()
+    recorder = CutRecorder(redis, names["group"], f"check:{names['suffix']}")
+    bound = recorder.bind([names["stream"]], partitions=PARTS, ordered=True)
+    assert isinstance(bound, CutRecorder)
+    config = settings(redis_server, names, "cut-off", redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+    try:
+        async with running(config, [bound]) as worker:
+            await eventually(lambda: len(owned_by(worker)) == PARTS)
+            pub = Publisher(redis, partitions={names["stream"]: PARTS})
+            await pub.publish(names["stream"], "set", {}, key="k", version=1)
+            await eventually(lambda: worker.busy())
+            stall = asyncio.create_task(proxy.stall(3 * TTL))
+            await eventually(lambda: bound.lease_ms_left_at_cut != [], timeout=3 * TTL)
+            assert bound.lease_ms_left_at_cut[0] > 0
+            await eventually(lambda: owned_by(worker) == set(), timeout=TTL)
+            await stall
+    finally:
+        await proxy.stop()

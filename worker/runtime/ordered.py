@@ -200,20 +200,34 @@ class Ordered:
 
     async def maintain(self) -> None:
         """Every quarter of `lease_ttl`: membership, renewals, rebalance (module doc)."""
-        while not self._closed:
-            started = time.monotonic()
-            try:
-                await self._turn()
-            except REDIS_DOWN as exc:
-                log.warning("lease.redis_unavailable", error=str(exc))
-            except ResponseError as exc:
-                log.error("lease.refused", error=str(exc))
+        watchdog = asyncio.create_task(self._watch(), name="syncworker-lease-watchdog")
+        try:
+            while not self._closed:
+                started = time.monotonic()
+                try:
+                    await self._turn()
+                except REDIS_DOWN as exc:
+                    log.warning("lease.redis_unavailable", error=str(exc))
+                except ResponseError as exc:
+                    log.error("lease.refused", error=str(exc))
+                self._after_turn()
+                await asyncio.sleep(self._next_wait(started))
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Stop partitions whose lease ran out locally, on time even while a renewal hangs
+        on an unreachable Redis (a command may wait `redis_timeout`, longer than a lease)."""
+        while True:
             self._expire_local()
-            self.strict.sweep(self.submit)
-            for stream in self.logical:
-                owned = sum(1 for p in stream.partitions if p in self.owned)
-                self.stats.partitions_owned[stream.logical] = owned
-            await asyncio.sleep(self._next_wait(started))
+            await asyncio.sleep(self._next_wait(time.monotonic()))
+
+    def _after_turn(self) -> None:
+        self._expire_local()
+        self.strict.sweep(self.submit)
+        for stream in self.logical:
+            owned = sum(1 for p in stream.partitions if p in self.owned)
+            self.stats.partitions_owned[stream.logical] = owned
 
     def _next_wait(self, started: float) -> float:
         now = time.monotonic()
