@@ -2,11 +2,13 @@
 
 For example `order.completed` on `orders` becomes `payment.requested` on `payments`. A relay
 fans out to one or more target streams; each target may filter types, rename them and pick
-fields of `data`. Downstream entries keep the source's fields (`key`, `version`, `event_id`,
-...) and gain `source_stream` and `source_id`, so consumers can trace them back. With tracing
-on (`worker.tracing`), a per-message relay (`batch = false`) writes its own span's context
-instead of the source's `traceparent`, so its consumers' spans are children of the relay's
-span; a batch relay has no span per message and carries the source's context on unchanged.
+fields of `data`, and may be a partitioned stream (`partitions = N`: each entry goes to the
+partition of its key, `worker.partitions`). Downstream entries keep the source's fields
+(`key`, `version`, `event_id`, ...) and gain `source_stream` and `source_id`, so consumers
+can trace them back. With tracing on (`worker.tracing`), a per-message relay (`batch =
+false`) writes its own span's context instead of the source's `traceparent`, so its
+consumers' spans are children of the relay's span; a batch relay has no span per message
+and carries the source's context on unchanged.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -48,6 +50,7 @@ from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
 from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.partitions import check_partitioned_name, stream_for
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = (
@@ -207,6 +210,12 @@ class Target:
     types: frozenset[str] | None
     rename: dict[str, str]
     fields: FieldMap | None
+    partitions: int = 0
+    """N: `stream` is a logical stream of N partitions, and each entry goes to the partition
+    of its key (`worker.partitions`); 0: `stream` is the stream written to."""
+
+    def stream_for(self, msg: Message) -> str:
+        return stream_for(self.stream, msg.key, self.partitions)
 
     def wants(self, event_type: str | None) -> bool:
         return self.types is None or (event_type is not None and event_type in self.types)
@@ -227,17 +236,26 @@ def parse_target(
     if isinstance(spec, str):
         spec = {"stream": spec}
     where = f"to[{index}]"
-    unknown = set(spec) - {"stream", "types", "rename", "fields"}
+    unknown = set(spec) - {"stream", "types", "rename", "fields", "partitions"}
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields)")
+        raise ValueError(
+            f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields, partitions)"
+        )
     stream = str(spec.get("stream") or "")
     if not stream:
         raise ValueError(f"{where}: stream must not be empty")
+    partitions = int(spec.get("partitions") or 0)
+    if partitions:
+        try:
+            check_partitioned_name(stream, partitions)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return Target(
         stream=stream,
         types=frozenset(spec["types"]) if "types" in spec else types,
         rename={**rename, **dict(spec.get("rename", {}))},
         fields=field_map(f"{where}.fields", spec["fields"]) if "fields" in spec else fields,
+        partitions=partitions,
     )
 
 
@@ -441,7 +459,10 @@ class Relay(Handler):
                 marker = keys.setdefault(self.marker(msgs[i]), len(keys) + 1)
                 events += (msgs[i].id, marker, len(targets))
                 for target, fields in zip(targets, entries, strict=True):
-                    events += (keys.setdefault(target.stream, len(keys) + 1), len(fields))
+                    events += (
+                        keys.setdefault(target.stream_for(msgs[i]), len(keys) + 1),
+                        len(fields),
+                    )
                     events += fields
             args.append(pack(events))
             assert self._script is not None, "on_startup was not called"
@@ -461,7 +482,7 @@ class Relay(Handler):
             self.marker(msg),
             msg.stream,
             f"{self.state}:counts:{msg.stream}",
-            *(t.stream for t in targets),
+            *(t.stream_for(msg) for t in targets),
         ]
         args: list[bytes | str | int] = [
             msg.group,
@@ -470,7 +491,10 @@ class Relay(Handler):
             self.dedup_ms,
         ]
         trim: list[bytes | str | int] = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
-        adds = [[t.stream, *trim, "*", *fields] for t, fields in zip(targets, entries, strict=True)]
+        adds = [
+            [t.stream_for(msg), *trim, "*", *fields]
+            for t, fields in zip(targets, entries, strict=True)
+        ]
         for fields in entries:
             args += [len(fields), *tail(fields)]
         assert self._redis is not None, "on_startup was not called"

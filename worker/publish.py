@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from redis.asyncio import Redis
 
+from worker.partitions import check_partitioned_name, stream_for
+
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
@@ -163,6 +165,9 @@ class Publisher:
             provider. Once the application has imported OpenTelemetry, each event carries the
             current trace context (`traceparent`, ...), within a `send <stream>` span when a
             provider is set; otherwise OpenTelemetry is never loaded.
+        partitions: logical stream -> partition count, for partitioned streams
+            (`worker.partitions`): an event goes to the partition of its `key`
+            (`{orders:3}`), keyless events to partition 0.
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class Publisher:
         envelope: PublishEnvelope = "syncworker",
         source: str = "syncworker",
         tracer_provider: TracerProvider | None = None,
+        partitions: Mapping[str, int] | None = None,
     ) -> None:
         if envelope not in get_args(PublishEnvelope):
             raise ValueError(
@@ -183,6 +189,9 @@ class Publisher:
         self.envelope = envelope
         self.source = source
         self.tracer_provider = tracer_provider
+        self.partitions = dict(partitions or {})
+        for stream, count in self.partitions.items():
+            check_partitioned_name(stream, count)
 
     async def publish(
         self,
@@ -194,8 +203,16 @@ class Publisher:
         event_id: str | None = None,
         version: int | None = None,
         schema_version: int | None = None,
+        partitions: int | None = None,
     ) -> str:
-        """Append one event and return its entry id."""
+        """Append one event and return its entry id.
+
+        `stream` is a logical stream: with `partitions` (here, or for the stream in the
+        constructor) the event goes to the partition of its key."""
+        count = partitions if partitions is not None else self.partitions.get(stream)
+        if count:
+            check_partitioned_name(stream, count)
+        target = stream_for(stream, key, count)
         parts: dict[str, Any] = {
             "key": key,
             "event_id": event_id,
@@ -203,11 +220,11 @@ class Publisher:
             "schema_version": schema_version,
         }
         if _OTEL not in sys.modules and self.tracer_provider is None:
-            return await self._add(stream, type, data, parts, None)
+            return await self._add(target, type, data, parts, None)
         from worker.tracing import sending
 
-        with sending(stream, self.tracer_provider) as (span, trace_fields):
-            entry_id = await self._add(stream, type, data, parts, trace_fields)
+        with sending(target, self.tracer_provider) as (span, trace_fields):
+            entry_id = await self._add(target, type, data, parts, trace_fields)
             if span is not None:
                 span.set_attribute("messaging.message.id", entry_id)
         return entry_id

@@ -82,6 +82,19 @@ class Route(BaseModel):
         description="module:attr of the type (usually a pydantic model, or a Versions) that "
         "data must validate against; None keeps the handler's own.",
     )
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Read the stream's N partitions {stream:0}..{stream:N-1} "
+        "(worker.partitions); None keeps the handler's own (default: not partitioned).",
+    )
+    ordered: bool | Literal["strict"] | None = Field(
+        None,
+        description="true: each partition runs on one worker of the fleet at a time, under "
+        "a lease, so a key's events apply in publish order; strict: also hold a key back "
+        "behind its message waiting for a retry. Needs partitions.",
+    )
 
 
 class WorkerSettings(BaseSettings):
@@ -196,6 +209,13 @@ class WorkerSettings(BaseSettings):
         1.0, gt=0, description="Seconds between scans for due retries and abandoned entries."
     )
     claim_batch: int = Field(100, ge=1, description="Pending entries inspected per scan.")
+    lease_ttl: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a partition lease of an ordered route lives without renewal: a "
+        "dead owner's partitions are taken over within about this. Renewed every quarter; "
+        "the owner stops on its own after three quarters without a renewal.",
+    )
 
     # Lifecycle
     shutdown_timeout: float = Field(

@@ -144,7 +144,11 @@ async def deliver(
     if message is None:
         message_args.setdefault("stream", handler.streams[0] if handler.streams else "test")
         message = make_message(**message_args)
-    bound = handler if message.stream in handler.streams else handler.bind([message.stream])
+    bound = (
+        handler
+        if message.stream in handler.streams
+        else handler.bind([message.stream], partitions=0)  # the stream as given, even "orders"
+    )
     policy = RetryPolicy(max_attempts, Backoff(), claim_idle=60.0)
     recorder = _Recorder(policy)
     chain = load(middleware, "middleware")

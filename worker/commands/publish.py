@@ -13,13 +13,14 @@ from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from, start_tracing
 from worker.commands.support import CommandError, execute
+from worker.partitions import check_partitioned_name, stream_for
 from worker.publish import PublishEnvelope, Publisher
 
 EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id, version
-and schema_version. --data - reads the JSON from standard input. Prints the new entry id.
---envelope cloudevents writes a structured CloudEvent (one field `data`, as Dapr does),
-cloudevents-binary one `ce_*` field per attribute with the payload in `data`; routes with
-envelope = "cloudevents" read both.
+and schema_version. --data - reads the JSON from standard input. Prints the new entry id (and,
+with --partitions, the partition stream it went to). --envelope cloudevents writes a
+structured CloudEvent (one field `data`, as Dapr does), cloudevents-binary one `ce_*` field
+per attribute with the payload in `data`; routes with envelope = "cloudevents" read both.
 
 examples:
   syncworker publish orders --type order.completed --key order-42 \\
@@ -27,6 +28,7 @@ examples:
   echo '{"order_id": 42}' | syncworker publish orders --type order.created --key order-42 --data -
   syncworker publish orders --envelope cloudevents --source /checkout --type order.paid \
     --key order-42 --data '{"order_id": 42}'
+  syncworker publish orders --partitions 8 --type order.paid --key order-42 --data '{}'
 """
 
 
@@ -69,6 +71,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the CloudEvents source attribute (with --envelope cloudevents*; default syncworker)",
     )
     parser.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="STREAM is split into N partitions {STREAM:0}..{STREAM:N-1}: append to the one of "
+        "--key (CRC-32 of the key mod N; no key: partition 0)",
+    )
+    parser.add_argument(
         "--maxlen",
         type=int,
         metavar="N",
@@ -89,6 +98,12 @@ def publish(args: argparse.Namespace) -> int:
     if args.maxlen is not None and args.maxlen < 1:
         print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
         return 2
+    if args.partitions is not None:
+        try:
+            check_partitioned_name(args.stream, args.partitions)
+        except ValueError as exc:
+            print(f"syncworker: error: --partitions: {exc}", file=sys.stderr)
+            return 2
 
     stop_tracing = start_tracing(settings)
     try:
@@ -110,10 +125,14 @@ async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> 
                 event_id=args.event_id,
                 version=args.version,
                 schema_version=args.schema_version,
+                partitions=args.partitions,
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
-    print(entry_id)
+    if args.partitions:
+        print(entry_id, stream_for(args.stream, args.key, args.partitions))
+    else:
+        print(entry_id)
     return 0
 
 

@@ -108,6 +108,12 @@ class Reader:
             return False  # another consumer created it meanwhile
         return True
 
+    def exclude(self, streams: tuple[str, ...]) -> None:
+        """Leave `streams` to another read loop (the partitions of ordered routes); their
+        groups are still created here."""
+        for stream in streams:
+            self._offsets.pop(stream, None)
+
     def stop(self) -> None:
         """End `run` at its next turn (the caller also cancels it, to cut a blocking read)."""
         self._stopping = True
@@ -117,9 +123,12 @@ class Reader:
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
-        streams = len(self.streams)
+        streams = len(self._offsets)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
+            if not streams:  # every stream is read elsewhere (`exclude`)
+                await asyncio.sleep(self.settings.block)
+                continue
             await self.gate.wait_open()
             if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
