@@ -18,7 +18,7 @@ import os
 
 from redis.asyncio import Redis
 
-from worker import Handler, HandlerContext, Message
+from worker import BatchHandler, Handler, HandlerContext, Message, Outcome
 
 CHECK = """
 -- KEYS[1] last applied version per key (hash), KEYS[2] counters (hash), KEYS[3] log (list)
@@ -68,3 +68,26 @@ class VersionCheck(Handler):
         await self._check(
             keys=[f"{p}:last", f"{p}:counts", f"{p}:log"], args=[msg.key, msg.version]
         )
+
+
+class BatchVersionCheck(BatchHandler):
+    """`VersionCheck` as a batch handler: each batch's events go through `CHECK` in order."""
+
+    name = "batch-version-check"
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sizes: list[int] = []
+        """Sizes of the batches it was called with (in-process tests read them)."""
+
+    async def on_startup(self, ctx: HandlerContext) -> None:
+        self._check = ctx.redis.register_script(CHECK)
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        self.sizes.append(len(msgs))
+        p = self.prefix
+        for msg in msgs:
+            await self._check(
+                keys=[f"{p}:last", f"{p}:counts", f"{p}:log"], args=[msg.key, msg.version]
+            )
+        return [None] * len(msgs)

@@ -13,13 +13,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import eventually, make_settings, running
 from tests.partitions.conftest import counts, last_versions, owners, pending_total
-from tests.partitions.plugins import VersionCheck
-from worker import Publisher, Worker
+from tests.partitions.plugins import BatchVersionCheck, VersionCheck
+from worker import ConfigError, Publisher, Worker
 from worker.redis_server import RedisServer
+from worker.registry import validate
 
 PARTS = 6
 TTL = 1.0
@@ -206,3 +208,34 @@ async def test_an_owner_cut_off_from_redis_stops_before_its_lease_runs_out(
             await stall
     finally:
         await proxy.stop()
+
+
+async def test_batch_handlers_on_ordered_partitions_keep_each_keys_order(
+    redis: Redis, redis_server: RedisServer, names: dict[str, str]
+) -> None:
+    prefix = f"check:{names['suffix']}"
+    handlers = []
+    for _ in range(2):
+        h = BatchVersionCheck(prefix).bind([names["stream"]], partitions=PARTS, ordered=True)
+        assert isinstance(h, BatchVersionCheck)
+        handlers.append(h)
+    workers = [Worker(settings(redis_server, names, f"c{i}"), [handlers[i]]) for i in range(2)]
+    async with fleet(workers):
+        await eventually(
+            lambda: len(owned_by(workers[0])) + len(owned_by(workers[1])) == PARTS, timeout=10
+        )
+        await publish_versions(redis, names["stream"], keys=30, versions=10)
+
+        async def all_applied() -> bool:
+            return set((await last_versions(redis, prefix)).values()) == {10}
+
+        await eventually(all_applied, timeout=20)
+    assert (await counts(redis, prefix)).get("violations", 0) == 0
+    assert await pending_total(redis, names["stream"], PARTS, names["group"]) == 0
+    assert max(handlers[0].sizes + handlers[1].sizes) > 1  # they did run in batches
+
+
+def test_strict_order_refuses_batch_handlers(names: dict[str, str]) -> None:
+    handler = BatchVersionCheck("x").bind([names["stream"]], partitions=PARTS, ordered="strict")
+    with pytest.raises(ConfigError, match="batch = false"):
+        validate([handler])
