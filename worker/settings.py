@@ -66,10 +66,11 @@ class Route(BaseModel):
         min_length=1,
         description="Name in logs and metrics; needed to route one plugin twice to a stream.",
     )
-    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr"] | None = Field(
+    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr", "debezium"] | None = Field(
         None,
         description="Layout of the stream's entries: syncworker (this runtime's fields), "
-        "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
+        "cloudevents, faststream, dapr or debezium; None keeps the handler's own "
+        "(default syncworker).",
     )
 
 
