@@ -123,6 +123,15 @@ class WorkerSettings(BaseSettings):
         description="Most entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    read_horizon: float = Field(
+        0.05,
+        ge=0,
+        le=60,
+        description="Seconds of work a read takes beyond the free lanes, from the recent mean "
+        "handler time (worker/runtime/readahead.py): slow handlers read only what their lanes "
+        "start soon and leave the rest to peers; fast ones read full batches. 0 = always "
+        "read up to batch_size.",
+    )
     held_bytes_max: int = Field(
         64 * 1024 * 1024,
         ge=0,
