@@ -53,8 +53,8 @@ class ReadAhead:
         self._seen = (0.0, 0)
 
     def count(self, limit: int) -> int:
-        """Entries the next read should ask for, at most `limit`; 0: none until a lane
-        frees up (`wait_for_release`)."""
+        """Entries the next read should ask for, at most `limit`; 0 (only while at least
+        every lane's worth is held): none until a lane frees up (`wait_for_release`)."""
         if self.horizon <= 0:
             return limit
         self._observe()

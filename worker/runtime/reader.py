@@ -125,7 +125,8 @@ class Reader:
             await self.gate.wait_open()
             if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
-            wanted = self.readahead.count(min(batch, self.ledger.room(), self._fit_in_bytes()))
+            limit = max(min(batch, self.ledger.room(), self._fit_in_bytes()), 1)
+            wanted = self.readahead.count(limit)
             if not wanted:  # slow handlers: leave the entries to idle peers until a lane frees
                 await self.readahead.wait_for_release(self.settings.block)
                 continue
