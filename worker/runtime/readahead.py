@@ -4,8 +4,9 @@ An entry one consumer reads is that consumer's until it is done: its peers canno
 A read of `batch_size` (256 by default) is right for fast handlers, whose lanes empty it in
 milliseconds, and wrong for slow ones: with 2 s handlers the first worker to read takes a
 small backlog whole and works through it 4 at a time while its peers idle (40 such messages
-on 4 workers x 4 lanes took 22 s instead of 6: docs/performance.md, "Fair read-ahead"), and
-autoscaling on lag cannot help while the backlog sits in one pod.
+on 4 workers x 4 lanes took 20 s from the first read, 7 s with read-ahead:
+docs/performance.md, "Fair read-ahead"), and autoscaling on lag cannot help while the
+backlog sits in one pod.
 
 So each read asks for what this process will start within `read_horizon` seconds:
 
