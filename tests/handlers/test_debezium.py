@@ -102,3 +102,31 @@ async def _settled(redis: Redis, stream: str, group: str) -> bool:
     groups = await redis.xinfo_groups(stream)
     lag = next(g["lag"] for g in groups if g["name"].decode() == group)
     return lag == 0 and await pending_count(redis, stream, group) == 0
+
+
+class TestExtendedFormat:
+    async def test_mysql_orders_in_the_extended_format_reach_the_projection(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """`key`/`value` entries of the MySQL connector: the order is created, updated and
+        deleted in the projection; the tombstone after the delete is skipped."""
+        stream, group, suffix = (
+            f"{names['stream']}.inventory.orders",
+            names["group"],
+            names["suffix"],
+        )
+        projection = Projection(
+            prefix=f"{suffix}:order:",
+            events={
+                "inventory.orders.created": "set",
+                "inventory.orders.updated": "set",
+                "inventory.orders.deleted": "delete",
+            },
+        ).bind([stream], envelope="debezium")
+        for fields in recorded("mysql_orders.json"):
+            await redis.xadd(stream, fields)
+        async with running(make_settings(redis_server.url, group), [projection]):
+            await eventually(lambda: _settled(redis, stream, group))
+        assert await redis.exists(f"{suffix}:order:10005") == 0
+        assert dict(projection.counts) == {"applied": 3}  # the tombstone reached no handler
+        assert await dead_letters(redis, stream) == []
