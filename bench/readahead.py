@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--fast-entries", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--horizon", type=float, default=0.05, help="the default to compare")
+    parser.add_argument("--horizon", type=float, default=1.0, help="the default to compare")
     parser.add_argument("--only", default="slow,fast", help="slow, fast, or both")
     args = parser.parse_args()
     os.environ["BENCH_SLEEP_S"] = str(args.sleep)

@@ -124,7 +124,7 @@ class WorkerSettings(BaseSettings):
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
     read_horizon: float = Field(
-        0.05,
+        1.0,
         ge=0,
         le=60,
         description="Seconds of work a read takes beyond the free lanes, from the recent mean "

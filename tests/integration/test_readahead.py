@@ -16,15 +16,15 @@ pytestmark = pytest.mark.redis
 
 WORKERS = 3
 LANES = 2
-MESSAGES = 24
-HANDLER_SECONDS = 0.4
+MESSAGES = 18
+HANDLER_SECONDS = 0.8
 
 
 class TestFairReadAhead:
     async def test_a_small_backlog_of_slow_messages_is_shared_by_the_workers(
         self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
     ) -> None:
-        """Three workers on one group, slow handlers, a backlog of 24: each worker runs a
+        """Three workers on one group, slow handlers, a backlog of 18: each worker runs a
         fair part of it, instead of the first to read taking it all."""
         stream, group = names["stream"], names["group"]
         done: dict[str, list[str]] = {f"w{i}": [] for i in range(WORKERS)}

@@ -4,7 +4,7 @@ An entry one consumer reads is that consumer's until it is done: its peers canno
 A read of `batch_size` (256 by default) is right for fast handlers, whose lanes empty it in
 milliseconds, and wrong for slow ones: with 2 s handlers the first worker to read takes a
 small backlog whole and works through it 4 at a time while its peers idle (40 such messages
-on 4 workers x 4 lanes took 20 s from the first read, 7 s with read-ahead:
+on 4 workers x 4 lanes took 20 s from the first read, 9 s with read-ahead:
 docs/performance.md, "Fair read-ahead"), and autoscaling on lag cannot help while the
 backlog sits in one pod.
 
@@ -16,9 +16,20 @@ that is the lanes now free plus the entries the busy ones will finish within the
 bounded by `batch_size` and the ledger's entry and byte budget (`limit`). Fast handlers
 (mean well under read_horizon / batch_size x concurrency) keep reading full batches; slow
 ones leave the rest of the stream to their peers and read again as lanes free up. Before
-any handler has finished, only the free lanes are read. The mean is the recent one, from
-the handler-duration histograms the runtime keeps anyway (`Stats.handler_seconds`),
-smoothed so that one odd message does not swing it.
+any handler has finished, only the free lanes are read.
+
+The horizon (1 s by default) is what a worker may hold beyond its lanes, in seconds of its
+own work: it is how long a peer may idle while this worker still has a queue. It must also
+cover a read's round trip and the wake-up that follows it, or lanes wait for reads: at
+0.05 s, on a machine loaded to 7 runnable processes per core, the chaos suite's workers
+(handlers of 0 to 250 ms) fell so far behind that a third to most of the events were still
+unread at the end of its drain bound; at 1 s they drained in 8 s, sooner than with
+read-ahead off (20 s).
+
+The mean is the recent one, from the handler-duration histograms the runtime keeps anyway
+(`Stats.handler_seconds`), smoothed so that one odd message does not swing it. Only calls
+that returned are timed: handlers that keep failing leave the mean where it was (or unknown,
+which reads the free lanes only).
 """
 
 from __future__ import annotations
