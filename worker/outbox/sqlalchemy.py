@@ -25,7 +25,7 @@ import json
 import sys
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, overload
 
 from worker.outbox.schema import TABLE, check_table
 
@@ -55,6 +55,34 @@ def _is_async(conn: object) -> TypeGuard[AsyncTarget]:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
     return isinstance(conn, AsyncSession | AsyncConnection)
+
+
+@overload
+def add(
+    conn: AsyncTarget,
+    stream: str,
+    type: str,
+    data: Any = None,
+    *,
+    key: str | None = None,
+    version: int | None = None,
+    event_id: str | None = None,
+    table: str = TABLE,
+) -> Awaitable[str]: ...
+
+
+@overload
+def add(
+    conn: SyncTarget,
+    stream: str,
+    type: str,
+    data: Any = None,
+    *,
+    key: str | None = None,
+    version: int | None = None,
+    event_id: str | None = None,
+    table: str = TABLE,
+) -> str: ...
 
 
 def add(
