@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from worker.batch import BatchFunctionHandler
     from worker.settings import WorkerSettings
 
-EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr"]
+EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr", "debezium"]
 """How a stream's entries are laid out; `worker.envelopes` reads all but `syncworker`."""
 
 ENVELOPES: tuple[str, ...] = get_args(EnvelopeName)
@@ -81,8 +81,8 @@ class Handler:
         streams: the streams this handler is routed to.
         types: the event types it wants; None means every entry of the stream.
         envelope: how the stream's entries are laid out: `syncworker` (this runtime's own
-            fields), `cloudevents`, `faststream` or `dapr` (see `worker.envelopes`). Every
-            handler on one stream reads the same envelope.
+            fields), `cloudevents`, `faststream`, `dapr` or `debezium` (see
+            `worker.envelopes`). Every handler on one stream reads the same envelope.
         model: a type (usually a pydantic model) that `data` must validate against; the
             parsed value reaches `handle` as `msg.event`. An entry that does not validate is
             dead-lettered with the validation errors. None: no validation, no `msg.event`.
@@ -259,7 +259,7 @@ def handler(
         types: event types to receive; omit to receive every entry.
         name: name in logs and metrics; defaults to the function's qualified name.
         envelope: the layout of the stream's entries: `syncworker` (default), `cloudevents`,
-            `faststream` or `dapr` (see `worker.envelopes`).
+            `faststream`, `dapr` or `debezium` (see `worker.envelopes`).
         model: a type (usually a pydantic model) to validate `data` against; the function
             reads the parsed value as `msg.event`.
         middleware: wrapped around this handler's calls, first listed outermost (see

@@ -66,10 +66,11 @@ class Route(BaseModel):
         min_length=1,
         description="Name in logs and metrics; needed to route one plugin twice to a stream.",
     )
-    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr"] | None = Field(
+    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr", "debezium"] | None = Field(
         None,
         description="Layout of the stream's entries: syncworker (this runtime's fields), "
-        "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
+        "cloudevents, faststream, dapr or debezium; None keeps the handler's own "
+        "(default syncworker).",
     )
     middleware: list[str] = Field(
         default_factory=list,
@@ -156,6 +157,15 @@ class WorkerSettings(BaseSettings):
         description="Most entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    read_horizon: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds of work a read takes beyond the free lanes, from the recent mean "
+        "handler time (worker/runtime/readahead.py): slow handlers read only what their lanes "
+        "start soon and leave the rest to peers; fast ones read full batches. 0 = always "
+        "read up to batch_size.",
+    )
     held_bytes_max: int = Field(
         64 * 1024 * 1024,
         ge=0,

@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from worker.batch import BatchHandler
+from worker.envelopes import EnvelopeMessage
 from worker.errors import MalformedMessage, Reject, SyncWorkerError
 from worker.message import Message
 from worker.runtime.dispatch import Route, for_this_group
@@ -86,6 +87,9 @@ class BatchDispatcher:
                 except MalformedMessage as exc:
                     envelope = d.envelopes[msg.stream]
                     settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
+                    continue
+                if isinstance(msg, EnvelopeMessage) and msg.opened.skip:  # a Debezium tombstone
+                    settler.ack(msg, "", skipped=True)
                     continue
             routes = d.routes.lookup(msg.stream, event_type)
             if not routes or not for_this_group(msg):

@@ -19,6 +19,7 @@ from worker.connection import REDIS_DOWN, Reconnect, text
 from worker.errors import GroupRefused
 from worker.message import Message
 from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.readahead import ReadAhead
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
 
@@ -52,6 +53,7 @@ class Reader:
         self._offsets: dict[Any, Any] = {stream: ">" for stream in streams}
         self._entry_bytes = 0
         """Bytes an entry is expected to take, from recent reads (0: none read yet)."""
+        self.readahead = ReadAhead(settings.concurrency, settings.read_horizon, ledger, stats)
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
         """Create the group on every stream where it is missing (with the stream itself).
@@ -132,7 +134,12 @@ class Reader:
             await self.gate.wait_open()
             if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
-            count = max(min(batch, self.ledger.room(), self._fit_in_bytes()) // streams, 1)
+            limit = max(min(batch, self.ledger.room(), self._fit_in_bytes()), 1)
+            wanted = self.readahead.count(limit)
+            if not wanted:  # slow handlers: leave the entries to idle peers until a lane frees
+                await self.readahead.wait_for_release(self.settings.block)
+                continue
+            count = max(wanted // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
                     self.group, self.consumer, self._offsets, count=count, block=block_ms
