@@ -21,6 +21,7 @@ from worker.message import Message
 from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
+from worker.topology import is_cluster
 
 log = structlog.get_logger("worker.runtime.reader")
 
@@ -113,11 +114,20 @@ class Reader:
         self._stopping = True
 
     async def run(self) -> None:
+        if len(self.streams) > 1 and is_cluster(self.redis):
+            # One XREADGROUP may only name keys of one slot: on a cluster each stream gets a
+            # read loop of its own, all sharing the ledger's room and the read gate.
+            async with asyncio.TaskGroup() as loops:
+                for stream in self.streams:
+                    loops.create_task(self._read_loop({stream: ">"}, len(self.streams)))
+        else:
+            await self._read_loop(self._offsets, len(self.streams))
+
+    async def _read_loop(self, offsets: dict[Any, Any], streams: int) -> None:
         reconnect = Reconnect("read", self.stats)
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
-        streams = len(self.streams)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
             await self.gate.wait_open()
@@ -126,7 +136,7 @@ class Reader:
             count = max(min(batch, self.ledger.room(), self._fit_in_bytes()) // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, self._offsets, count=count, block=block_ms
+                    self.group, self.consumer, offsets, count=count, block=block_ms
                 )
             except ResponseError as exc:
                 if _group_gone(exc):

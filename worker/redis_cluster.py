@@ -1,0 +1,150 @@
+"""A throwaway Redis Cluster on free ports: for tests and benchmarks.
+
+Built from `worker.redis_server.RedisServer`, so the same binary choice applies
+(`SYNCWORKER_TEST_SERVER=valkey`), and only the processes started here are ever stopped,
+each by its pid.
+
+A cluster of 3 primaries starts in about a second; `replicas=1` adds a replica per primary
+(6 processes, what `redis-cli --cluster create --cluster-replicas 1` builds). Slots are
+assigned with CLUSTER ADDSLOTSRANGE and the nodes introduced with CLUSTER MEET through
+redis-py, which is what `redis-cli --cluster create` does, without needing a `redis-cli` of
+the same server family on the PATH.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from types import TracebackType
+
+import redis as sync_redis
+
+from worker.redis_server import RedisServer, free_port
+
+SLOTS = 16384
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """Starts `primaries` cluster-enabled servers (and `replicas` per primary), joins them.
+
+    Args:
+        primaries: primaries to start; the 16384 slots are split evenly among them.
+        replicas: replicas per primary.
+        binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+    """
+
+    def __init__(self, primaries: int = 3, *, replicas: int = 0, binary: str | None = None) -> None:
+        self.primaries: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
+        for index in range(primaries * (1 + replicas)):
+            server = RedisServer(
+                cluster_port(),
+                extra_args=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{index}.conf",
+                    "--cluster-node-timeout", "1000",
+                    "--cluster-require-full-coverage", "no",
+                ),
+                binary=binary,
+            )  # fmt: skip
+            (self.primaries if index < primaries else self.replicas).append(server)
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return self.primaries + self.replicas
+
+    @property
+    def url(self) -> str:
+        """A `redis+cluster://` URL naming every primary as a start-up node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.primaries)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.servers if s.pid is not None]
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        """Start every server, assign the slots, attach the replicas, wait for cluster_state:ok."""
+        try:
+            for server in self.servers:
+                server.start()
+            self._join(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _join(self, timeout: float) -> None:
+        clients = [sync_redis.Redis(port=s.port) for s in self.servers]
+        try:
+            share = SLOTS // len(self.primaries)
+            for index, client in enumerate(clients[: len(self.primaries)]):
+                last = SLOTS - 1 if index == len(self.primaries) - 1 else (index + 1) * share - 1
+                client.cluster("ADDSLOTSRANGE", index * share, last)
+            for client in clients[1:]:
+                client.cluster("MEET", "127.0.0.1", self.servers[0].port)
+            deadline = time.monotonic() + timeout
+            ids = [self._node_id(c) for c in clients[: len(self.primaries)]]
+            for index, client in enumerate(clients[len(self.primaries) :]):
+                primary = ids[index % len(ids)]
+                self._until(deadline, lambda c=client, p=primary: _knows(c, p))
+                client.cluster("REPLICATE", primary)
+            for client in clients:
+                self._until(deadline, lambda c=client: _state_ok(c, len(self.servers)))
+        finally:
+            for client in clients:
+                client.close()
+
+    @staticmethod
+    def _node_id(client: sync_redis.Redis) -> str:
+        reply = client.cluster("MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    @staticmethod
+    def _until(deadline: float, done: object) -> None:
+        while not done():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok in time")
+            time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+def _knows(client: sync_redis.Redis, node_id: str) -> bool:
+    nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}
+    return any(node["node_id"] == node_id for node in nodes.values())
+
+
+def _state_ok(client: sync_redis.Redis, nodes: int) -> bool:
+    fields = client.cluster("INFO")  # redis-py parses it into a dict
+    known = str(fields.get("cluster_known_nodes"))
+    return fields.get("cluster_state") == "ok" and known == str(nodes)
+
+
+__all__ = ["RedisClusterServers", "free_port"]
