@@ -30,8 +30,10 @@ script: a crash leaves either all of them or none. With `ack = true` the handler
 only one on its stream (the runtime enforces it); `ack = false` lets it share a stream, and the
 guard alone keeps the effect exactly once while the runtime acknowledges afterwards.
 
-The script touches the entity, state and stream keys together, so it needs one Redis server
-(or a primary with replicas), not a Redis Cluster.
+On a Redis Cluster the versions, counts and marker keys are kept beside each entity
+(`{<entity>}<state>:versions`, ...), so the guard, the change and the counter stay one
+script in the entity's slot; the XACK stays in it when the stream shares that slot, else
+it follows the script (`handlers._cluster`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from handlers._fields import (
     FieldMap,
     data_object,
@@ -54,6 +57,7 @@ from handlers._fields import (
     pick,
 )
 from worker import Handler, HandlerContext, Message
+from worker.topology import is_cluster
 
 log = structlog.get_logger("handlers.projection")
 
@@ -225,6 +229,7 @@ class Projection(Handler):
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None
+        self._cluster = False
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
@@ -233,6 +238,7 @@ class Projection(Handler):
         """Write through `redis` (what `on_startup` does; tests call it directly)."""
         self._redis = redis
         self._script = redis.register_script(PROJECT)
+        self._cluster = is_cluster(redis)
 
     def entity(self, key: str) -> str:
         """The hash that holds entity `key`."""
@@ -258,21 +264,23 @@ class Projection(Handler):
         origin_stream, origin_id = msg.origin
         marker = f"{self.state}:seen:{msg.group}:{origin_stream}:{origin_id}"
         assert self._script is not None, "on_startup was not called"
-        outcome = await self._script(
-            keys=[self.entity(key), self.versions_key, self.counts_key, msg.stream, marker],
-            args=[
-                key,
-                "" if version is None else str(version),  # canonical: no '+', no zeros
-                rule.action,
-                msg.group,
-                msg.id,
-                "1" if self.acks_atomically else "0",
-                self.dedup_ms,
-                len(pairs),
-                *pairs,
-                *removed,
-            ],
-        )
+        keys = [self.entity(key), self.versions_key, self.counts_key, msg.stream, marker]
+        args: list[Any] = [
+            key,
+            "" if version is None else str(version),  # canonical: no '+', no zeros
+            rule.action,
+            msg.group,
+            msg.id,
+            "1" if self.acks_atomically else "0",
+            self.dedup_ms,
+            len(pairs),
+            *pairs,
+            *removed,
+        ]
+        if self._cluster and self._redis is not None:  # keys beside the entity: _cluster
+            outcome = await _cluster.project(self._redis, self._script, keys, args)
+        else:
+            outcome = await self._script(keys=keys, args=args)
         outcome = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
         self.counts[outcome] += 1
         if outcome != "applied":

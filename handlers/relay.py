@@ -20,8 +20,10 @@ the same transaction by a script that keeps them, sets the marker and acks, or, 
 duplicate or a target that is not a stream, deletes the entries just added (see
 `worker.wide`).
 
-Like the projection, the script spans several keys and so needs a single Redis server (or a
-primary with replicas), not a Redis Cluster.
+On a Redis Cluster the relay runs one such step per target, in the target's slot, with the
+marker and counters kept beside the target (`{<target>}<state>:seen:...`,
+`{<target>}<state>:counts:<stream>`); the XACK stays in the step when there is one target in
+the source's slot, else it follows the steps (`handlers._cluster`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import Handler, HandlerContext, Message
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.topology import is_cluster
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = """
@@ -230,6 +234,7 @@ class Relay(Handler):
         self._redis: Redis | None = None
         self._script: Any = None
         self._wide_script: Any = None
+        self._cluster = False
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
@@ -239,6 +244,7 @@ class Relay(Handler):
         self._redis = redis
         self._script = redis.register_script(RELAY)
         self._wide_script = redis.register_script(RELAY_WIDE)
+        self._cluster = is_cluster(redis)
 
     def entry(self, msg: Message, target: Target) -> list[bytes | str]:
         """The fields of the downstream entry for `target`, flattened name, value, ..."""
@@ -285,7 +291,9 @@ class Relay(Handler):
             *(t.stream for t in targets),
         ]
         assert self._script is not None, "on_startup was not called"
-        if all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
+        if self._cluster:  # a step per target, in its slot (handlers._cluster)
+            outcome = await _cluster.relay(self, targets, entries, keys, args)
+        elif all(fits(len(fields) + 5) for fields in entries):  # key, MAXLEN ~ n, '*'
             for fields in entries:
                 args.append(len(fields))
                 args.extend(fields)

@@ -65,3 +65,20 @@ def derived(stream: str, suffix: str, cluster: bool) -> str:
 def same_slot(*keys: str) -> bool:
     """Whether every key hashes to one slot (what a script over them needs on a cluster)."""
     return len({key_slot(k) for k in keys}) <= 1
+
+
+def colocated(anchor: str, name: str) -> str:
+    """`name` with a hash tag that puts it in `anchor`'s slot: `{orders}name`.
+
+    For the keys a handler keeps beside a target in another slot (its dedupe marker next to
+    the entity it writes, say), so that the effect and its marker stay one atomic step.
+
+    Raises:
+        ValueError: `anchor` has a `}` but no tag, so no tag can name its slot.
+    """
+    tag = hash_tag(anchor)
+    if tag is None:
+        if "}" in anchor:
+            raise ValueError(f"no hash tag can name the slot of {anchor!r} (it has a stray '}}')")
+        tag = anchor
+    return "{" + tag + "}" + name
