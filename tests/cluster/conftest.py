@@ -59,3 +59,6 @@ def slotted() -> dict[str, str]:
         "group": f"group-{suffix}",
         "suffix": suffix,
     }
+
+
+from tests.handlers.conftest import pg_dsn as pg_dsn  # noqa: E402  the SQL sink's database
