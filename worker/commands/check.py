@@ -71,16 +71,20 @@ def check(args: argparse.Namespace) -> int:
         if unsafe:
             print(f"warning: Redis at {url}: {RISKS[reason]}", file=sys.stderr)
     streams = sorted({s for h in handlers for s in h.streams})
-    print(f"topology: {topology}")
+    notes: list[str] = []
     if settings.cluster:
         findings = colocation.inspect(handlers, settings)
-        for note in findings.notes:
-            print(f"note: {note}")
         for violation in findings.violations:
             fail(violation)
         if findings.violations:
             return EXIT_FAILED
-    print(f"ok: {len(handlers)} handler(s) on {', '.join(streams)}; Redis at {url} answers")
+        notes = findings.notes
+    print(
+        f"ok: {len(handlers)} handler(s) on {', '.join(streams)}; Redis at {url} answers "
+        f"(topology: {topology})"
+    )
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 
