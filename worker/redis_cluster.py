@@ -1,4 +1,4 @@
-"""A throwaway Redis Cluster on free ports: for tests and benchmarks.
+"""A throwaway Redis Cluster, or a Sentinel set-up, on free ports: for tests and benchmarks.
 
 Built from `worker.redis_server.RedisServer`, so the same binary choice applies
 (`SYNCWORKER_TEST_SERVER=valkey`), and only the processes started here are ever stopped,
@@ -13,13 +13,17 @@ the same server family on the PATH.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 
 import redis as sync_redis
 
-from worker.redis_server import RedisServer, free_port
+from worker.redis_server import RedisServer, free_port, server_binary
 
 SLOTS = 16384
 
@@ -147,4 +151,129 @@ def _state_ok(client: sync_redis.Redis, nodes: int) -> bool:
     return fields.get("cluster_state") == "ok" and known == str(nodes)
 
 
-__all__ = ["RedisClusterServers", "free_port"]
+class Sentinel:
+    """One sentinel process on a free port, with its own config file (sentinels rewrite it).
+
+    Args:
+        monitor: (service name, primary port) to watch, with a quorum of 2.
+    """
+
+    def __init__(self, monitor: tuple[str, int], *, binary: str | None = None) -> None:
+        self.binary = server_binary(binary)
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="syncworker-sentinel-"))
+        service, primary = monitor
+        self.config = self.dir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Sentinel:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sentinel exited with {self.process.returncode}")
+            client = sync_redis.Redis(port=self.port, socket_timeout=0.5)
+            try:
+                if client.ping():
+                    return self
+            except sync_redis.RedisError:
+                time.sleep(0.05)
+            finally:
+                client.close()
+        raise RuntimeError(f"sentinel did not answer on port {self.port} in {timeout}s")
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelServers:
+    """A primary, `replicas` replicas of it and `sentinels` sentinels, all on free ports.
+
+    Args:
+        service: the name the sentinels know the primary by.
+        binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+    """
+
+    def __init__(
+        self,
+        service: str = "syncworker",
+        *,
+        replicas: int = 1,
+        sentinels: int = 3,
+        binary: str | None = None,
+    ) -> None:
+        self.service = service
+        self.primary = RedisServer(binary=binary)
+        self.replicas = [
+            RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)),
+                        binary=binary)
+            for _ in range(replicas)
+        ]  # fmt: skip
+        self.sentinels = [
+            Sentinel((service, self.primary.port), binary=binary) for _ in range(sentinels)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self, timeout: float = 30.0) -> SentinelServers:
+        """Start everything and wait until every sentinel knows every replica."""
+        try:
+            for server in [self.primary, *self.replicas]:
+                server.start()
+            for sentinel in self.sentinels:
+                sentinel.start()
+            deadline = time.monotonic() + timeout
+            for sentinel in self.sentinels:
+                client = sync_redis.Redis(port=sentinel.port)
+                try:
+                    while len(client.sentinel_slaves(self.service)) < len(self.replicas):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the sentinels did not find the replicas in time")
+                        time.sleep(0.1)
+                finally:
+                    client.close()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def cleanup(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.cleanup()
+        for server in [self.primary, *self.replicas]:
+            server.cleanup()
+
+    def __enter__(self) -> SentinelServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+__all__ = ["RedisClusterServers", "SentinelServers", "free_port"]

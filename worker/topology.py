@@ -60,7 +60,18 @@ def client(parsed: RedisUrl, options: dict[str, Any]) -> Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         parsed.addresses, sentinel_kwargs=sentinel_kwargs, **options
     )
-    return cast(Redis, sentinel.master_for(parsed.service_name, db=parsed.db))
+    return cast(
+        Redis, sentinel.master_for(parsed.service_name, redis_class=_SentinelRedis, db=parsed.db)
+    )
+
+
+class _SentinelRedis(Redis):
+    """The primary's client, which also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await sentinel.aclose()
 
 
 def is_cluster(redis: Any) -> bool:
