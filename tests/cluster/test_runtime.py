@@ -96,3 +96,26 @@ class TestRetryAndDeadLetter:
             assert attempts["fail" + stream] == 3
             assert attempts["ok" + stream] == 1
             assert not await cluster.exists(stream + ":dlq")
+
+
+class TestScriptBatch:
+    async def test_script_calls_in_a_batch_reach_their_slots_after_a_script_flush(
+        self, cluster: Redis, slotted: dict[str, str]
+    ) -> None:
+        """redis-py refuses EVALSHA in a cluster pipeline; the batch sends each call to its
+        key's primary, loads the script again where the server lost it, and reports a refused
+        command in its place."""
+        from redis.exceptions import ResponseError
+
+        from worker.topology import batch
+
+        script = cluster.register_script("return redis.call('INCR', KEYS[1])")
+        await script(keys=[slotted["a"] + ":n"])  # loaded on its primary
+        await cluster.script_flush()  # every primary forgets it
+        pipe = batch(cluster, (script,))
+        for name in ("a", "b", "c"):
+            await script(keys=[slotted[name] + ":n"], client=pipe)
+        pipe.xack(slotted["a"] + ":n", "g", "1-1")  # a string, not a stream: refused
+        replies = await pipe.execute(raise_on_error=False)
+        assert replies[:3] == [2, 1, 1]
+        assert isinstance(replies[3], ResponseError) and "WRONGTYPE" in str(replies[3])
