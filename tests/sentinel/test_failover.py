@@ -98,3 +98,18 @@ async def _publish_retrying(publisher: Publisher, stream: str, n: int) -> None:
         except (sync_redis.ConnectionError, sync_redis.TimeoutError, sync_redis.ReadOnlyError):
             await asyncio.sleep(0.1)
     raise AssertionError("could not publish after the failover")
+
+
+async def test_check_names_the_primary_the_sentinels_chose(
+    sentinels: SentinelServers, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`syncworker check` through Sentinel reports the service and where its primary is."""
+    from worker.cli import main
+
+    monkeypatch.setenv("SYNCWORKER_REDIS_URL", sentinels.url)
+    monkeypatch.setenv("SYNCWORKER_HANDLERS", "tests.integration.plugins:noop")
+    monkeypatch.delenv("SYNCWORKER_CONFIG", raising=False)
+    assert await asyncio.to_thread(main, ["check"]) == 0
+    primary = f"127.0.0.1:{sentinels.primary.port}"
+    out = capsys.readouterr().out
+    assert f"(topology: Sentinel, service syncworker, primary at {primary})" in out
