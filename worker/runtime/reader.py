@@ -1,5 +1,8 @@
 """The read loop: XREADGROUP over every routed stream, with room left for what it reads.
 
+On one server a single XREADGROUP names every stream; on a Redis Cluster, where a command
+may only name keys of one slot, each stream has a read loop of its own.
+
 It survives everything but a shutdown: connection errors are retried with capped backoff,
 and a missing group (NOGROUP, after a restart without persistence or a flush) is recreated.
 """
