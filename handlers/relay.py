@@ -29,8 +29,10 @@ the same transaction by a script that keeps them, sets the marker and acks, or, 
 duplicate or a target that is not a stream, deletes the entries just added (see
 `worker.wide`).
 
-Like the projection, the script spans several keys and so needs a single Redis server (or a
-primary with replicas), not a Redis Cluster.
+On a Redis Cluster the relay runs one such step per target, in the target's slot, with the
+marker and counters kept beside the target (`{<target>}<state>:seen:...`,
+`{<target>}<state>:counts:<stream>`); the XACK stays in the step when there is one target in
+the source's slot, else it follows the steps (`handlers._cluster`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from handlers._batch import UNPACK_ITEMS, chunks, failure, pack, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import HandlerContext, MalformedMessage, Message
@@ -51,6 +54,7 @@ from worker.batch import BatchHandler, Outcome
 from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.partitions import check_partitioned_name, stream_for
+from worker.topology import is_cluster
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = (
@@ -339,6 +343,7 @@ class Relay(Handler):
         self._redis: Redis | None = None
         self._script: Any = None
         self._wide_script: Any = None
+        self._cluster = False
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
@@ -348,6 +353,7 @@ class Relay(Handler):
         self._redis = redis
         self._script = redis.register_script(RELAY)
         self._wide_script = redis.register_script(RELAY_WIDE)
+        self._cluster = is_cluster(redis)
 
     def entry(
         self, msg: Message, target: Target, trace: Mapping[str, str] | None = None
@@ -441,6 +447,17 @@ class Relay(Handler):
         if not planned and not filtered:
             return
         stream, group = msgs[0].stream, msgs[0].group
+        if self._cluster:  # one event at a time, a step per target in its slot: _cluster
+            for i, targets, entries in planned:
+                outcome = await _cluster.relay(self, msgs[i], targets, entries)
+                if outcome in ("forwarded", "duplicate"):
+                    self.counts[outcome] += 1
+                else:
+                    outcomes[i] = failure(outcome)
+            if filtered and self.acks_atomically:
+                assert self._redis is not None, "on_startup was not called"
+                await self._redis.xack(stream, group, *filtered)
+            return
         sizes = [sum(len(fields) + 2 for fields in entries) + 3 for _, _, entries in planned]
         for part in chunks(sizes) if planned else [slice(0, 0)]:
             keys: dict[str, int] = {stream: 1, f"{self.state}:counts:{stream}": 2}

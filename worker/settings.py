@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from worker import redis_url
+from worker import keys, redis_url
 from worker.errors import ConfigError
 from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
@@ -108,7 +108,10 @@ class WorkerSettings(BaseSettings):
     # Connection
     redis_url: SecretStr = Field(
         SecretStr("redis://localhost:6379/0"),
-        description="redis://[user:password@]host:port/db, rediss:// for TLS, or unix://path.",
+        description="redis://[user:password@]host:port/db, rediss:// for TLS, unix://path, "
+        "redis+cluster://host:port[,host:port...] for Redis Cluster, or "
+        "redis+sentinel://host:port[,host:port...]/service_name[/db] for Sentinel "
+        "(rediss+cluster://, rediss+sentinel:// with TLS).",
     )
     redis_username: str | None = Field(None, description="ACL user, if not in the URL.")
     redis_password: SecretStr | None = Field(None, description="Password, if not in the URL.")
@@ -279,7 +282,7 @@ class WorkerSettings(BaseSettings):
     def _check_tls_agrees(self) -> WorkerSettings:
         """An ssl_* option of the URL would silently win over `redis_tls_verify`: refuse it."""
         parsed = redis_url.split(self.redis_url.get_secret_value())
-        if parsed.scheme != "rediss":
+        if not parsed.tls:
             return self  # no TLS: the options do nothing
         if self.redis_tls_verify and (option := redis_url.disables_tls_verification(parsed)):
             raise ValueError(
@@ -314,9 +317,19 @@ class WorkerSettings(BaseSettings):
         """Seconds between refreshes of this consumer's entries: well inside `claim_idle`."""
         return self.claim_idle / 3
 
+    @property
+    def topology(self) -> str:
+        """`standalone`, `cluster` or `sentinel`, from the URL's scheme."""
+        return redis_url.split(self.redis_url.get_secret_value()).topology
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the keys live on a Redis Cluster (derived keys then carry hash tags)."""
+        return self.topology == redis_url.CLUSTER
+
     def dead_letter_stream(self, stream: str) -> str:
-        """The dead-letter stream of `stream`."""
-        return stream + self.dead_letter_suffix
+        """The dead-letter stream of `stream`: `orders:dlq`, or `{orders}:dlq` on a cluster."""
+        return keys.derived(stream, self.dead_letter_suffix, self.cluster)
 
 
 ELSEWHERE_VARIABLES = frozenset({"SYNCWORKER_CONFIG", "SYNCWORKER_POSTGRES_DSN"})

@@ -1,5 +1,8 @@
 """The read loop: XREADGROUP over every routed stream, with room left for what it reads.
 
+On one server a single XREADGROUP names every stream; on a Redis Cluster, where a command
+may only name keys of one slot, each stream has a read loop of its own.
+
 It survives everything but a shutdown: connection errors are retried with capped backoff,
 and a missing group (NOGROUP, after a restart without persistence or a flush) is recreated.
 """
@@ -22,6 +25,7 @@ from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.readahead import ReadAhead
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
+from worker.topology import is_cluster
 
 log = structlog.get_logger("worker.runtime.reader")
 
@@ -121,11 +125,21 @@ class Reader:
         self._stopping = True
 
     async def run(self) -> None:
+        streams = list(self._offsets)  # without those read elsewhere (`exclude`)
+        if len(streams) > 1 and is_cluster(self.redis):
+            # One XREADGROUP may only name keys of one slot: on a cluster each stream gets a
+            # read loop of its own, all sharing the ledger's room and the read gate.
+            async with asyncio.TaskGroup() as loops:
+                for stream in streams:
+                    loops.create_task(self._read_loop({stream: ">"}, len(streams)))
+        else:
+            await self._read_loop(self._offsets, len(streams))
+
+    async def _read_loop(self, offsets: dict[Any, Any], streams: int) -> None:
         reconnect = Reconnect("read", self.stats)
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
-        streams = len(self._offsets)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
             if not streams:  # every stream is read elsewhere (`exclude`)
@@ -142,7 +156,7 @@ class Reader:
             count = max(wanted // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, self._offsets, count=count, block=block_ms
+                    self.group, self.consumer, offsets, count=count, block=block_ms
                 )
             except ResponseError as exc:
                 if _group_gone(exc):
