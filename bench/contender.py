@@ -98,12 +98,12 @@ def _record_acks(lat: Latencies) -> None:
 
     original = Settler._record
 
-    def record(self: Settler, acks: Any, *rest: Any) -> None:
+    def record(self: Settler, batch: Any, *rest: Any) -> Any:
         now = time.time()
-        for messages in acks.values():
+        for messages in batch.acks.values():  # an `Outcomes`: acks by stream
             for msg in messages:
                 lat.record(now, msg.id, msg.raw)
-        original(self, acks, *rest)
+        return original(self, batch, *rest)
 
     Settler._record = record  # type: ignore[method-assign,assignment]
 

@@ -1,5 +1,5 @@
-"""The handlers the benchmarks run: a no-op, a no-op that decodes `data`, 1 ms of I/O, and a
-configurable sleep for the hand-over benchmark."""
+"""The handlers the benchmarks run: a no-op, a no-op that decodes `data`, 1 ms of I/O, a
+no-op batch handler, and a configurable sleep for the hand-over benchmark."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 from redis.asyncio import Redis
 
-from worker import Handler, HandlerContext, Message
+from worker import BatchHandler, Handler, HandlerContext, Message, Outcome
 
 
 class Noop(Handler):
@@ -38,7 +38,21 @@ class Sleep1ms(Handler):
         await asyncio.sleep(0.001)
 
 
-HANDLERS: dict[str, type[Handler]] = {"noop": Noop, "noop_data": NoopData, "sleep_1ms": Sleep1ms}
+class NoopBatch(BatchHandler):
+    """A batch handler that does nothing: the runtime's own cost per message, in batches."""
+
+    name = "noop_batch"
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        return [None] * len(msgs)
+
+
+HANDLERS: dict[str, type[Handler]] = {
+    "noop": Noop,
+    "noop_data": NoopData,
+    "sleep_1ms": Sleep1ms,
+    "noop_batch": NoopBatch,
+}
 
 
 class Sleep(Handler):

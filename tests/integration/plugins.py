@@ -20,7 +20,7 @@ import time
 
 from redis.asyncio import Redis
 
-from worker import Handler, HandlerContext, Message, handler
+from worker import BatchHandler, Handler, HandlerContext, Message, Outcome, handler
 
 RAISED: dict[str, BaseException] = {
     "SystemExit": SystemExit(3),
@@ -88,3 +88,32 @@ def sync_recorder() -> Handler:
         client.rpush(f"{msg.stream}:processed", msg.id)
 
     return handler(stream=os.environ["TEST_STREAM"], name="sync-recorder")(record)
+
+
+class BatchRecorder(BatchHandler):
+    """A batch handler: records each batch's ids (`<stream>:processed`) and size
+    (`<stream>:batch_sizes`); a batch holding a message with `"poison": true` kills the
+    process with SIGKILL, every time."""
+
+    name = "batch-recorder"
+    batch_max = 16
+
+    def __init__(self) -> None:
+        self.redis: Redis | None = None
+        self.streams = (os.environ["TEST_STREAM"],)
+
+    async def on_startup(self, ctx: HandlerContext) -> None:
+        self.redis = ctx.redis
+
+    async def handle_batch(self, msgs: list[Message]) -> list[Outcome]:
+        assert self.redis is not None
+        await self.redis.rpush(
+            f"{msgs[0].stream}:attempts", *(f"{m.id} {m.attempt} {len(msgs)}" for m in msgs)
+        )
+        if any(isinstance(m.data, dict) and m.data.get("poison") for m in msgs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(f"{msgs[0].stream}:processed", *(m.id for m in msgs))
+        pipe.rpush(f"{msgs[0].stream}:batch_sizes", len(msgs))
+        await pipe.execute()
+        return [None] * len(msgs)

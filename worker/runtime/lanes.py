@@ -117,13 +117,26 @@ class Lanes:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _enqueue(self, gather: Gather) -> None:
-        gather.queued = True
-        self._queue.append(gather)
+    def _enqueue(self, item: Message | Gather, *, first: bool = False) -> None:
+        if isinstance(item, Gather):
+            item.queued = True
+        if first:
+            self._queue.appendleft(item)
+        else:
+            self._queue.append(item)
         if self._idle:
             waiter = self._idle.pop().waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _into_gather(self, msg: Message, gather: Gather) -> Gather | None:
+        """A key's next message, of a batch stream, joins its gather (in front: it is older
+        than what was queued there); returns the gather if this lane is to serve it."""
+        gather.queue.appendleft(msg)
+        if not gather.arrived():
+            return None  # queued already, or a lane is gathering it
+        gather.queued = True  # taken by this lane, next
+        return gather
 
     async def _run(self, lane: _Lane) -> None:
         """Serve until closed; a lane that dies is replaced (in the same task) after its
@@ -153,6 +166,10 @@ class Lanes:
                     msg = queue.popleft()
                 if isinstance(msg, Gather):
                     msg = await self._run_batch(lane, msg)
+                    continue
+                if self._gathers and msg.stream in self._gathers:
+                    # A key shared with a batch stream handed its next message to this lane.
+                    msg = self._into_gather(msg, self._gathers[msg.stream])
                     continue
                 lane.current = msg
                 await process(msg)  # never raises: the dispatcher settles every outcome
@@ -191,22 +208,25 @@ class Lanes:
         return self._after_batch(batch)
 
     def _after_batch(self, batch: list[Message]) -> Gather | None:
-        """Hand each key of a settled batch on to its next message, which this lane (or
-        another, if several gathers were touched) runs in a later batch."""
-        gather = self._gathers[batch[0].stream]
+        """Hand each key of a settled batch on to its next message: into its gather (a later
+        batch) or, for a key shared with another stream, into the queue. Returns a gather
+        this lane is to serve next, if any."""
         owned = self._owned
-        nexts = [
-            n
-            for m in batch
-            if m.lane_key is not None and (n := self._next_of_key(m.lane_key, owned)) is not None
-        ]
-        if not nexts:
-            return None
-        gather.queue.extendleft(reversed(nexts))  # owners now; older than the rest
-        if not gather.arrived():
-            return None  # queued already, or a lane is gathering it
-        gather.queued = True  # taken by this lane, next
-        return gather
+        serve: Gather | None = None
+        for m in batch:
+            key = m.lane_key
+            following = None if key is None else self._next_of_key(key, owned)
+            if following is None:
+                continue
+            gather = self._gathers.get(following.stream)
+            if gather is None:
+                self._enqueue(following, first=True)
+            elif self._into_gather(following, gather) is not None:
+                if serve is None:
+                    serve = gather
+                else:
+                    self._enqueue(gather)
+        return serve
 
     def _died(self, lane: _Lane, exc: BaseException) -> Message | Gather | None:
         """Log and count a lane's death, settle its message; return the next of its key."""
