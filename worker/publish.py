@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from worker.errors import NotReplicated
+
 
 def event_fields(
     type: str,
@@ -87,6 +89,11 @@ class Publisher:
             writes structured CloudEvents (`cloudevent_fields`), which routes with
             `envelope = "cloudevents"` or `"dapr"`, and Dapr itself, read.
         source: the CloudEvents `source` attribute (a URI-reference naming the producer).
+        wait_replicas: after each XADD, wait until this many replicas hold it (Redis `WAIT`),
+            so that a failover cannot lose an event the publisher was told about. 0 (the
+            default) returns as soon as the primary has it: Redis replication is
+            asynchronous, and a primary that dies before replicating takes the entry along.
+        wait_timeout: seconds to wait for the replicas before raising `NotReplicated`.
     """
 
     def __init__(
@@ -96,10 +103,16 @@ class Publisher:
         maxlen: int | None = None,
         envelope: Literal["syncworker", "cloudevents"] = "syncworker",
         source: str = "syncworker",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if envelope not in ("syncworker", "cloudevents"):
             raise ValueError(f"Publisher writes syncworker or cloudevents, not {envelope!r}")
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0")
         self.redis = redis
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.maxlen = maxlen
         self.envelope = envelope
         self.source = source
@@ -114,13 +127,21 @@ class Publisher:
         event_id: str | None = None,
         version: int | None = None,
     ) -> str:
-        """Append one event and return its entry id."""
+        """Append one event and return its entry id.
+
+        Raises:
+            NotReplicated: `wait_replicas` replicas did not confirm the entry in time. The
+                entry is on the primary and will usually reach the replicas later; publishing
+                it again (same `event_id`) is safe for consumers that deduplicate.
+        """
         if self.envelope == "cloudevents":
             fields = cloudevent_fields(
                 type, data, source=self.source, key=key, event_id=event_id, version=version
             )
         else:
             fields = event_fields(type, data, key=key, event_id=event_id, version=version)
+        if self.wait_replicas:
+            return await self._add_replicated(stream, fields)
         entry_id = await self.redis.xadd(
             stream,
             dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly
@@ -128,6 +149,23 @@ class Publisher:
             approximate=self.maxlen is not None,
         )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def _add_replicated(self, stream: str, fields: dict[str, str]) -> str:
+        """XADD, then WAIT on the same connection: WAIT counts the replicas that hold this
+        client's own writes, so the two must travel together (a pipeline, not a pool)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                stream,
+                dict(fields),  # type: ignore[arg-type]
+                maxlen=self.maxlen,
+                approximate=self.maxlen is not None,
+            )
+            pipe.execute_command("WAIT", self.wait_replicas, int(self.wait_timeout * 1000))
+            raw_id, acknowledged = await pipe.execute()
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        if int(acknowledged) < self.wait_replicas:
+            raise NotReplicated(stream, entry_id, int(acknowledged), self.wait_replicas)
+        return entry_id
 
 
 async def publish(redis: Redis, stream: str, type: str, data: Any = None, **kwargs: Any) -> str:

@@ -9,7 +9,8 @@ import sys
 from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from
-from worker.commands.support import CommandError, execute
+from worker.commands.support import EXIT_FAILED, CommandError, execute
+from worker.errors import NotReplicated
 from worker.publish import Publisher
 
 EXAMPLE = """The entry gets the fields type, data (JSON) and, when given, key, event_id and
@@ -48,6 +49,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="trim the stream to about N entries (XADD MAXLEN ~); beware: this can delete "
         "entries a slow group has not processed yet, see `syncworker trim --help`",
     )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait until N replicas hold the entry (Redis WAIT), so a failover cannot lose it; "
+        "exit 1 if they do not confirm within --wait-timeout",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long --wait-replicas waits (default 1.0)",
+    )
     parser.set_defaults(func=publish)
 
 
@@ -62,9 +78,20 @@ def publish(args: argparse.Namespace) -> int:
     if args.maxlen is not None and args.maxlen < 1:
         print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
         return 2
+    if args.wait_replicas < 0 or args.wait_timeout <= 0:
+        print(
+            "syncworker: error: --wait-replicas must be >= 0 and --wait-timeout > 0",
+            file=sys.stderr,
+        )
+        return 2
 
     async def body(redis: Redis) -> int:
-        publisher = Publisher(redis, maxlen=args.maxlen)
+        publisher = Publisher(
+            redis,
+            maxlen=args.maxlen,
+            wait_replicas=args.wait_replicas,
+            wait_timeout=args.wait_timeout,
+        )
         try:
             entry_id = await publisher.publish(
                 args.stream,
@@ -76,6 +103,9 @@ def publish(args: argparse.Namespace) -> int:
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
+        except NotReplicated as exc:
+            print(exc.entry_id)  # it is on the primary: the id lets the caller find it
+            raise CommandError(str(exc), code=EXIT_FAILED) from None
         print(entry_id)
         return 0
 
