@@ -114,4 +114,3 @@ class NotReplicated(SyncWorkerError):
         self.entry_id = entry_id
         self.acknowledged = acknowledged
         self.wanted = wanted
-

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +30,10 @@ def replication_info(port: int) -> dict[str, str]:
     with Redis(port=port, socket_timeout=2) as client:
         info = client.info("replication")
     return {k: str(v) for k, v in info.items()}
+
+
+def _link_up(port: int) -> bool:
+    return replication_info(port).get("master_link_status") == "up"
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -71,11 +76,7 @@ class ReplicatedRedis:
         for server in self.servers:
             server.start()
         for replica in self.replicas:
-            wait_until(
-                lambda r=replica: replication_info(r.port).get("master_link_status") == "up",
-                timeout,
-                f"replica :{replica.port} to sync",
-            )
+            wait_until(partial(_link_up, replica.port), timeout, f"replica :{replica.port}")
         return self
 
     def cleanup(self) -> None:
@@ -146,7 +147,7 @@ class SentinelSetup:
                 )
             )
         for port in self.sentinel_ports:
-            wait_until(lambda p=port: self._sees_everyone(p), timeout, f"sentinel :{port}")
+            wait_until(partial(self._sees_everyone, port), timeout, f"sentinel :{port}")
         return self
 
     def _sees_everyone(self, port: int) -> bool:
@@ -174,9 +175,7 @@ class SentinelSetup:
         """Wait until the Sentinels name a new primary and it accepts writes; its port."""
         wait_until(lambda: self.primary_port() != old_port, timeout, "a new primary")
         port = self.primary_port()
-        wait_until(
-            lambda: replication_info(port).get("role") == "master", timeout, "promotion"
-        )
+        wait_until(lambda: replication_info(port).get("role") == "master", timeout, "promotion")
         return port
 
     def cleanup(self) -> None:

@@ -9,7 +9,6 @@ primary; events that raised are the producer's to publish again, as it does here
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Iterator
 
 import pytest
