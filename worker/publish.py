@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from redis.asyncio import Redis
 
+from worker.errors import NotReplicated
 from worker.partitions import check_partitioned_name, stream_for
 
 if TYPE_CHECKING:
@@ -168,6 +169,11 @@ class Publisher:
         partitions: logical stream -> partition count, for partitioned streams
             (`worker.partitions`): an event goes to the partition of its `key`
             (`{orders:3}`), keyless events to partition 0.
+        wait_replicas: after each XADD, wait until this many replicas hold it (Redis `WAIT`),
+            so that a failover cannot lose an event the publisher was told about. 0 (the
+            default) returns as soon as the primary has it: Redis replication is
+            asynchronous, and a primary that dies before replicating takes the entry along.
+        wait_timeout: seconds to wait for the replicas before raising `NotReplicated`.
     """
 
     def __init__(
@@ -179,12 +185,18 @@ class Publisher:
         source: str = "syncworker",
         tracer_provider: TracerProvider | None = None,
         partitions: Mapping[str, int] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if envelope not in get_args(PublishEnvelope):
             raise ValueError(
                 f"Publisher writes {', '.join(get_args(PublishEnvelope))}, not {envelope!r}"
             )
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0")
         self.redis = redis
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.maxlen = maxlen
         self.envelope = envelope
         self.source = source
@@ -208,7 +220,13 @@ class Publisher:
         """Append one event and return its entry id.
 
         `stream` is a logical stream: with `partitions` (here, or for the stream in the
-        constructor) the event goes to the partition of its key."""
+        constructor) the event goes to the partition of its key.
+
+        Raises:
+            NotReplicated: `wait_replicas` replicas did not confirm the entry in time. The
+                entry is on the primary and will usually reach the replicas later; publishing
+                it again (same `event_id`) is safe for consumers that deduplicate.
+        """
         count = partitions if partitions is not None else self.partitions.get(stream)
         if count:
             check_partitioned_name(stream, count)
@@ -242,6 +260,8 @@ class Publisher:
         else:
             writer = WRITERS[self.envelope]
             fields = writer(type, data, source=self.source, **parts, extensions=trace_fields)
+        if self.wait_replicas:
+            return await self._add_replicated(stream, fields)
         entry_id = await self.redis.xadd(
             stream,
             dict(fields),  # type: ignore[arg-type]  # redis-py types the mapping invariantly
@@ -249,6 +269,23 @@ class Publisher:
             approximate=self.maxlen is not None,
         )
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def _add_replicated(self, stream: str, fields: dict[str, str]) -> str:
+        """XADD, then WAIT on the same connection: WAIT counts the replicas that hold this
+        client's own writes, so the two must travel together (a pipeline, not a pool)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                stream,
+                dict(fields),  # type: ignore[arg-type]
+                maxlen=self.maxlen,
+                approximate=self.maxlen is not None,
+            )
+            pipe.execute_command("WAIT", self.wait_replicas, int(self.wait_timeout * 1000))
+            raw_id, acknowledged = await pipe.execute()
+        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        if int(acknowledged) < self.wait_replicas:
+            raise NotReplicated(stream, entry_id, int(acknowledged), self.wait_replicas)
+        return entry_id
 
 
 async def publish(redis: Redis, stream: str, type: str, data: Any = None, **kwargs: Any) -> str:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis as sync_redis
 
@@ -221,9 +222,12 @@ class SentinelServers:
         binary: str | None = None,
     ) -> None:
         self.service = service
-        self.primary = RedisServer(binary=binary)
+        # Without a delay a replica syncs at once, instead of after the default 5 s during
+        # which the primary waits for more replicas to share one diskless transfer.
+        quick = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(binary=binary, extra_args=quick)
         self.replicas = [
-            RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)),
+            RedisServer(extra_args=(*quick, "--replicaof", "127.0.0.1", str(self.primary.port)),
                         binary=binary)
             for _ in range(replicas)
         ]  # fmt: skip
@@ -257,6 +261,22 @@ class SentinelServers:
             self.cleanup()
             raise
         return self
+
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        """Wait until every replica's link to the primary is up (its first sync done)."""
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+                while client.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"replica :{replica.port} did not sync in time")
+                    time.sleep(0.05)
+
+    def primary_port(self) -> int:
+        """The primary's port as the first sentinel names it now."""
+        with sync_redis.Redis(port=self.sentinels[0].port, socket_timeout=2) as client:
+            address: Any = client.sentinel_get_master_addr_by_name(self.service)
+        return int(address[1])
 
     def cleanup(self) -> None:
         for sentinel in self.sentinels:

@@ -12,7 +12,8 @@ from typing import get_args
 from redis.asyncio import Redis
 
 from worker.commands.common import add_config_option, settings_from, start_tracing
-from worker.commands.support import CommandError, execute
+from worker.commands.support import EXIT_FAILED, CommandError, execute
+from worker.errors import NotReplicated
 from worker.partitions import check_partitioned_name, stream_for
 from worker.publish import PublishEnvelope, Publisher
 
@@ -84,6 +85,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="trim the stream to about N entries (XADD MAXLEN ~); beware: this can delete "
         "entries a slow group has not processed yet, see `syncworker trim --help`",
     )
+    parser.add_argument(
+        "--wait-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait until N replicas hold the entry (Redis WAIT), so a failover cannot lose it; "
+        "exit 1 if they do not confirm within --wait-timeout",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long --wait-replicas waits (default 1.0)",
+    )
     parser.set_defaults(func=publish)
 
 
@@ -98,6 +114,13 @@ def publish(args: argparse.Namespace) -> int:
     if args.maxlen is not None and args.maxlen < 1:
         print("syncworker: error: --maxlen must be at least 1", file=sys.stderr)
         return 2
+    if args.wait_replicas < 0 or args.wait_timeout <= 0:
+        print(
+            "syncworker: error: --wait-replicas must be >= 0 and --wait-timeout > 0",
+            file=sys.stderr,
+        )
+        return 2
+
     if args.partitions is not None:
         try:
             check_partitioned_name(args.stream, args.partitions)
@@ -114,7 +137,14 @@ def publish(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> int:
-    publisher = Publisher(redis, maxlen=args.maxlen, envelope=args.envelope, source=args.source)
+    publisher = Publisher(
+        redis,
+        maxlen=args.maxlen,
+        envelope=args.envelope,
+        source=args.source,
+        wait_replicas=args.wait_replicas,
+        wait_timeout=args.wait_timeout,
+    )
     with _traced():
         try:
             entry_id = await publisher.publish(
@@ -129,6 +159,9 @@ async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> 
             )
         except TypeError as exc:
             raise CommandError(str(exc)) from None
+        except NotReplicated as exc:
+            print(exc.entry_id)  # it is on the primary: the id lets the caller find it
+            raise CommandError(str(exc), code=EXIT_FAILED) from None
     if args.partitions:
         print(entry_id, stream_for(args.stream, args.key, args.partitions))
     else:
