@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from worker.connection import REDIS_DOWN, text
 from worker.message import Message
 from worker.runtime.reader import smallest_read
+from worker.topology import is_cluster
 
 if TYPE_CHECKING:
     from worker.runtime.ordered import Ordered
@@ -49,9 +50,7 @@ async def read_leased(ordered: Ordered) -> None:
         count = max(min(batch, ledger.room()) // len(offsets), 1)
         ordered.reading_now = frozenset(offsets)
         try:
-            reply: Any = await ordered.read_redis.xreadgroup(
-                ordered.group, ordered.consumer, offsets, count=count, block=block_ms
-            )
+            reply = await _read(ordered, offsets, count, block_ms)
         except ResponseError as exc:
             if str(exc).startswith("NOGROUP"):
                 await create_groups(ordered.redis, ordered.group, settings.start_id, offsets)
@@ -72,6 +71,25 @@ async def read_leased(ordered: Ordered) -> None:
             ledger.hold_many(stream, msgs)
             for msg in msgs:
                 ordered.submit(msg)
+
+
+async def _read(ordered: Ordered, offsets: dict[str, str], count: int, block_ms: int) -> Any:
+    """One XREADGROUP over `offsets`; on a cluster, where partitions sit in different slots
+    (that is what their names are for), one per partition, all at once."""
+    redis, group, consumer = ordered.read_redis, ordered.group, ordered.consumer
+    if len(offsets) == 1 or not is_cluster(redis):
+        return await redis.xreadgroup(group, consumer, offsets, count=count, block=block_ms)  # type: ignore[arg-type]
+    replies: list[Any] = await asyncio.gather(
+        *(
+            redis.xreadgroup(group, consumer, {stream: offset}, count=count, block=block_ms)
+            for stream, offset in offsets.items()
+        ),
+        return_exceptions=True,
+    )
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return [item for reply in replies if reply for item in reply]
 
 
 async def create_groups(redis: Redis, group: str, start_id: str, streams: Any) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.connection import text
+from worker.topology import batch
 
 RENEW = """
 -- KEYS[1] lease; ARGV[1] consumer, ARGV[2] ttl ms. Extends the lease only if still ours.
@@ -123,7 +124,7 @@ class LeaseClient:
         if not leases:
             return []
         sent = time.monotonic()
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = batch(self.redis, [self._renew])  # a cluster's pipeline takes no scripts
         for lease in leases:
             await self._renew(
                 keys=[lease_key(lease.partition, self.group)],
