@@ -22,9 +22,10 @@ def readahead(held: int = 0, horizon: float = HORIZON) -> tuple[ReadAhead, Ledge
     return ReadAhead(LANES, horizon, ledger, stats), ledger, stats
 
 
-def ran(stats: Stats, seconds: float, times: int) -> None:
+def ran(stats: Stats, seconds: float, times: int, messages_per_call: int = 1) -> None:
     for _ in range(times):
         stats.handler_seconds[("s", "h")].observe(seconds)
+        stats.calls_ended += messages_per_call
 
 
 class TestCount:
@@ -55,6 +56,19 @@ class TestCount:
         ahead, _, stats = readahead(held=LANES, horizon=0)
         ran(stats, 2.0, 10)
         assert ahead.count(256) == 256
+
+    def test_a_batch_call_counts_for_the_messages_it_served(self) -> None:
+        """A 2 s batch call of 100 messages is 0.02 s a message: reads stay large enough to
+        fill the next batches (timed per call, a batch handler would read 4 at a time)."""
+        ahead, _, stats = readahead()
+        ran(stats, 2.0, 10, messages_per_call=100)
+        assert ahead.count(256) == LANES + 10  # 4 x 0.05 / 0.02 = 10 more
+
+    def test_free_lanes_of_a_batch_handler_are_read_for_in_whole_batches(self) -> None:
+        """Before anything finished, a batch handler's free lanes ask for `batch_max` each."""
+        ahead, _, _ = readahead(held=3)
+        ahead.per_lane = 50
+        assert ahead.count(256) == LANES * 50 - 3
 
     def test_follows_a_change_of_handler_time(self) -> None:
         """Handlers that turn slow shrink the reads; once fast again, full batches return."""

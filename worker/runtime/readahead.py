@@ -27,9 +27,10 @@ unread at the end of its drain bound; at 1 s they drained in 8 s, sooner than wi
 read-ahead off (20 s).
 
 The mean is the recent one, from the handler-duration histograms the runtime keeps anyway
-(`Stats.handler_seconds`), smoothed so that one odd message does not swing it. Only calls
-that returned are timed: handlers that keep failing leave the mean where it was (or unknown,
-which reads the free lanes only).
+(`Stats.handler_seconds`) over the messages that ended meanwhile (`Stats.calls_ended`), so a
+batch handler's call counts for the messages it served; smoothed so that one odd message
+does not swing it. Only calls that returned are timed: handlers that keep failing leave the
+mean where it was (or unknown, which reads the free lanes only).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ class ReadAhead:
         self.ledger = ledger
         self.stats = stats
         self.mean: float | None = None
-        """Recent mean seconds a handler call takes; None until one finished."""
+        """Recent mean handler seconds per message; None until a call finished."""
+        self.per_lane = 1
+        """Messages one lane starts at once: a batch handler's `batch_max` (the worker sets
+        it when it routes batch handlers), so that free lanes are read for in whole
+        batches."""
         self._seen = (0.0, 0)
 
     def count(self, limit: int) -> int:
@@ -72,7 +77,7 @@ class ReadAhead:
         self._observe()
         lanes = self.concurrency
         ahead = 0.0 if self.mean is None else lanes * self.horizon / max(self.mean, 1e-9)
-        wanted = int(lanes + ahead) - self.ledger.held_count()
+        wanted = int(lanes * self.per_lane + ahead) - self.ledger.held_count()
         return max(min(wanted, limit), 0)
 
     async def wait_for_release(self, timeout: float) -> None:
@@ -83,13 +88,13 @@ class ReadAhead:
                 await self.ledger.wait_for_room(self.ledger.room() + 1)
 
     def _observe(self) -> None:
-        total, calls = 0.0, 0
-        for histogram in list(self.stats.handler_seconds.values()):
-            total += histogram.sum
-            calls += histogram.count
-        seen_total, seen_calls = self._seen
-        if calls <= seen_calls:
+        # Handler seconds per message that ended, not per call: a batch handler's call
+        # serves many messages, and a message with several handlers makes several calls.
+        total = sum(h.sum for h in list(self.stats.handler_seconds.values()))
+        ended = self.stats.calls_ended
+        seen_total, seen_ended = self._seen
+        if ended <= seen_ended or total <= seen_total:
             return
-        self._seen = (total, calls)
-        latest = (total - seen_total) / (calls - seen_calls)
+        self._seen = (total, ended)
+        latest = (total - seen_total) / (ended - seen_ended)
         self.mean = latest if self.mean is None else self.mean + SMOOTHING * (latest - self.mean)

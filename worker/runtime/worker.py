@@ -251,6 +251,9 @@ class Worker:
             submit = ordered.wrap_submit(submit)
             plain = tuple(s for s in self.streams if s not in ordered.streams)
         self.reader = Reader(reader_redis, settings, self.streams, ledger, submit, self.gate, stats)
+        specs = batch_specs(self.handlers)
+        if specs:  # a lane starts a whole batch: read for that many
+            self.reader.readahead.per_lane = max(spec.batch_max for spec in specs.values())
         if ordered is not None:
             self.reader.exclude(tuple(ordered.streams))
         return Engine(
