@@ -27,6 +27,10 @@ clock = time.perf_counter
 """Wall time by default; `--clock cpu` counts this process's CPU time instead, which other
 work on a busy machine disturbs far less (the benchmark never waits on I/O)."""
 
+traced_entries = False
+"""`--traced-entries`: every entry carries a `traceparent` (the tracing rows then extract it,
+and batch spans link to it)."""
+
 
 class NullSettler:
     """Accepts every outcome and does nothing, so only dispatch is timed."""
@@ -54,7 +58,11 @@ def entries(n: int, layout: str) -> list[dict[bytes, bytes]]:
         fields = {b"data": json.dumps(event).encode()}
     else:
         fields = {b"type": b"order.paid", b"key": b"k", b"data": json.dumps(data).encode()}
-    return [dict(fields) for _ in range(n)]
+    out = [dict(fields) for _ in range(n)]
+    if traced_entries:  # each of a trace of its own, as a traced producer writes them
+        for i, raw in enumerate(out):
+            raw[b"traceparent"] = b"00-%032x-%016x-01" % (i + 1, i + 1)
+    return out
 
 
 async def rate(variant: str, n: int) -> float:
@@ -174,9 +182,11 @@ def main() -> None:
         help="variants",
     )
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--traced-entries", action="store_true", help="a traceparent in each")
     args = parser.parse_args()
-    global clock
+    global clock, traced_entries
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    traced_entries = args.traced_entries
     for variant in args.only.split(","):
         try:
             measure = lanes_rate if variant == "lanes" else rate
