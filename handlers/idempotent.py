@@ -29,6 +29,10 @@ and id of the entry it copies, `Message.origin`, so a replay of an applied entry
 duplicate), kept for `ttl` seconds (one day by
 default), far longer than any entry stays pending.
 
+On a Redis Cluster the recorded commands are grouped by the slot of their key, and each
+group runs as one script with its own marker beside its keys; the XACK stays in the script
+when every key shares the source stream's slot, else it follows them (`handlers._cluster`).
+
 Caveat: Redis does not roll a script back when a command fails half-way (a WRONGTYPE error,
 say). The marker is written after the last command, so such a message is retried, and the
 commands before the failing one run again. Keep the recorded commands ones that cannot fail
@@ -45,7 +49,9 @@ from types import TracebackType
 
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from worker import Handler, HandlerContext, Message, Reject
+from worker.topology import is_cluster
 from worker.wide import LUA_ITEMS, fits
 
 RUN_ONCE = """
@@ -204,6 +210,11 @@ class Effects:
         for command in self.commands:
             args.append(len(command))
             args.extend(command)
+        if is_cluster(self.redis):  # one step per slot of the keys written: handlers._cluster
+            self.applied = await _cluster.run_once(
+                self.redis, RUN_ONCE, self.marker, self.msg.stream, self.commands, args
+            )
+            return self.applied
         result = await self.redis.eval(
             RUN_ONCE, 2 + len(self.keys), self.marker, self.msg.stream, *self.keys, *args
         )

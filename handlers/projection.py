@@ -30,6 +30,12 @@ script: a crash leaves either all of them or none. With `ack = true` the handler
 only one on its stream (the runtime enforces it); `ack = false` lets it share a stream, and the
 guard alone keeps the effect exactly once while the runtime acknowledges afterwards.
 
+On a Redis Cluster the versions, counts and marker keys are kept beside each entity
+(`{<entity>}<state>:versions`, ...), so the guard, the change and the counter stay one
+script in the entity's slot; the XACK stays in it when the stream shares that slot, else
+it follows the script (`handlers._cluster`). There a batch is applied one event (one
+script call) at a time, each in its entity's slot.
+
 Batches. `Projection(...)` is a batch handler unless `batch=False`: one script call applies
 a whole batch (up to 500 events per call) in order, each event with its own guard, and XACKs
 the events it settled in the same call; an event that fails its checks (a key that is not a
@@ -50,6 +56,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from handlers._batch import UNPACK_ITEMS, by_stream, chunks, failure, pack, text
 from handlers._fields import (
     FieldMap,
@@ -60,9 +67,9 @@ from handlers._fields import (
     milliseconds,
     pick,
 )
-from worker import HandlerContext, MalformedMessage, Message
+from worker import Handler, HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
-from worker.handler import Handler
+from worker.topology import is_cluster
 
 log = structlog.get_logger("handlers.projection")
 
@@ -291,6 +298,7 @@ class Projection(Handler):
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None
+        self._cluster = False
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
@@ -299,6 +307,7 @@ class Projection(Handler):
         """Write through `redis` (what `on_startup` does; tests call it directly)."""
         self._redis = redis
         self._script = redis.register_script(PROJECT)
+        self._cluster = is_cluster(redis)
 
     def entity(self, key: str) -> str:
         """The hash that holds entity `key`."""
@@ -333,6 +342,11 @@ class Projection(Handler):
                 else:
                     planned.append((i, plan))
             group = msgs[indices[0]].group
+            if self._cluster:  # one event at a time, in its entity's slot: handlers._cluster
+                for i, plan in planned:
+                    outcome, settled = await _cluster.project(self, stream, group, plan)
+                    self._count(outcome, settled, i, plan, stream, outcomes, msgs)
+                planned = []
             for part in chunks([len(plan.args) for _, plan in planned]):
                 await self._run(stream, group, planned[part], ignored, outcomes, msgs)
                 ignored = []  # acknowledged by the first call
@@ -403,18 +417,30 @@ class Projection(Handler):
         replies = await self._script(keys=keys, args=args)
         for (i, plan), reply in zip(planned, replies, strict=True):
             outcome = text(reply)
-            if outcome not in OUTCOMES:
-                outcomes[i] = failure(outcome)
-                continue
-            self.counts[outcome] += 1
-            if outcome != "applied":
-                log.debug(
-                    "projection.skipped",
-                    outcome=outcome,
-                    stream=stream,
-                    message_id=msgs[i].id,
-                    entity=plan.key,
-                )
+            self._count(outcome, outcome in OUTCOMES, i, plan, stream, outcomes, msgs)
+
+    def _count(
+        self,
+        outcome: str,
+        settled: bool,
+        i: int,
+        plan: Plan,
+        stream: str,
+        outcomes: list[Outcome],
+        msgs: Sequence[Message],
+    ) -> None:
+        if not settled:
+            outcomes[i] = failure(outcome)
+            return
+        self.counts[outcome] += 1
+        if outcome != "applied":
+            log.debug(
+                "projection.skipped",
+                outcome=outcome,
+                stream=stream,
+                message_id=msgs[i].id,
+                entity=plan.key,
+            )
 
 
 OUTCOMES = frozenset(("applied", "stale", "duplicate"))

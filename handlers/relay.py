@@ -2,13 +2,14 @@
 
 For example `order.completed` on `orders` becomes `payment.requested` on `payments`. A relay
 fans out to one or more target streams; each target may filter types, rename them and pick
-fields of `data`. Downstream entries keep the source's fields (`key`, `version`, `event_id`,
-...) and gain `source_stream` and `source_id`, so consumers can trace them back. With tracing
-on (`worker.tracing`), a per-message relay (`batch = false`) writes its own span's context
-instead of the source's `traceparent`, so its consumers' spans are children of the relay's
-span; a batch relay carries each source entry's own context on unchanged (its call's span, with
-tracing on, covers many traces and only links to them), so downstream consumers stay in the
-trace of each event's origin.
+fields of `data`, and may be a partitioned stream (`partitions = N`: each entry goes to the
+partition of its key, `worker.partitions`). Downstream entries keep the source's fields
+(`key`, `version`, `event_id`, ...) and gain `source_stream` and `source_id`, so consumers
+can trace them back. With tracing on (`worker.tracing`), a per-message relay (`batch =
+false`) writes its own span's context instead of the source's `traceparent`, so its
+consumers' spans are children of the relay's span; a batch relay carries each source entry's
+own context on unchanged (its call's span, with tracing on, covers many traces and only links
+to them), so downstream consumers stay in the trace of each event's origin.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -29,8 +30,10 @@ the same transaction by a script that keeps them, sets the marker and acks, or, 
 duplicate or a target that is not a stream, deletes the entries just added (see
 `worker.wide`).
 
-Like the projection, the script spans several keys and so needs a single Redis server (or a
-primary with replicas), not a Redis Cluster.
+On a Redis Cluster the relay runs one such step per target, in the target's slot, with the
+marker and counters kept beside the target (`{<target>}<state>:seen:...`,
+`{<target>}<state>:counts:<stream>`); the XACK stays in the step when there is one target in
+the source's slot, else it follows the steps (`handlers._cluster`).
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from handlers import _cluster
 from handlers._batch import UNPACK_ITEMS, chunks, failure, pack, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
 from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
 from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
+from worker.partitions import check_partitioned_name, stream_for
+from worker.topology import is_cluster
 from worker.wide import DROP_NEWEST, add_then_check, fits, tail
 
 RELAY = (
@@ -209,6 +215,12 @@ class Target:
     types: frozenset[str] | None
     rename: dict[str, str]
     fields: FieldMap | None
+    partitions: int = 0
+    """N: `stream` is a logical stream of N partitions, and each entry goes to the partition
+    of its key (`worker.partitions`); 0: `stream` is the stream written to."""
+
+    def stream_for(self, msg: Message) -> str:
+        return stream_for(self.stream, msg.key, self.partitions)
 
     def wants(self, event_type: str | None) -> bool:
         return self.types is None or (event_type is not None and event_type in self.types)
@@ -229,17 +241,26 @@ def parse_target(
     if isinstance(spec, str):
         spec = {"stream": spec}
     where = f"to[{index}]"
-    unknown = set(spec) - {"stream", "types", "rename", "fields"}
+    unknown = set(spec) - {"stream", "types", "rename", "fields", "partitions"}
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields)")
+        raise ValueError(
+            f"{where}: unknown keys {sorted(unknown)} (stream, types, rename, fields, partitions)"
+        )
     stream = str(spec.get("stream") or "")
     if not stream:
         raise ValueError(f"{where}: stream must not be empty")
+    partitions = int(spec.get("partitions") or 0)
+    if partitions:
+        try:
+            check_partitioned_name(stream, partitions)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return Target(
         stream=stream,
         types=frozenset(spec["types"]) if "types" in spec else types,
         rename={**rename, **dict(spec.get("rename", {}))},
         fields=field_map(f"{where}.fields", spec["fields"]) if "fields" in spec else fields,
+        partitions=partitions,
     )
 
 
@@ -323,6 +344,7 @@ class Relay(Handler):
         self._redis: Redis | None = None
         self._script: Any = None
         self._wide_script: Any = None
+        self._cluster = False
 
     async def on_startup(self, ctx: HandlerContext) -> None:
         self.use(ctx.redis)
@@ -332,6 +354,7 @@ class Relay(Handler):
         self._redis = redis
         self._script = redis.register_script(RELAY)
         self._wide_script = redis.register_script(RELAY_WIDE)
+        self._cluster = is_cluster(redis)
 
     def entry(
         self, msg: Message, target: Target, trace: Mapping[str, str] | None = None
@@ -430,6 +453,17 @@ class Relay(Handler):
         if not planned and not filtered:
             return
         stream, group = msgs[0].stream, msgs[0].group
+        if self._cluster:  # one event at a time, a step per target in its slot: _cluster
+            for i, targets, entries in planned:
+                outcome = await _cluster.relay(self, msgs[i], targets, entries)
+                if outcome in ("forwarded", "duplicate"):
+                    self.counts[outcome] += 1
+                else:
+                    outcomes[i] = failure(outcome)
+            if filtered and self.acks_atomically:
+                assert self._redis is not None, "on_startup was not called"
+                await self._redis.xack(stream, group, *filtered)
+            return
         sizes = [sum(len(fields) + 2 for fields in entries) + 3 for _, _, entries in planned]
         for part in chunks(sizes) if planned else [slice(0, 0)]:
             keys: dict[str, int] = {stream: 1, f"{self.state}:counts:{stream}": 2}
@@ -448,7 +482,10 @@ class Relay(Handler):
                 marker = keys.setdefault(self.marker(msgs[i]), len(keys) + 1)
                 events += (msgs[i].id, marker, len(targets))
                 for target, fields in zip(targets, entries, strict=True):
-                    events += (keys.setdefault(target.stream, len(keys) + 1), len(fields))
+                    events += (
+                        keys.setdefault(target.stream_for(msgs[i]), len(keys) + 1),
+                        len(fields),
+                    )
                     events += fields
             args.append(pack(events))
             assert self._script is not None, "on_startup was not called"
@@ -468,7 +505,7 @@ class Relay(Handler):
             self.marker(msg),
             msg.stream,
             f"{self.state}:counts:{msg.stream}",
-            *(t.stream for t in targets),
+            *(t.stream_for(msg) for t in targets),
         ]
         args: list[bytes | str | int] = [
             msg.group,
@@ -477,7 +514,10 @@ class Relay(Handler):
             self.dedup_ms,
         ]
         trim: list[bytes | str | int] = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
-        adds = [[t.stream, *trim, "*", *fields] for t, fields in zip(targets, entries, strict=True)]
+        adds = [
+            [t.stream_for(msg), *trim, "*", *fields]
+            for t, fields in zip(targets, entries, strict=True)
+        ]
         for fields in entries:
             args += [len(fields), *tail(fields)]
         assert self._redis is not None, "on_startup was not called"

@@ -11,6 +11,7 @@ from worker.errors import (
     HandlerNotFound,
     InvalidEvent,
     MalformedMessage,
+    NotReplicated,
     Reject,
     Retry,
     SyncWorkerError,
@@ -22,6 +23,7 @@ from worker.publish import Publisher, event_fields, publish
 from worker.runtime.stats import Stats
 from worker.runtime.worker import Worker
 from worker.settings import Route, WorkerSettings, load_settings
+from worker.versions import Versions
 
 __all__ = [
     "BatchFunctionHandler",
@@ -37,6 +39,7 @@ __all__ = [
     "MalformedMessage",
     "Message",
     "Middleware",
+    "NotReplicated",
     "Outcome",
     "Publisher",
     "Reject",
@@ -44,6 +47,7 @@ __all__ = [
     "Route",
     "Stats",
     "SyncWorkerError",
+    "Versions",
     "Worker",
     "WorkerSettings",
     "event_fields",

@@ -13,6 +13,7 @@ refusal lands in ACL LOG).
 
 from __future__ import annotations
 
+from worker import keys
 from worker.runtime.claims import handover_key
 
 CONNECT = "+ping"
@@ -47,17 +48,21 @@ def pattern(key: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in key)
 
 
-def rules(role: str, stream: str, dead_letter_suffix: str = ":dlq") -> str:
+def rules(
+    role: str, stream: str, dead_letter_suffix: str = ":dlq", *, cluster: bool = False
+) -> str:
     """The `ACL SETUSER <name> on >password` rules of `role` for one stream.
 
     Roles: run, status, check, dlq-read (list, show), dlq-replay, dlq-purge, trim,
-    consumers-prune, publish. Handlers need their own keys on top of `run` (see
+    consumers-prune, publish. On a Redis Cluster (`cluster=True`) the derived keys carry the
+    stream's hash tag (`worker.keys`). Handlers need their own keys on top of `run` (see
     `projection_rules`, `relay_rules`); the sql handler needs nothing more.
     """
-    s, dlq = pattern(stream), pattern(stream + dead_letter_suffix)
+    s, dlq = pattern(stream), pattern(keys.derived(stream, dead_letter_suffix, cluster))
     handover = pattern(handover_key(stream))
-    presence = f"{s}:presence:*"  # `<stream>:presence:<group>:<consumer>`, one per live worker
-    keys, commands = {
+    # `<stream>:presence:<group>:<consumer>`, one per live worker
+    presence = pattern(keys.derived(stream, ":presence:", cluster)) + "*"
+    allowed, commands = {
         "run": (f"~{s} ~{dlq} ~{handover} ~{presence}", WORKER),
         "status": (f"%R~{s} %R~{dlq}", STATUS),
         "check": ("", CHECK),
@@ -68,7 +73,7 @@ def rules(role: str, stream: str, dead_letter_suffix: str = ":dlq") -> str:
         "consumers-prune": (f"~{s} ~{presence}", PRUNE),
         "publish": (f"%W~{s}", PUBLISH),
     }[role]
-    return f"resetkeys {keys} resetchannels -@all {commands}".replace("  ", " ")
+    return f"resetkeys {allowed} resetchannels -@all {commands}".replace("  ", " ")
 
 
 def projection_rules(prefix: str, state_prefix: str | None = None) -> str:

@@ -32,7 +32,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker import redis_url
+from worker import redis_url, topology
 from worker.redis_url import mask_url as mask_url  # where callers have always found it
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
@@ -192,6 +192,9 @@ _FAST_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
 def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
     """A client for `settings.redis_url` that returns bytes.
 
+    A `redis+cluster://` or `redis+sentinel://` URL gives a client of that topology
+    (`worker.topology`); it offers the commands the runtime uses under the same names.
+
     Args:
         blocking_reads: allow for XREADGROUP BLOCK in the socket timeout, so that a read
             that waits for data is not mistaken for a dead connection.
@@ -207,18 +210,13 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         options["username"] = settings.redis_username
     if settings.redis_password is not None:
         options["password"] = settings.redis_password.get_secret_value()
+    parsed = redis_url.split(settings.redis_url.get_secret_value())
+    if parsed.tls:
+        options.update(_tls_options(settings))
+    if parsed.topology != redis_url.STANDALONE:
+        return topology.client(parsed, options)
     # Userinfo percent-encoded, so that a raw # / ? @ in a password reaches the server whole.
-    url = redis_url.split(settings.redis_url.get_secret_value()).for_redis_py()
-    if url.startswith("rediss://"):
-        options["ssl_cert_reqs"] = "required" if settings.redis_tls_verify else "none"
-        if not settings.redis_tls_verify:
-            options["ssl_check_hostname"] = False
-        if settings.redis_tls_ca_file:
-            options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
-        if settings.redis_tls_cert_file:
-            options["ssl_certfile"] = str(settings.redis_tls_cert_file)
-        if settings.redis_tls_key_file:
-            options["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    url = parsed.for_redis_py()
     client = Redis.from_url(url, **options)
     pool = client.connection_pool
     if _hiredis_pack is not None:
@@ -226,6 +224,21 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         # Connections are made on first use, so every one of them is of the faster kind.
         pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
     return client
+
+
+def _tls_options(settings: WorkerSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": "required" if settings.redis_tls_verify else "none",
+    }
+    if not settings.redis_tls_verify:
+        options["ssl_check_hostname"] = False
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = str(settings.redis_tls_cert_file)
+    if settings.redis_tls_key_file:
+        options["ssl_keyfile"] = str(settings.redis_tls_key_file)
+    return options
 
 
 async def tolerate(operation: str, stats: Stats, step: Callable[[], Awaitable[None]]) -> bool:

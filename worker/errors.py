@@ -93,3 +93,24 @@ class GroupRefused(SyncWorkerError):
         if "maxmemory" in reply or "OOM" in reply:
             return f"free memory in Redis (maxmemory is reached), or {fix}"
         return fix
+
+
+class NotReplicated(SyncWorkerError):
+    """A published entry was not confirmed by enough replicas within the wait timeout.
+
+    Attributes:
+        stream: the stream written to.
+        entry_id: the id the primary gave the entry.
+        acknowledged: how many replicas confirmed it.
+        wanted: how many were asked for.
+    """
+
+    def __init__(self, stream: str, entry_id: str, acknowledged: int, wanted: int) -> None:
+        super().__init__(
+            f"{stream} {entry_id}: {acknowledged} of {wanted} replicas confirmed the entry in "
+            "time; a failover now could lose it"
+        )
+        self.stream = stream
+        self.entry_id = entry_id
+        self.acknowledged = acknowledged
+        self.wanted = wanted

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 from worker.message import Message
+from worker.partitions import check_partitioned_name, partition_names
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -17,10 +18,27 @@ if TYPE_CHECKING:
     from worker.batch import BatchFunctionHandler
     from worker.settings import WorkerSettings
 
-EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr"]
+EnvelopeName = Literal["syncworker", "cloudevents", "faststream", "dapr", "debezium"]
 """How a stream's entries are laid out; `worker.envelopes` reads all but `syncworker`."""
 
 ENVELOPES: tuple[str, ...] = get_args(EnvelopeName)
+
+OrderedMode = Literal[False, True, "strict"]
+"""Fleet-wide order of a partitioned route: False (per-process key order only), True (each
+partition run by one worker at a time, under a lease), or "strict" (that, and a message
+waiting for its retry holds back the later messages of its key)."""
+
+
+def expand_partitions(streams: Iterable[str], partitions: int) -> tuple[str, ...]:
+    """The Redis streams behind logical `streams`: their partitions when `partitions` > 0."""
+    if not partitions:
+        return tuple(streams)
+    expanded: list[str] = []
+    for stream in streams:
+        check_partitioned_name(stream, partitions)
+        expanded.extend(partition_names(stream, partitions))
+    return tuple(expanded)
+
 
 HandlerFunc = Callable[[Message], Awaitable[None]]
 """An async function that processes one message; returning means success."""
@@ -63,8 +81,8 @@ class Handler:
         streams: the streams this handler is routed to.
         types: the event types it wants; None means every entry of the stream.
         envelope: how the stream's entries are laid out: `syncworker` (this runtime's own
-            fields), `cloudevents`, `faststream` or `dapr` (see `worker.envelopes`). Every
-            handler on one stream reads the same envelope.
+            fields), `cloudevents`, `faststream`, `dapr` or `debezium` (see
+            `worker.envelopes`). Every handler on one stream reads the same envelope.
         model: a type (usually a pydantic model) that `data` must validate against; the
             parsed value reaches `handle` as `msg.event`. An entry that does not validate is
             dead-lettered with the validation errors. None: no validation, no `msg.event`.
@@ -75,6 +93,10 @@ class Handler:
         middleware: this handler's own middleware, first listed outermost, run inside the
             worker-wide ones and typed validation (see `worker.middleware`); a route in the
             config file may add more.
+        partitions: 0 for a plain stream; N to read the logical stream's N partitions
+            (`worker.partitions`): `streams` then names the partitions, `logical_streams`
+            the logical streams.
+        ordered: see `OrderedMode`; only for partitioned routes (`worker.runtime.ordered`).
     """
 
     name: str = ""
@@ -84,6 +106,9 @@ class Handler:
     model: Any = None
     acks_atomically: bool = False
     middleware: Sequence[MiddlewareFunc] = ()
+    partitions: int = 0
+    ordered: OrderedMode = False
+    logical_streams: tuple[str, ...] = ()
 
     async def handle(self, msg: Message) -> None:
         """Apply one message's effect."""
@@ -100,11 +125,19 @@ class Handler:
         streams: Iterable[str],
         types: Iterable[str] | None = None,
         envelope: str | None = None,
+        *,
+        partitions: int | None = None,
+        ordered: OrderedMode | None = None,
     ) -> Handler:
-        """Return a copy of this handler routed to `streams` (and `types` and `envelope`, if
-        given)."""
+        """Return a copy of this handler routed to `streams` (and `types`, `envelope`,
+        `partitions` and `ordered`, if given); `streams` are logical streams."""
         bound = copy.copy(self)
-        bound.streams = tuple(streams)
+        if partitions is not None:
+            bound.partitions = partitions
+        if ordered is not None:
+            bound.ordered = ordered
+        bound.logical_streams = tuple(streams)
+        bound.streams = expand_partitions(streams, bound.partitions)
         if types is not None:
             bound.types = frozenset(types)
         if envelope is not None:
@@ -128,10 +161,15 @@ class FunctionHandler(Handler):
         envelope: str = "syncworker",
         model: Any = None,
         middleware: Sequence[MiddlewareFunc] = (),
+        partitions: int = 0,
+        ordered: OrderedMode = False,
     ) -> None:
         self.func = func
         self.name = name
-        self.streams = streams
+        self.partitions = partitions
+        self.ordered = ordered
+        self.logical_streams = streams
+        self.streams = expand_partitions(streams, partitions)
         self.types = types
         self.envelope = envelope
         self.model = model
@@ -164,6 +202,8 @@ def handler(
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
     middleware: Sequence[MiddlewareFunc] = (),
+    partitions: int = 0,
+    ordered: OrderedMode = False,
     batch: Literal[False] = False,
 ) -> Callable[[Callable[[Message], Any]], FunctionHandler]: ...
 
@@ -177,6 +217,8 @@ def handler(
     name: str | None = None,
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
+    partitions: int = 0,
+    ordered: OrderedMode = False,
     batch: Literal[True],
     batch_max: int = 100,
     batch_wait: float = 0.002,
@@ -192,6 +234,8 @@ def handler(
     envelope: EnvelopeName = "syncworker",
     model: Any = None,
     middleware: Sequence[MiddlewareFunc] = (),
+    partitions: int = 0,
+    ordered: OrderedMode = False,
     batch: bool = False,
     batch_max: int = 100,
     batch_wait: float = 0.002,
@@ -215,12 +259,15 @@ def handler(
         types: event types to receive; omit to receive every entry.
         name: name in logs and metrics; defaults to the function's qualified name.
         envelope: the layout of the stream's entries: `syncworker` (default), `cloudevents`,
-            `faststream` or `dapr` (see `worker.envelopes`).
+            `faststream`, `dapr` or `debezium` (see `worker.envelopes`).
         model: a type (usually a pydantic model) to validate `data` against; the function
             reads the parsed value as `msg.event`.
         middleware: wrapped around this handler's calls, first listed outermost (see
             `worker.middleware`); for a plain function they run in the event loop, around
             the call in the worker's thread. Not with `batch`: middleware wrap one message.
+        partitions: read the stream's N partitions `{stream:0}`... (`worker.partitions`).
+        ordered: True to run each partition on one worker of the fleet at a time (per-key
+            order across the fleet), "strict" to also hold a key back behind its retry.
         batch: the function takes a list of messages and returns one outcome per message
             (`worker.batch`).
         batch_max: with `batch`: most messages per call.
@@ -229,7 +276,8 @@ def handler(
     Raises:
         TypeError: no stream was given, or both `stream` and `streams`; `middleware` with
             `batch`.
-        ValueError: an unknown envelope, or batch bounds out of range.
+        ValueError: an unknown envelope; batch bounds out of range; `ordered` without
+            partitions; a bad partition count.
     """
     if (stream is None) == (streams is None):
         raise TypeError("@handler needs exactly one of stream= or streams=")
@@ -239,6 +287,11 @@ def handler(
     wanted = frozenset(types) if types is not None else None
     if envelope not in ENVELOPES:
         raise ValueError(f"unknown envelope {envelope!r} (one of {', '.join(ENVELOPES)})")
+    if ordered not in (False, True, "strict"):
+        raise ValueError(f"ordered must be False, True or 'strict', not {ordered!r}")
+    if ordered and not partitions:
+        raise ValueError("ordered routes need partitions= (order is kept per partition)")
+    expand_partitions(routed, partitions)  # refuse a bad name or count now
 
     def decorate(func: Callable[..., Any]) -> Handler:
         if batch:
@@ -253,7 +306,7 @@ def handler(
                 model=model,
                 batch_max=batch_max,
                 batch_wait=batch_wait,
-            )
+            ).bind(routed, partitions=partitions, ordered=ordered)
         return FunctionHandler(
             func,
             name=name or func.__qualname__,
@@ -262,6 +315,8 @@ def handler(
             envelope=envelope,
             model=model,
             middleware=middleware,
+            partitions=partitions,
+            ordered=ordered,
         )
 
     return decorate

@@ -152,6 +152,22 @@ class Message:
             raise MalformedMessage(f"version is not an integer: {_text(value)!r}") from None
 
     @property
+    def schema_version(self) -> int | None:
+        """The version of the payload's shape (`schema_version` field), or None; what
+        `worker.versions.Versions` models choose by.
+
+        Raises:
+            MalformedMessage: the field is present but not an integer.
+        """
+        value = self.raw.get(b"schema_version")
+        if value is None or value == b"":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise MalformedMessage(f"schema_version is not an integer: {_text(value)!r}") from None
+
+    @property
     def data(self) -> Any:
         """The `data` field decoded as JSON (None when absent); decoded on first use.
 

@@ -15,7 +15,20 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+
+STANDALONE, CLUSTER, SENTINEL = "standalone", "cluster", "sentinel"
+"""Topologies: one server (or a primary with replicas reached directly), a Redis Cluster
+(`redis+cluster://host:port[,host:port...]`), a primary found through Sentinel
+(`redis+sentinel://host:port[,host:port...]/service_name[/db]`)."""
 
 MASK = "***"
 
@@ -55,6 +68,56 @@ class RedisUrl:
         _, _, query = self.location.partition("?")
         return {k: v[0] for k, v in parse_qs(query.partition("#")[0]).items()}
 
+    @property
+    def topology(self) -> str:
+        """`standalone`, `cluster` or `sentinel`, from the scheme's `+` part."""
+        _, plus, kind = self.scheme.partition("+")
+        return kind if plus else STANDALONE
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
+
+    @property
+    def base_scheme(self) -> str:
+        """`redis`, `rediss` or `unix`: the scheme without its topology."""
+        return self.scheme.partition("+")[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The comma-separated host:port pairs of the authority (port 6379, or 26379 for
+        sentinels, when left out)."""
+        authority = re.split(r"[/?#]", self.location, maxsplit=1)[0]
+        default = 26379 if self.topology == SENTINEL else 6379
+        found = []
+        for address in authority.split(","):
+            if address.startswith("["):
+                host, _, port = address[1:].partition("]")
+                port = port.removeprefix(":")
+            else:
+                host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+            found.append((host or "localhost", int(port) if port else default))
+        return found
+
+    @property
+    def path_parts(self) -> list[str]:
+        """The path after the authority, split at `/` (empty parts dropped)."""
+        authority = re.split(r"[/?#]", self.location, maxsplit=1)[0]
+        path = self.location[len(authority) :].partition("?")[0].partition("#")[0]
+        return [part for part in path.split("/") if part]
+
+    @property
+    def service_name(self) -> str | None:
+        """Sentinel: the name the sentinels monitor the primary under."""
+        parts = self.path_parts
+        return unquote(parts[0]) if self.topology == SENTINEL and parts else None
+
+    @property
+    def db(self) -> int:
+        """The database number (the path after the host; after the service name, for Sentinel)."""
+        parts = self.path_parts[1:] if self.topology == SENTINEL else self.path_parts
+        return int(parts[0]) if parts and parts[0].isdigit() else 0
+
     def for_redis_py(self) -> str:
         """The URL with its userinfo percent-encoded, so that redis-py splits it right."""
         if self.userinfo is None:
@@ -85,7 +148,10 @@ def split(url: str) -> RedisUrl:
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
-        raise ValueError("must start with redis://, rediss:// or unix://")
+        raise ValueError(
+            "must start with redis://, rediss:// or unix:// (or redis+cluster://, "
+            "redis+sentinel://, with rediss+ for TLS)"
+        )
     userinfo, at, location = rest.rpartition("@")
     return RedisUrl(scheme, userinfo if at else None, location)
 
@@ -97,10 +163,35 @@ def parse(url: str) -> RedisUrl:
         ValueError: what is wrong, naming the part (port, database, query option).
     """
     parsed = split(url)
-    if parsed.scheme != "unix":
+    if parsed.topology != STANDALONE:
+        _check_topology(parsed)
+    elif parsed.scheme != "unix":
         _check_location(parsed.location)
     _check_query(parsed.query)
     return parsed
+
+
+def _check_topology(parsed: RedisUrl) -> None:
+    """Cluster and Sentinel URLs: every address checked, and the path they allow."""
+    authority = re.split(r"[/?#]", parsed.location, maxsplit=1)[0]
+    if not authority:
+        raise ValueError(f"{parsed.scheme}:// needs at least one host:port")
+    for address in authority.split(","):
+        if not address:
+            raise ValueError("an empty address in the comma-separated host list")
+        _check_location(address)
+    parts = parsed.path_parts
+    if parsed.topology == CLUSTER:
+        if parts and parts != ["0"]:
+            raise ValueError("a Redis Cluster has only database 0: leave the path out")
+        return
+    if not parts:
+        raise ValueError(
+            "redis+sentinel:// needs the service name after the hosts: "
+            "redis+sentinel://host:26379/mymaster[/db]"
+        )
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("after the Sentinel service name, only a database number may follow")
 
 
 def _check_location(location: str) -> None:

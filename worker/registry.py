@@ -101,11 +101,27 @@ def _bind_route(route: Route, setting: str) -> Handler:
             raise ConfigError(f"{setting}.handler", f"{route.handler!r} did not build a Handler")
     else:
         raise ConfigError(f"{setting}.handler", f"{route.handler!r} is not a handler or factory")
-    bound = instance.bind([route.stream], route.types, route.envelope)
+    try:
+        bound = instance.bind(
+            [route.stream],
+            route.types,
+            route.envelope,
+            partitions=route.partitions,
+            ordered=route.ordered,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{setting}.stream", str(exc)) from None
+    if bound.ordered and not bound.partitions:
+        raise ConfigError(f"{setting}.ordered", "ordered needs partitions")
     if route.middleware:
         from worker.middleware import load  # imported late: worker.middleware imports this module
 
         bound.middleware = (*bound.middleware, *load(route.middleware, f"{setting}.middleware"))
+    if route.model is not None:
+        try:
+            bound.model = import_string(route.model)
+        except ImportError as exc:
+            raise ConfigError(f"{setting}.model", f"cannot import {route.model!r}: {exc}") from None
     if route.name:
         bound.name = route.name
     elif not bound.name:
@@ -154,6 +170,22 @@ def validate(handlers: Iterable[Handler]) -> None:
                 f"{batching[0]!r} is a batch handler and must be the only handler on "
                 f"{stream!r} (also routed there: {', '.join(h.name for h in group)}); "
                 "route the other handlers to a stream of their own",
+            )
+        strict_batches = [h.name for h in group if h.ordered == "strict" and batching]
+        if strict_batches:
+            raise ConfigError(
+                "routes",
+                f"{strict_batches[0]!r} is a batch handler on the strict-order stream "
+                f"{stream!r}: strict order holds a key back one message at a time; set "
+                "batch = false for this route, or ordered = true",
+            )
+        modes = {h.ordered for h in group}
+        if len(modes) > 1:
+            raise ConfigError(
+                "routes",
+                f"handlers on {stream!r} disagree on ordered "
+                f"({', '.join(f'{h.name}: {h.ordered}' for h in group)}); a partition is "
+                "either leased to one worker or read by all",
             )
         atomic = [h.name for h in group if h.acks_atomically]
         if atomic and len(group) > 1:

@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from worker import redis_url
+from worker import keys, redis_url
 from worker.errors import ConfigError
 from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
 
@@ -66,15 +66,35 @@ class Route(BaseModel):
         min_length=1,
         description="Name in logs and metrics; needed to route one plugin twice to a stream.",
     )
-    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr"] | None = Field(
+    envelope: Literal["syncworker", "cloudevents", "faststream", "dapr", "debezium"] | None = Field(
         None,
         description="Layout of the stream's entries: syncworker (this runtime's fields), "
-        "cloudevents, faststream or dapr; None keeps the handler's own (default syncworker).",
+        "cloudevents, faststream, dapr or debezium; None keeps the handler's own "
+        "(default syncworker).",
     )
     middleware: list[str] = Field(
         default_factory=list,
         description="module:attr of middleware for this route, run inside the worker-wide "
         "ones and the handler's own (first listed outermost).",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="module:attr of the type (usually a pydantic model, or a Versions) that "
+        "data must validate against; None keeps the handler's own.",
+    )
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Read the stream's N partitions {stream:0}..{stream:N-1} "
+        "(worker.partitions); None keeps the handler's own (default: not partitioned).",
+    )
+    ordered: bool | Literal["strict"] | None = Field(
+        None,
+        description="true: each partition runs on one worker of the fleet at a time, under "
+        "a lease, so a key's events apply in publish order; strict: also hold a key back "
+        "behind its message waiting for a retry. Needs partitions.",
     )
 
 
@@ -88,7 +108,10 @@ class WorkerSettings(BaseSettings):
     # Connection
     redis_url: SecretStr = Field(
         SecretStr("redis://localhost:6379/0"),
-        description="redis://[user:password@]host:port/db, rediss:// for TLS, or unix://path.",
+        description="redis://[user:password@]host:port/db, rediss:// for TLS, unix://path, "
+        "redis+cluster://host:port[,host:port...] for Redis Cluster, or "
+        "redis+sentinel://host:port[,host:port...]/service_name[/db] for Sentinel "
+        "(rediss+cluster://, rediss+sentinel:// with TLS).",
     )
     redis_username: str | None = Field(None, description="ACL user, if not in the URL.")
     redis_password: SecretStr | None = Field(None, description="Password, if not in the URL.")
@@ -137,6 +160,15 @@ class WorkerSettings(BaseSettings):
         description="Most entries per XREADGROUP; 0 = 4 x concurrency, from 256 to 10,000.",
     )
     block: float = Field(1.0, gt=0, le=60, description="Seconds one XREADGROUP waits for data.")
+    read_horizon: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds of work a read takes beyond the free lanes, from the recent mean "
+        "handler time (worker/runtime/readahead.py): slow handlers read only what their lanes "
+        "start soon and leave the rest to peers; fast ones read full batches. 0 = always "
+        "read up to batch_size.",
+    )
     held_bytes_max: int = Field(
         64 * 1024 * 1024,
         ge=0,
@@ -190,6 +222,13 @@ class WorkerSettings(BaseSettings):
         1.0, gt=0, description="Seconds between scans for due retries and abandoned entries."
     )
     claim_batch: int = Field(100, ge=1, description="Pending entries inspected per scan.")
+    lease_ttl: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a partition lease of an ordered route lives without renewal: a "
+        "dead owner's partitions are taken over within about this. Renewed every quarter; "
+        "the owner stops on its own after three quarters without a renewal.",
+    )
 
     # Lifecycle
     shutdown_timeout: float = Field(
@@ -243,7 +282,7 @@ class WorkerSettings(BaseSettings):
     def _check_tls_agrees(self) -> WorkerSettings:
         """An ssl_* option of the URL would silently win over `redis_tls_verify`: refuse it."""
         parsed = redis_url.split(self.redis_url.get_secret_value())
-        if parsed.scheme != "rediss":
+        if not parsed.tls:
             return self  # no TLS: the options do nothing
         if self.redis_tls_verify and (option := redis_url.disables_tls_verification(parsed)):
             raise ValueError(
@@ -278,9 +317,19 @@ class WorkerSettings(BaseSettings):
         """Seconds between refreshes of this consumer's entries: well inside `claim_idle`."""
         return self.claim_idle / 3
 
+    @property
+    def topology(self) -> str:
+        """`standalone`, `cluster` or `sentinel`, from the URL's scheme."""
+        return redis_url.split(self.redis_url.get_secret_value()).topology
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the keys live on a Redis Cluster (derived keys then carry hash tags)."""
+        return self.topology == redis_url.CLUSTER
+
     def dead_letter_stream(self, stream: str) -> str:
-        """The dead-letter stream of `stream`."""
-        return stream + self.dead_letter_suffix
+        """The dead-letter stream of `stream`: `orders:dlq`, or `{orders}:dlq` on a cluster."""
+        return keys.derived(stream, self.dead_letter_suffix, self.cluster)
 
 
 ELSEWHERE_VARIABLES = frozenset({"SYNCWORKER_CONFIG", "SYNCWORKER_POSTGRES_DSN"})

@@ -93,6 +93,7 @@ def make_message(
     data: Any = None,
     version: int | None = None,
     event_id: str | None = None,
+    schema_version: int | None = None,
     fields: dict[str, str | bytes] | None = None,
     attempt: int = 1,
     group: str = "test",
@@ -104,6 +105,7 @@ def make_message(
         "key": key,
         "event_id": event_id,
         "version": None if version is None else str(version),
+        "schema_version": None if schema_version is None else str(schema_version),
     }
     for name, value in conventional.items():
         if value is not None:
@@ -142,7 +144,11 @@ async def deliver(
     if message is None:
         message_args.setdefault("stream", handler.streams[0] if handler.streams else "test")
         message = make_message(**message_args)
-    bound = handler if message.stream in handler.streams else handler.bind([message.stream])
+    bound = (
+        handler
+        if message.stream in handler.streams
+        else handler.bind([message.stream], partitions=0)  # the stream as given, even "orders"
+    )
     policy = RetryPolicy(max_attempts, Backoff(), claim_idle=60.0)
     recorder = _Recorder(policy)
     chain = load(middleware, "middleware")

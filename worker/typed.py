@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from worker.errors import InvalidEvent
 from worker.message import Message
 from worker.runtime.stats import Stats
+from worker.versions import Versions, parse_versioned
 
 log = structlog.get_logger("worker.typed")
 
@@ -39,17 +40,31 @@ def describe(model: Any, exc: ValidationError) -> str:
     return f"data does not match {name}: {'; '.join(parts[:MAX_ERRORS])}{more}"
 
 
+def validate(model: Any, payload: Any) -> Any:
+    """`payload` validated against `model`.
+
+    Raises:
+        ValidationError: it does not validate.
+    """
+    return adapter(model).validate_python(payload)
+
+
 def parse(model: Any, msg: Message, stats: Stats) -> Any:
-    """`msg.data` validated against `model`.
+    """`msg.data` validated against `model`; with `Versions`, against the model of the
+    entry's schema version, then upcast to the newest (`worker.versions`).
 
     Raises:
         InvalidEvent: it does not validate (counted and logged as `event.invalid`).
-        MalformedMessage: `data` cannot be decoded at all.
+        MalformedMessage: `data` (or the schema version) cannot be decoded at all.
     """
     try:
-        return adapter(model).validate_python(msg.data)
+        if isinstance(model, Versions):
+            return parse_versioned(model, msg.schema_version, msg.data, validate, describe)
+        return validate(model, msg.data)
     except ValidationError as exc:
         reason = describe(model, exc)
-        stats.invalid_events[msg.stream] += 1
-        log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
-        raise InvalidEvent(reason) from None
+    except InvalidEvent as exc:
+        reason = str(exc)
+    stats.invalid_events[msg.stream] += 1
+    log.warning("event.invalid", stream=msg.stream, message_id=msg.id, error=reason)
+    raise InvalidEvent(reason)

@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.connection import text
+from worker.topology import is_cluster
 
 LUA_ITEMS = 7000
 """Most values a script passes to one `redis.call` (Lua's `unpack` stops near 8,000)."""
@@ -106,6 +107,9 @@ async def add_then_check(
     pipe = redis.pipeline(transaction=True)
     for command in adds:
         pipe.execute_command("XADD", *command)
-    await check(keys=list(keys), args=list(args), client=pipe)
+    if is_cluster(redis):  # redis-py refuses EVALSHA in a cluster pipeline, not EVAL
+        pipe.execute_command("EVAL", check.script, len(keys), *keys, *args)
+    else:
+        await check(keys=list(keys), args=list(args), client=pipe)
     results = list(await pipe.execute(raise_on_error=False))
     return results[:-1], results[-1]

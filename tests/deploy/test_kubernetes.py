@@ -14,6 +14,7 @@ from tests.deploy.support import (
     DEPLOY,
     DOCKERFILE,
     EXTRA_ENV,
+    KUBERNETES,
     OVERLAY,
     SCHEMAS,
     by_kind,
@@ -273,3 +274,29 @@ class TestOverlay:
         """No replicas field, so `kubectl apply` does not fight KEDA's HPA over the count."""
         for name in ("base", "overlay"):
             assert "replicas" not in one(rendered(name), "Deployment")["spec"]
+
+
+class TestOrderedOverlay:
+    """The ordered overlay scales on every partition's lag, never above the partition count."""
+
+    def test_triggers_cover_every_partition_and_replicas_stay_within_them(self) -> None:
+        from worker.partitions import partition_names
+        from worker.registry import handlers_from_settings
+
+        docs = kustomize(KUBERNETES / "overlays" / "ordered")
+        data = settings_data(docs)
+        settings = WorkerSettings(
+            routes=json.loads(data["SYNCWORKER_ROUTES"]), group=data["SYNCWORKER_GROUP"]
+        )
+        ordered = [h for h in handlers_from_settings(settings) if h.ordered]
+        assert ordered, "the overlay routes no ordered stream"
+        scaled = one(docs, "ScaledObject")
+        triggers = [t["metadata"] for t in scaled["spec"]["triggers"]]
+        for h in ordered:
+            for logical in h.logical_streams:
+                wanted = set(partition_names(logical, h.partitions))
+                assert {m["stream"] for m in triggers if "lagCount" in m} >= wanted
+                assert {m["stream"] for m in triggers if "pendingEntriesCount" in m} >= wanted
+        assert {m["consumerGroup"] for m in triggers} == {settings.group}
+        # a replica beyond the partition count would hold no lease and read nothing
+        assert scaled["spec"]["maxReplicaCount"] <= min(h.partitions for h in ordered)

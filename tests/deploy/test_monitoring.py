@@ -25,6 +25,19 @@ METRICS = {
 }
 """The series the operations work exports (its issue lists them), plus the Redis safety gauge."""
 
+OUTBOX_METRICS = {
+    "syncworker_outbox_pending_rows",
+    "syncworker_outbox_relay_lag_seconds",
+    "syncworker_outbox_published_total",
+    "syncworker_outbox_publish_errors_total",
+    "syncworker_outbox_database_errors_total",
+    "syncworker_outbox_leader",
+}
+"""The series `syncworker outbox run` exports (worker.outbox.stats)."""
+
+EXPORTERS = ("worker.ops.metrics", "worker.outbox.stats")
+"""The modules that define every series a worker or relay exports."""
+
 OUTCOMES = {"ok", "retry", "dead_letter"}
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "syncworker.json"
@@ -74,7 +87,8 @@ class TestAlerts:
             parse_promql(rule["expr"])
             names = metric_names(rule["expr"])
             assert names, rule["alert"]
-            assert names <= METRICS, f"{rule['alert']}: unknown {names - METRICS}"
+            known = METRICS | OUTBOX_METRICS
+            assert names <= known, f"{rule['alert']}: unknown {names - known}"
             for outcome in re.findall(r'outcome=~?"([^"]+)"', rule["expr"]):
                 assert set(outcome.split("|")) <= OUTCOMES
 
@@ -94,6 +108,12 @@ class TestAlerts:
             target = rule["annotations"]["runbook"]
             assert target.startswith("docs/operations.md#"), name
             assert target.partition("#")[2] in anchors, f"{name}: no section {target}"
+
+    def test_outbox_relay_lag_alert(self) -> None:
+        """An alert fires on the outbox relay's lag, per table, combining relays with max."""
+        rules = {rule["alert"]: rule for rule in alert_rules()}
+        expr = rules["SyncworkerOutboxLag"]["expr"]
+        assert "max by (table) (syncworker_outbox_relay_lag_seconds)" in expr
 
     def test_group_gauges_are_combined_with_max(self) -> None:
         """Gauges every replica reports alike are never summed across replicas."""
@@ -118,7 +138,8 @@ class TestDashboard:
             assert exprs, title
             for expr in exprs:
                 parse_promql(expr)
-                assert metric_names(expr) <= METRICS, f"{title}: {metric_names(expr) - METRICS}"
+                unknown = metric_names(expr) - METRICS - OUTBOX_METRICS
+                assert not unknown, f"{title}: {unknown}"
 
     def test_shows_what_operators_need(self) -> None:
         """Throughput by outcome, latency percentiles, lag, pending, dead letters and in-flight."""
@@ -135,6 +156,16 @@ class TestDashboard:
             "syncworker_inflight",
         ):
             assert series in exprs
+
+    def test_shows_the_outbox_relay(self) -> None:
+        """Pending rows, relay lag and publish errors of the outbox relay each have a panel."""
+        exprs = dashboard_exprs()
+        for series in (
+            "syncworker_outbox_pending_rows",
+            "syncworker_outbox_relay_lag_seconds",
+            "syncworker_outbox_publish_errors_total",
+        ):
+            assert [t for t, e in exprs.items() if any(series in x for x in e)], series
 
     def test_panels_use_the_datasource_variable_and_do_not_overlap(self) -> None:
         """Panels query the ${datasource} variable and sit on distinct grid cells."""
@@ -176,15 +207,18 @@ def _anchor(heading: str) -> str:
 
 class TestExportedNames:
     def test_every_queried_metric_is_exported(self) -> None:
-        """Each series the alerts and dashboard query is defined in worker.ops.metrics."""
+        """Each series the alerts and dashboard query is defined in worker.ops.metrics (a
+        worker's) or worker.outbox.stats (the outbox relay's)."""
         import importlib.util
 
-        spec = importlib.util.find_spec("worker.ops.metrics")
-        assert spec is not None and spec.origin is not None
-        source = Path(spec.origin).read_text()
+        source = ""
+        for module in EXPORTERS:
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.origin is not None
+            source += Path(spec.origin).read_text()
         exprs = [r["expr"] for r in alert_rules()] + [
             e for exprs in dashboard_exprs().values() for e in exprs
         ]
         used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in metric_names(e)}
         missing = {name for name in used if f'"{name}"' not in source}
-        assert not missing, f"queried but not exported by worker.ops.metrics: {sorted(missing)}"
+        assert not missing, f"queried but not exported by {EXPORTERS}: {sorted(missing)}"

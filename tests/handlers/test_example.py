@@ -135,6 +135,14 @@ class TestDemo:
         assert report.count("matches the newest version of every order: yes") == 2
         assert "Dead-lettered (1)" in report and "MalformedMessage" in report
         assert "exactly one each" in report
+        # And: the order service's events, written through the outbox, all reached payments,
+        # those a relay was killed holding (committed, unpublished) included.
+        assert count(report, "orders committed") == 15  # max(10, 150 // 10)
+        assert count(report, "committed, unpublished when relay-1 was SIGKILLed") > 0
+        committed = count(report, "events committed")
+        assert count(report, "events published by the relays (distinct)") == committed
+        assert count(report, "orders in payments at their last committed version") == 15
+        assert re.search(r"relay-2 took over \d+\.\d\d s later", report), report
         assert report.rstrip().endswith(
             "nothing lost, nothing applied twice, every copy matches the truth."
         )

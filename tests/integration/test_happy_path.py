@@ -67,9 +67,16 @@ class TestBoundedReads:
         for n in range(300):
             await publisher.publish(stream, "order.created", {"n": n}, key=f"order-{n}")
         # The entry bound alone (with a byte budget, the first read takes one entry, to learn
-        # how large entries are; tests/integration/test_memory_budget.py covers that)
+        # how large entries are; tests/integration/test_memory_budget.py covers that), and
+        # without read-ahead, which would read no more than the lanes start while no handler
+        # has finished (tests/integration/test_readahead.py covers that)
         settings = make_settings(
-            redis_server.url, group, batch_size=40, concurrency=4, held_bytes_max=0
+            redis_server.url,
+            group,
+            batch_size=40,
+            concurrency=4,
+            held_bytes_max=0,
+            read_horizon=0,
         )
         highest = 0
 

@@ -73,6 +73,48 @@ class TestWhatIsPublished:
             ("step", "k", i, {"i": i}) for i in range(20)
         ]
 
+    async def test_interleaved_transactions_stay_contiguous(
+        self, redis: Redis, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
+    ) -> None:
+        """Two transactions that took their ids in turns still appear one after the other,
+        each in its own order, even with a batch size that cuts through both."""
+        stream = names["stream"]
+        async with await connect(outbox_dsn) as a, await connect(outbox_dsn) as b:
+            for i in range(6):  # ids a0 b0 a1 b1 ...
+                await add(a, stream, "t", f"a{i}", key="a", table=table)
+                await add(b, stream, "t", f"b{i}", key="b", table=table)
+            await a.commit()
+            await b.commit()
+        async with relaying(redis, outbox_dsn, table, batch_size=5):
+            await eventually(lambda: table_empty(pg, table), timeout=5)
+        got = [json.loads(e["data"]) for e in await entries(redis, stream)]
+        assert got == [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
+
+    async def test_rows_written_before_the_txid_column_are_published(
+        self, redis: Redis, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
+    ) -> None:
+        """A table made before the txid column gets it from `migrate`; its old rows (no
+        txid) go out one by one, in id order, before newer ones."""
+        import psycopg
+
+        from worker.outbox import migrate
+
+        stream = names["stream"]
+        pg.execute(f"DROP INDEX {table}_txid")
+        pg.execute(f"ALTER TABLE {table} DROP COLUMN txid")
+        for i in range(3):
+            pg.execute(
+                f"INSERT INTO {table} (stream, type, data) VALUES (%s, 't', %s::json)",
+                (stream, str(i)),
+            )
+        with psycopg.connect(outbox_dsn) as conn:
+            migrate(conn, table)
+        pg.execute(f"INSERT INTO {table} (stream, type, data) VALUES (%s, 't', '3')", (stream,))
+        assert pg.execute(f"SELECT count(txid) FROM {table}").fetchone() == (1,)
+        async with relaying(redis, outbox_dsn, table, batch_size=2):
+            await eventually(lambda: table_empty(pg, table), timeout=5)
+        assert [json.loads(e["data"]) for e in await entries(redis, stream)] == [0, 1, 2, 3]
+
     async def test_later_commit_with_smaller_id_still_published(
         self, redis: Redis, outbox_dsn: str, pg: Any, table: str, names: dict[str, str]
     ) -> None:

@@ -56,7 +56,8 @@ class TestCrash:
         import psycopg
 
         stream = names["stream"]
-        insert(pg, table, stream, 200)
+        for start in range(0, 200, 10):  # transactions of 10: a batch of 50 takes 5 whole
+            insert(pg, table, stream, 10, start)
         expected = committed_ids(pg, table)
         # Given a relay whose DELETE waits on row locks the test holds
         with psycopg.connect(outbox_dsn) as blocker:

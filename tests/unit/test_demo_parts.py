@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from worker.examples import report
+from worker.examples import order_service, report
 from worker.examples.checks import Accounting
 from worker.examples.fleet import SETTINGS, worker_toml
 from worker.examples.keys import redis_cli
@@ -100,3 +100,28 @@ class TestAccountingReport:
     def test_all_accounted_for_passes(self) -> None:
         """Nothing lost or twice: the accounting passes."""
         assert report.accounting(io.StringIO(), books()) is True
+
+
+class TestOrderService:
+    def test_plan_interleaves_orders_each_in_version_order(self) -> None:
+        """The order service's steps cover every new order, each order's in version order."""
+        service = order_service.OrderService(first=101, orders=12, seed=7)
+        plan = service.plan()
+        by_order: dict[str, list[int]] = {}
+        for e in plan:
+            by_order.setdefault(e.order_id, []).append(e.version)
+        assert sorted(by_order) == [f"order-{n:05d}" for n in range(101, 113)]
+        assert all(v == list(range(1, len(v) + 1)) for v in by_order.values())
+        assert plan[0].order_id != plan[1].order_id  # interleaved, as concurrent orders are
+
+    def test_an_order_missing_from_payments_fails_the_demo(self) -> None:
+        """A committed order that did not reach payments (or an unpublished event) fails the
+        accounting, so the demo exits 1."""
+        good = order_service.Books(3, 7, 2, 7, 3)
+        out = io.StringIO()
+        assert report.order_service(out, good) is True
+        assert "LOST" not in out.getvalue()
+        for bad in (order_service.Books(3, 7, 2, 7, 2), order_service.Books(3, 7, 2, 6, 3)):
+            out = io.StringIO()
+            assert report.order_service(out, bad) is False
+            assert "LOST: committed orders or events missing downstream" in out.getvalue()

@@ -120,3 +120,18 @@ class TestTakeoverDrainTimeouts:
         stats.takeover_drain_timeouts = 2
         found = scrape(stats)
         assert value(found, "syncworker_takeover_drain_timeouts_total", group="billing") == 2
+
+
+class TestPartitionGauges:
+    def test_owned_partitions_and_lost_leases_per_logical_stream(self) -> None:
+        """Ordered routes report the leases held now and the leases lost, per logical stream."""
+        stats = Stats()
+        stats.partitions_owned["orders"] = 3
+        stats.leases_lost["orders"] += 2
+        registry = CollectorRegistry()
+        registry.register(
+            WorkerCollector(stats, "billing", {}, dict, GroupGauges(), held_bytes=lambda: 0)
+        )
+        found = samples(generate_latest(registry).decode())
+        assert value(found, "syncworker_partitions_owned", stream="orders", group="billing") == 3
+        assert value(found, "syncworker_leases_lost_total", stream="orders", group="billing") == 2

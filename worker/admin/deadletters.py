@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from worker import topology
 from worker.connection import text
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.runtime.dead_letter import DEAD_LETTER_PREFIX, FIELDS_MARKER, split
@@ -189,7 +190,7 @@ async def replay(
         For each id, the id of the new entry in `stream`, or None if no such dead letter.
     """
     script = redis.register_script(REPLAY)
-    pipe = redis.pipeline(transaction=False)
+    pipe = topology.batch(redis, (script,))
     for dead_id in ids:
         await script(
             keys=[dead_letter_stream, stream],

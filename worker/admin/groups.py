@@ -13,8 +13,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker import keys
 from worker.admin.lag import estimate_lag
 from worker.connection import text
+from worker.topology import is_cluster
 
 
 @dataclass(slots=True)
@@ -91,7 +93,7 @@ async def _stream_states(
     consumers: bool,
     all_groups: bool,
 ) -> list[GroupState]:
-    dead_letter_stream = stream + suffix
+    dead_letter_stream = keys.derived(stream, suffix, is_cluster(redis))
     pipe = redis.pipeline(transaction=False)
     pipe.xlen(stream)
     pipe.xlen(dead_letter_stream)

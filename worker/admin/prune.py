@@ -19,10 +19,11 @@ from redis.asyncio import Redis
 from worker.admin.groups import ConsumerState
 from worker.connection import text
 from worker.runtime.presence import presence_key
+from worker.topology import is_cluster
 
 PRUNE = """
--- KEYS[1] stream, KEYS[2] the consumer's presence key (same slot when the stream name has a
--- hash tag); ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms.
+-- KEYS[1] stream, KEYS[2] the consumer's presence key (in the stream's slot on a cluster:
+-- presence_key tags it there); ARGV[1] group, ARGV[2] consumer, ARGV[3] minimum idle ms.
 -- Deletes the consumer only if its process is not alive, it holds no pending entries, and it
 -- is still idle that long.
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -69,7 +70,7 @@ async def delete_if_idle(
         `deleted`, `alive`, `pending` or `active` (kept), or `gone` (no such consumer).
     """
     script = redis.register_script(PRUNE)
-    keys = [stream, presence_key(stream, group, consumer)]
+    keys = [stream, presence_key(stream, group, consumer, cluster=is_cluster(redis))]
     result = await script(keys=keys, args=[group, consumer, int(min_idle_s * 1000)])
     return result.decode() if isinstance(result, bytes) else str(result)
 
@@ -91,7 +92,7 @@ async def prune(
             continue
         if state.pending:
             outcome = "pending"
-        elif await redis.exists(presence_key(stream, group, state.name)):
+        elif await redis.exists(presence_key(stream, group, state.name, cluster=is_cluster(redis))):
             outcome = "alive"
         elif dry_run:
             outcome = "candidate"

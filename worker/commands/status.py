@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from worker.admin.groups import ConsumerState, GroupState, read_group_states
+from worker.admin.partitioned import totals
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.safe_text import decode, json_text, safe
 from worker.commands.support import (
@@ -121,7 +122,10 @@ def as_json(group: str, states: list[GroupState]) -> dict[str, Any]:
         for consumer in row["consumers"] or []:
             consumer["name"] = json_text(consumer["name"])
         streams.append(row)
-    return {"group": json_text(group), "streams": streams}
+    logical = [row.as_dict() for row in totals(states)]
+    for row in logical:
+        row["stream"], row["group"] = json_text(row["stream"]), json_text(row["group"])
+    return {"group": json_text(group), "streams": streams, "logical_streams": logical}
 
 
 def render(states: list[GroupState]) -> str:
@@ -152,4 +156,17 @@ def render(states: list[GroupState]) -> str:
             )
         if not s.consumers:
             details.append(f"{where}: no consumers")
+    for t in totals(states):
+        lag = "?" if t.lag is None else str(t.lag)
+        rows.append(
+            [
+                f"{safe(t.stream)} ({t.partitions} partitions)",
+                safe(t.group),
+                str(t.length),
+                lag,
+                str(t.pending),
+                duration(t.oldest_pending_age_s),
+                str(t.dead_letter_length),
+            ]
+        )
     return table(rows) + ("\n\n" + "\n".join(details) if details else "")

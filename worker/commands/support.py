@@ -21,6 +21,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from worker.commands.safe_text import safe
 from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
 from worker.errors import ConfigError
+from worker.handler import expand_partitions
 from worker.registry import load_plugin
 from worker.settings import WorkerSettings
 
@@ -92,7 +93,8 @@ def add_group_option(parser: argparse.ArgumentParser) -> None:
 
 
 def routed_streams(settings: WorkerSettings, explicit: list[str] | None) -> list[str]:
-    """The streams named with --stream, else those of the configured routes and handlers.
+    """The streams named with --stream, else those of the configured routes and handlers
+    (each partition of a partitioned one).
 
     Routes name their stream in the settings; handlers named in SYNCWORKER_HANDLERS are
     imported to learn theirs.
@@ -102,7 +104,10 @@ def routed_streams(settings: WorkerSettings, explicit: list[str] | None) -> list
     """
     if explicit:
         return list(dict.fromkeys(explicit))
-    streams: dict[str, None] = {route.stream: None for route in settings.routes}
+    streams: dict[str, None] = {}
+    for route in settings.routes:
+        for stream in expand_partitions([route.stream], route.partitions or 0):
+            streams[stream] = None
     for reference in settings.handlers:
         plugin = load_plugin(reference, "SYNCWORKER_HANDLERS")
         for stream in getattr(plugin, "streams", ()):

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 
 from worker.envelopes.cloudevents import open_cloudevent, open_dapr
+from worker.envelopes.debezium import open_debezium
 from worker.envelopes.faststream import open_faststream
 from worker.envelopes.opened import EnvelopeMessage, Opened
 from worker.errors import MalformedMessage
@@ -24,6 +25,7 @@ OPENERS: dict[str, Callable[[Mapping[bytes, bytes]], Opened]] = {
     "cloudevents": open_cloudevent,
     "faststream": open_faststream,
     "dapr": open_dapr,
+    "debezium": open_debezium,
 }
 """Envelope name -> the function that reads an entry's fields in it (all but `syncworker`)."""
 

@@ -23,6 +23,8 @@ class Opened:
         version: the entity version, or None.
         attributes: the envelope's other attributes or headers (CloudEvents `source`, `time`,
             extensions; FastStream headers), as the envelope carries them.
+        skip: the entry carries no event (a Debezium tombstone): the runtime acknowledges it
+            untouched, counted as `skipped`, and runs no handler.
     """
 
     type: str | None
@@ -31,6 +33,7 @@ class Opened:
     event_id: str | None = None
     version: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    skip: bool = False
 
 
 class EnvelopeMessage(Message):
@@ -46,7 +49,7 @@ class EnvelopeMessage(Message):
         super().__init__(msg.stream, msg.id, msg.raw, msg.attempt, msg.group)
         self.size = msg.size
         self.envelope = envelope
-        """The envelope the entry was read in (`cloudevents`, `faststream`, `dapr`)."""
+        """The envelope the entry was read in (`cloudevents`, `faststream`, `dapr`, `debezium`)."""
         self.opened = opened
         self.lane_key = None if opened.key is None else opened.key.encode()
 
@@ -69,6 +72,18 @@ class EnvelopeMessage(Message):
     def version(self) -> int | None:
         """The entity version the envelope carries, or None."""
         return self.opened.version
+
+    @property
+    def schema_version(self) -> int | None:
+        """The payload's schema version: the CloudEvents extension `schemaversion`, or a
+        `schema_version` header (FastStream); None when absent.
+
+        Raises:
+            MalformedMessage: it is not an integer.
+        """
+        attributes = self.opened.attributes
+        value = attributes.get("schemaversion", attributes.get("schema_version"))
+        return version_of(value)
 
     @property
     def data(self) -> Any:

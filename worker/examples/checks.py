@@ -45,6 +45,8 @@ class Accounting:
     relay: dict[str, int] = field(default_factory=dict)
     versions_published: int = 0
     """Distinct (order, version) pairs among the well-formed events."""
+    relayed_entries: int = 0
+    """Entries the outbox relays added to the orders stream (not in `published`)."""
 
     @property
     def lost(self) -> list[str]:
@@ -106,8 +108,10 @@ async def account(
         relay=await _counts(redis, f"{names.state}:relay:counts:{names.orders}"),
         versions_published=len(
             {(f["key"], f["version"]) for f in scenario.published if "version" in f}
+            | {(e.order_id, str(e.version)) for e in scenario.through_outbox}
         ),
     )
+    result.relayed_entries = max(int(await redis.xlen(names.orders)) - len(ids), 0)
     if dsn is not None:
         result.inbox, result.inbox_rows = await _inbox(dsn, group, names)
     return result

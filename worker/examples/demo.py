@@ -29,13 +29,13 @@ import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.connection import mask_url
-from worker.examples import checks, handover, keys, report
+from worker.examples import checks, handover, keys, order_service, report
 from worker.examples.fleet import SETTINGS, Fleet, worker_toml
 from worker.examples.order_payment import History, Names, history, routes
 from worker.logs import configure_logging
@@ -172,11 +172,23 @@ async def delete_run_keys(redis: Redis, run: str) -> None:
 
 
 async def timeline(
-    redis: Redis, names: Names, scenario: History, fleet: Fleet, out: TextIO, seconds: float
+    redis: Redis,
+    names: Names,
+    scenario: History,
+    fleet: Fleet,
+    out: TextIO,
+    seconds: float,
+    service: order_service.OrderService | None = None,
 ) -> tuple[list[str], list[handover.HandOver]]:
-    """Run the fleet through the scenario; the published ids and the two hand-overs."""
+    """Run the fleet through the scenario; the published ids and the two hand-overs. With
+    an order service (PostgreSQL), its outbox phase follows while the workers still run."""
     first = [await fleet.start(f"worker-{n}") for n in (1, 2, 3)]
     await handover.wait_started(first)
+    launching = None
+    if service is not None and fleet.env.get("SYNCWORKER_POSTGRES_DSN"):
+        # The relays start while the events are published: their start-up costs no wait.
+        dsn, directory = fleet.env["SYNCWORKER_POSTGRES_DSN"], fleet.config.parent
+        launching = asyncio.create_task(order_service.launch(service, dsn, directory, fleet.env))
     clock = handover.Clock(out)
     clock.say(f"publishing; {', '.join(w.name for w in first)} are consuming")
     signals = handover.Signaller(redis, names.orders, GROUP, fleet, clock)
@@ -187,6 +199,8 @@ async def timeline(
     await handover.until_settled(redis, names.orders, GROUP, ids[-1])
     reports = await signals.hand_overs()
     clock.say(f"every entry settled: nothing pending in group {GROUP}")
+    if service is not None and launching is not None:
+        await producer_side(redis, names, scenario, fleet, clock, service, launching)
     codes = await fleet.stop_all()
     rest = zip(fleet.workers, codes, strict=True)
     stopped = [f"{w.name} (exit {code})" for w, code in rest if not w.signalled]
@@ -194,6 +208,30 @@ async def timeline(
     for h in reports:
         handover.taken_over(fleet, h)
     return ids, reports
+
+
+async def producer_side(
+    redis: Redis,
+    names: Names,
+    scenario: History,
+    fleet: Fleet,
+    clock: handover.Clock,
+    service: order_service.OrderService,
+    launching: asyncio.Task[None],
+) -> None:
+    """The order service commits through the outbox, a relay is killed between commit and
+    publish; then wait until the workers settled its events too."""
+    dsn = fleet.env["SYNCWORKER_POSTGRES_DSN"]
+    try:
+        await launching
+        await order_service.run(service, dsn, names, clock.say)
+    finally:
+        await order_service.stop_relays(service)
+    scenario.through_outbox = service.steps
+    scenario.truth.update(service.truth())
+    last: Any = await redis.xrevrange(names.orders, count=1)
+    await handover.until_settled(redis, names.orders, GROUP, last[0][0].decode())
+    clock.say("the workers settled the order service's events too")
 
 
 @dataclass
@@ -253,10 +291,17 @@ async def run(
             f"{SETTINGS['claim_idle']:g} s, claim_interval {SETTINGS['claim_interval']:g} s)",
         )
         report.published(out, scenario, orders, names.orders)
-        ids, reports = await timeline(redis, names, scenario, setup.fleet, out, seconds)
+        service = None
+        if db.dsn is not None:
+            service = order_service.OrderService(orders + 1, max(10, orders // 10), seed)
+            stack.push_async_callback(order_service.stop_relays, service)
+        ids, reports = await timeline(redis, names, scenario, setup.fleet, out, seconds, service)
         handed = report.hand_overs(out, reports, SETTINGS["claim_idle"])
         books = await checks.account(redis, names, GROUP, ids, scenario, db.dsn)
         counted = report.accounting(out, books)
+        if service is not None and db.dsn is not None:
+            served = await order_service.account(service, redis, names, db.dsn)
+            counted = report.order_service(out, served) and counted
         matched = await report.copies(out, redis, names, scenario, db.dsn)
         await show_keys(out, setup, names, keep)
         ok = handed and counted and matched

@@ -99,7 +99,10 @@ def print_keys(
     for key, what in rows:
         out.write(f"  {key:<{width}}  {what}\n")
     if database is not None:
-        out.write(f"PostgreSQL database {database}: tables payments, syncworker_inbox\n")
+        out.write(
+            f"PostgreSQL database {database}: tables payments, syncworker_inbox "
+            "(the workers'), orders, syncworker_outbox (the order service's)\n"
+        )
     out.write("\n")
 
 

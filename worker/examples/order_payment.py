@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 STATUS = {
     "order.created": "pending",
     "order.paid": "captured",
@@ -46,6 +48,26 @@ PAYMENTS_DDL = """CREATE TABLE IF NOT EXISTS payments (
     paid_at      timestamptz,
     version      bigint NOT NULL
 )"""
+
+
+class OrderState(BaseModel):
+    """The payload of every order event: the order's full state at its version.
+
+    Each route of the example declares it (`model` in its [[routes]] entry), so an event of
+    the wrong shape is dead-lettered with its field errors before any handler writes a thing;
+    `syncworker schema --config examples/order_payment/worker.toml` prints it for producers.
+    """
+
+    order_id: str = Field(min_length=1)
+    customer: str = Field(min_length=1)
+    amount_cents: int = Field(ge=0)
+    currency: str = Field(pattern="^[A-Z]{3}$")
+    paid_at: datetime | None = None
+    status: str
+
+
+MODEL = "worker.examples.order_payment:OrderState"
+"""`OrderState` as a route's `model` setting names it."""
 
 EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 MALFORMED_DATA = '{"order_id": "order-00042", "amount_cents": 12'
@@ -98,6 +120,9 @@ class History:
     duplicates: int = 0
     swapped: int = 0
     malformed: int = 0
+    through_outbox: list[Event] = field(default_factory=list)
+    """Events the order service committed through the outbox (`worker.examples.
+    order_service`); the relay publishes them, so they are not in `published`."""
 
 
 def lifecycle(rng: random.Random, n: int) -> list[Event]:
@@ -212,6 +237,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
     projection = {
         "stream": names.orders,
         "handler": "projection",
+        "model": MODEL,
         "options": {
             "prefix": names.read_model,
             "state_prefix": names.state + ":projection",
@@ -229,6 +255,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
     sql_sink: dict[str, Any] = {
         "stream": names.orders,
         "handler": "sql",
+        "model": MODEL,
         "options": {
             "table": names.table,
             "key_column": "order_id",
@@ -244,6 +271,7 @@ def routes(names: Names, *, sql: bool = True, dsn: str | None = None) -> list[di
         "stream": names.orders,
         "handler": "relay",
         "types": ["order.completed"],
+        "model": MODEL,
         "options": {
             "to": names.requests,
             "rename": {"order.completed": "payment.requested"},

@@ -17,6 +17,7 @@ from worker.message import Message
 from worker.middleware import Middleware
 from worker.runtime.stats import Stats
 from worker.typed import parse
+from worker.versions import as_versions
 
 
 def validate(model: Any, stats: Stats) -> Middleware:
@@ -24,9 +25,11 @@ def validate(model: Any, stats: Stats) -> Middleware:
     does not validate).
 
     Args:
-        model: anything pydantic can validate: a `BaseModel`, a dataclass, a `TypedDict`, ...
+        model: anything pydantic can validate: a `BaseModel`, a dataclass, a `TypedDict`, ...;
+            or a `Versions` (or dict of version to model) for versioned payloads.
         stats: where invalid events are counted (`syncworker_invalid_events_total`).
     """
+    model = as_versions(model) or model
 
     def middleware(next: HandlerFunc) -> HandlerFunc:
         async def call(msg: Message) -> None:

@@ -79,6 +79,7 @@ class WorkerCollector(Collector):
         yield self._takeover_drain_timeouts()
         yield self._lane_restarts()
         yield self._task_restarts()
+        yield from self._partitions()
 
     def _messages(self) -> Metric:
         family = CounterMetricFamily(
@@ -209,6 +210,28 @@ class WorkerCollector(Collector):
         )
         overrunning.add_metric([self.group], self.stats.threads_overrunning)
         yield overrunning
+
+    def _partitions(self) -> Iterator[Metric]:
+        """Ordered routes (`worker.runtime.ordered`): leases held and lost, per logical stream."""
+        if not self.stats.partitions_owned and not self.stats.leases_lost:
+            return
+        owned = GaugeMetricFamily(
+            "syncworker_partitions_owned",
+            "Partitions of an ordered route this worker leases (and alone reads) now.",
+            labels=["stream", "group"],
+        )
+        for stream, n in sorted(self.stats.partitions_owned.items()):
+            owned.add_metric([stream, self.group], n)
+        yield owned
+        lost = CounterMetricFamily(
+            "syncworker_leases_lost_total",
+            "Partition leases this worker lost: not renewed within three quarters of "
+            "SYNCWORKER_LEASE_TTL (Redis unreachable), or found taken.",
+            labels=["stream", "group"],
+        )
+        for stream in sorted(set(self.stats.partitions_owned) | set(self.stats.leases_lost)):
+            lost.add_metric([stream, self.group], self.stats.leases_lost.get(stream, 0))
+        yield lost
 
     def _group_gauges(self) -> Iterator[Metric]:
         labels = ["stream", "group"]

@@ -21,12 +21,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from worker.outbox.schema import TABLE, check_table
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, Connection
+    from sqlalchemy.engine import Connection as SAConnection
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
 
 def insert_sql(table: str = TABLE) -> str:
@@ -40,7 +44,7 @@ def insert_sql(table: str = TABLE) -> str:
 
 @overload
 def add(
-    conn: AsyncConnection[Any],
+    conn: AsyncConnection[Any] | AsyncSession | SAAsyncConnection,
     stream: str,
     type: str,
     data: Any = None,
@@ -54,7 +58,7 @@ def add(
 
 @overload
 def add(
-    conn: Connection[Any],
+    conn: Connection[Any] | Session | SAConnection,
     stream: str,
     type: str,
     data: Any = None,
@@ -67,7 +71,12 @@ def add(
 
 
 def add(
-    conn: Connection[Any] | AsyncConnection[Any],
+    conn: Connection[Any]
+    | AsyncConnection[Any]
+    | Session
+    | SAConnection
+    | AsyncSession
+    | SAAsyncConnection,
     stream: str,
     type: str,
     data: Any = None,
@@ -80,11 +89,14 @@ def add(
     """Write one event row in the connection's current transaction; return its event id.
 
     With a `psycopg.AsyncConnection`, returns an awaitable: `await outbox.add(aconn, ...)`.
+    A SQLAlchemy `Session`, `Connection`, `AsyncSession` or `AsyncConnection` is handed to
+    `worker.outbox.sqlalchemy.add`, which writes the same row through it.
     Call it inside the transaction that makes the change the event describes; it commits
     (and is published) only if that transaction commits.
 
     Args:
-        conn: a psycopg 3 connection, sync or async, in the caller's transaction.
+        conn: a psycopg 3 connection, sync or async, or a SQLAlchemy session or connection,
+            in the caller's transaction.
         stream: the Redis stream the relay appends the event to.
         type: the event type (`type` field).
         data: anything `json.dumps` takes (`data` field, as JSON).
@@ -97,6 +109,19 @@ def add(
     Raises:
         TypeError: `data` cannot be serialised to JSON.
     """
+    from worker.outbox import sqlalchemy as sa_outbox
+
+    if sa_outbox.is_sqlalchemy(conn):
+        return sa_outbox.add(
+            conn,  # type: ignore[arg-type]
+            stream,
+            type,
+            data,
+            key=key,
+            version=version,
+            event_id=event_id,
+            table=table,
+        )
     event_id = event_id or str(uuid.uuid4())
     params = (
         stream,
@@ -109,6 +134,7 @@ def add(
     query = insert_sql(table)
     from psycopg import AsyncConnection
 
+    conn = cast("Connection[Any] | AsyncConnection[Any]", conn)
     if isinstance(conn, AsyncConnection):
         return _add_async(conn, query, params, event_id)
     conn.execute(query, params)

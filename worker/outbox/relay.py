@@ -1,17 +1,20 @@
-"""The relay: one leader publishes the outbox in id order; standbys wait for its lock.
+"""The relay: one leader publishes the outbox in order; standbys wait for its lock.
 
-Order. Rows are published in id order and deleted once Redis accepted them; the relay keeps
-no cursor. A bigserial id is taken at INSERT, not at commit, so a transaction can commit a
-row with a smaller id than rows already published. With a cursor ("publish ids above the last
-one") that row would be skipped for ever; here it is simply the smallest row left, and goes
-out in the next batch. Nothing is lost, and no gap has to be waited for.
+Order. Rows are published oldest first (by id, one whole transaction at a time) and deleted
+once Redis accepted them; the relay keeps no cursor. A bigserial id is taken at INSERT, not
+at commit, so a transaction can commit a row with a smaller id than rows already published.
+With a cursor ("publish ids above the last one") that row would be skipped for ever; here
+it is simply among the oldest rows left, and goes out in the next batch. Nothing is lost,
+and no gap has to be waited for.
 
 What that gives each key: when a key's transactions take the key's lock (SELECT ... FOR
 UPDATE, or the UPDATE that bumps its version) before adding its events, the later one
 inserts, and so numbers, its rows after the earlier one committed: their ids are in commit
 order, and the earlier rows are visible to every batch that can see the later ones. So the
 key's events reach the stream in commit order. Rows of one transaction become visible
-together (they commit together) and keep their id order.
+together (they commit together); a batch takes whole transactions and publishes each one's
+rows together, in id order (`worker.outbox.batch.select_sql`), so they are contiguous in
+the stream even when concurrent transactions interleaved their ids.
 
 Rejected alternative: publishing only rows of transactions below the snapshot's xmin
 (`pg_snapshot_xmin(pg_current_snapshot())`, with an xid8 column defaulting to
@@ -74,7 +77,8 @@ class RelayOptions:
     Args:
         dsn: libpq connection string or URL of the database holding the outbox.
         table: the outbox table.
-        batch_size: rows per batch (one SELECT, one pipelined XADD round trip, one DELETE).
+        batch_size: rows per batch (one SELECT, one pipelined XADD round trip, one DELETE);
+            batches hold whole transactions, so one may run past it by the rest of its last.
         poll_interval: seconds between polls when no notification arrives.
         lock_interval: seconds between a standby's attempts to take the leadership lock.
         stats_interval: seconds between refreshes of the pending-rows and lag gauges.
@@ -202,30 +206,29 @@ class Relay:
         log.info("outbox.leading", table=table)
         while not self.stopping.is_set():
             self.stats.last_turn = time.monotonic()
-            published = await self._turn(conn)
+            more = await self._turn(conn)
             await self._refresh_gauges(conn)
-            # A full batch, or a failure (already backed off): go again at once.
-            if published < self.options.batch_size and not self._redis_failing:
+            # Rows left behind the batch, or a failure (already backed off): go again at once.
+            if not more and not self._redis_failing:
                 await self._wait_for_rows(conn)
 
-    async def _turn(self, conn: AsyncConnection[Any]) -> int:
-        """One batch; Redis failures are counted, logged once per outage, and backed off."""
+    async def _turn(self, conn: AsyncConnection[Any]) -> bool:
+        """One batch; whether to go again at once. Redis failures are counted, logged once per
+        outage, and backed off."""
         try:
-            published, refused = await relay_once(
-                conn, self.redis, self.options.table, self.options.batch_size
-            )
+            turn = await relay_once(conn, self.redis, self.options.table, self.options.batch_size)
         except (*REDIS_DOWN, ResponseError) as exc:
             await self._redis_failed(exc)
-            return 0
-        self.stats.published += published
-        if refused is not None:
-            await self._redis_failed(refused)
-            return published
+            return False
+        self.stats.published += turn.published
+        if turn.refused is not None:
+            await self._redis_failed(turn.refused)
+            return False
         if self._redis_failing:
             log.info("outbox.publishing_again")
         self._redis_failing = False
         self._redis_backoff.reset()
-        return published
+        return turn.more
 
     async def _redis_failed(self, exc: BaseException) -> None:
         self.stats.publish_errors += 1

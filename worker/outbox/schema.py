@@ -2,12 +2,16 @@
 
 Columns, in the event convention that `worker.publish.event_fields` writes to a stream:
 
-- `id bigserial`: the relay publishes rows in id order (see `worker.outbox.relay` for why that
-  is the order of each key's commits).
+- `id bigserial`: the relay publishes rows oldest id first, a whole transaction at a time (see
+  `worker.outbox.relay` for why that is the order of each key's commits).
 - `stream`, `type`, `key`, `data` (json: kept as the producer wrote it, checked to be JSON),
   `event_id` (text; a random UUID unless the producer gives one: consumers deduplicate on it,
   so the relay's at-least-once duplicates carry the same id), `version` (bigint or NULL).
 - `created_at`: when the row was written; the relay's lag metric is the age of the oldest row.
+- `txid xid8`: the writing transaction (`pg_current_xact_id()`, by default, so a plain INSERT
+  sets it too), indexed: the relay publishes each transaction's rows together, contiguous and
+  in id order. Rows written before the column existed have NULL and count as a transaction
+  each.
 
 A statement-level AFTER INSERT trigger sends NOTIFY on `CHANNEL`. PostgreSQL delivers it at
 commit (and folds the notifications of one transaction into one), so the relay wakes exactly
@@ -73,8 +77,23 @@ def statements(table: str = TABLE) -> list[str]:
             data json NOT NULL DEFAULT 'null',
             event_id text NOT NULL DEFAULT gen_random_uuid()::text,
             version bigint,
-            created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            txid xid8 DEFAULT pg_current_xact_id()
         )""",
+        # Tables made before the txid column get it here. Checked first, so that a migration
+        # with nothing to do takes no lock on the table (ALTER and CREATE INDEX would).
+        f"""DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass
+                           AND attname = 'txid' AND NOT attisdropped) THEN
+                ALTER TABLE {t} ADD COLUMN txid xid8;
+                ALTER TABLE {t} ALTER COLUMN txid SET DEFAULT pg_current_xact_id();
+            END IF;
+            IF to_regclass('{t}_txid') IS NULL THEN
+                CREATE INDEX {t}_txid ON {t} (txid, id);
+            END IF;
+        END
+        $$""",
         f"""CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger
             LANGUAGE plpgsql AS $$
             BEGIN

@@ -25,6 +25,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from worker.batch import BatchHandler, Outcome
+from worker.envelopes import EnvelopeMessage
 from worker.errors import MalformedMessage, Reject, SyncWorkerError
 from worker.message import Message
 from worker.middleware import BatchCall
@@ -32,6 +33,7 @@ from worker.runtime.dispatch import Route, for_this_group, tell_skipped
 from worker.runtime.stats import Stats
 from worker.runtime.supervise import told_to_stop
 from worker.typed import parse
+from worker.versions import as_versions
 
 if TYPE_CHECKING:
     from worker.runtime.dispatch import Dispatcher
@@ -98,6 +100,9 @@ class BatchDispatcher:
                     envelope = d.envelopes[msg.stream]
                     settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
                     continue
+                if isinstance(msg, EnvelopeMessage) and msg.opened.skip:  # a Debezium tombstone
+                    settler.ack(msg, "", skipped=True)
+                    continue
             routes = d.routes.lookup(msg.stream, event_type)
             if not routes or not for_this_group(msg):
                 if d.routes.skipped:  # empty unless a middleware wants to know
@@ -108,7 +113,7 @@ class BatchDispatcher:
             model = route.handler.model
             if model is not None:
                 try:
-                    msg._event = parse(model, msg, self.stats)
+                    msg._event = parse(as_versions(model) or model, msg, self.stats)
                 except Reject as exc:
                     settler.dead_letter(msg, exc, route.name)
                     continue

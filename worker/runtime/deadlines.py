@@ -58,6 +58,18 @@ class Deadlines:
         task.uncancel()
         return True
 
+    def cut_stream(self, stream: str) -> int:
+        """Cut off now every call running a message of `stream`, as if it had timed out (its
+        partition's lease was lost: `worker.runtime.ordered`); return how many."""
+        cut = 0
+        for task, (msg, _) in list(self._running.items()):
+            running = msg[0].stream if isinstance(msg, list) else msg.stream
+            if running == stream and task not in self._expired:
+                self._expired[task] = msg
+                task.cancel()
+                cut += 1
+        return cut
+
     async def run(self) -> None:
         """Every `tick`, cancel the calls that have run longer than `timeout`."""
         while True:

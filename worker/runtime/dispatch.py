@@ -199,6 +199,9 @@ class Dispatcher:
                 envelope = self.envelopes[msg.stream]
                 self.settler.dead_letter(msg, exc, f"envelope:{envelope}", reason="undecodable")
                 return
+            if isinstance(msg, EnvelopeMessage) and msg.opened.skip:  # a Debezium tombstone
+                self.settler.ack(msg, "", skipped=True)
+                return
         routes = self.routes.lookup(msg.stream, event_type)
         if not routes or not for_this_group(msg):
             if self.routes.skipped:  # empty unless a middleware wants to know

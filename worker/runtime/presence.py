@@ -14,18 +14,19 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from worker import keys
 from worker.connection import tolerate
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
 
 
-def presence_key(stream: str, group: str, consumer: str) -> str:
+def presence_key(stream: str, group: str, consumer: str, *, cluster: bool = False) -> str:
     """The presence key of one consumer of `group` on `stream`.
 
-    It starts with the stream's name, so it shares the stream's Redis Cluster slot when the
-    stream name carries a hash tag (`{orders}`), which the prune script relies on there.
+    On a cluster it carries the stream's hash tag (`worker.keys.derived`), so that it shares
+    the stream's slot, which the prune script relies on; elsewhere it keeps its plain name.
     """
-    return f"{stream}:presence:{group}:{consumer}"
+    return keys.derived(stream, f":presence:{group}:{consumer}", cluster)
 
 
 class Presence:
@@ -39,7 +40,10 @@ class Presence:
         self.stats = stats
         self.interval = settings.heartbeat_interval
         self.ttl_ms = int(settings.claim_idle * 1000)
-        self.keys = [presence_key(s, settings.group, settings.consumer) for s in self.streams]
+        self.keys = [
+            presence_key(s, settings.group, settings.consumer, cluster=settings.cluster)
+            for s in self.streams
+        ]
 
     @classmethod
     def start(

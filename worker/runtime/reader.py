@@ -1,5 +1,8 @@
 """The read loop: XREADGROUP over every routed stream, with room left for what it reads.
 
+On one server a single XREADGROUP names every stream; on a Redis Cluster, where a command
+may only name keys of one slot, each stream has a read loop of its own.
+
 It survives everything but a shutdown: connection errors are retried with capped backoff,
 and a missing group (NOGROUP, after a restart without persistence or a flush) is recreated.
 """
@@ -19,8 +22,10 @@ from worker.connection import REDIS_DOWN, Reconnect, text
 from worker.errors import GroupRefused
 from worker.message import Message
 from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.readahead import ReadAhead
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
+from worker.topology import is_cluster
 
 log = structlog.get_logger("worker.runtime.reader")
 
@@ -52,6 +57,7 @@ class Reader:
         self._offsets: dict[Any, Any] = {stream: ">" for stream in streams}
         self._entry_bytes = 0
         """Bytes an entry is expected to take, from recent reads (0: none read yet)."""
+        self.readahead = ReadAhead(settings.concurrency, settings.read_horizon, ledger, stats)
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
         """Create the group on every stream where it is missing (with the stream itself).
@@ -108,25 +114,49 @@ class Reader:
             return False  # another consumer created it meanwhile
         return True
 
+    def exclude(self, streams: tuple[str, ...]) -> None:
+        """Leave `streams` to another read loop (the partitions of ordered routes); their
+        groups are still created here."""
+        for stream in streams:
+            self._offsets.pop(stream, None)
+
     def stop(self) -> None:
         """End `run` at its next turn (the caller also cancels it, to cut a blocking read)."""
         self._stopping = True
 
     async def run(self) -> None:
+        streams = list(self._offsets)  # without those read elsewhere (`exclude`)
+        if len(streams) > 1 and is_cluster(self.redis):
+            # One XREADGROUP may only name keys of one slot: on a cluster each stream gets a
+            # read loop of its own, all sharing the ledger's room and the read gate.
+            async with asyncio.TaskGroup() as loops:
+                for stream in streams:
+                    loops.create_task(self._read_loop({stream: ">"}, len(streams)))
+        else:
+            await self._read_loop(self._offsets, len(streams))
+
+    async def _read_loop(self, offsets: dict[Any, Any], streams: int) -> None:
         reconnect = Reconnect("read", self.stats)
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
-        streams = len(self.streams)
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
+            if not streams:  # every stream is read elsewhere (`exclude`)
+                await asyncio.sleep(self.settings.block)
+                continue
             await self.gate.wait_open()
             if not await self._wait_for_room(least) or self._stopping:
                 continue  # the gate closed meanwhile (park before reading more), or stopping
-            count = max(min(batch, self.ledger.room(), self._fit_in_bytes()) // streams, 1)
+            limit = max(min(batch, self.ledger.room(), self._fit_in_bytes()), 1)
+            wanted = self.readahead.count(limit)
+            if not wanted:  # slow handlers: leave the entries to idle peers until a lane frees
+                await self.readahead.wait_for_release(self.settings.block)
+                continue
+            count = max(wanted // streams, 1)
             try:
                 reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, self._offsets, count=count, block=block_ms
+                    self.group, self.consumer, offsets, count=count, block=block_ms
                 )
             except ResponseError as exc:
                 if _group_gone(exc):

@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from worker import topology
 from worker.connection import REDIS_DOWN, Reconnect, RedisRefused, refused_for_now
 from worker.message import Message
 from worker.runtime.dead_letter import (
@@ -256,7 +257,7 @@ class Settler:
                 return [await self.redis.xack(stream, self.group, *[m.id for m in messages])]
             except ResponseError as exc:
                 return [exc]  # reported per command, as the pipeline does
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = topology.batch(self.redis, (self._dead_letter, self._touch, self._rewind))
         for letter in batch.dead:
             msg = letter.msg
             await self._dead_letter(

@@ -130,5 +130,9 @@ class Stats:
     """background loop (reader, settler, ...) -> times it died and was restarted."""
     lane_restarts: int = 0
     """Lanes that died outside any handler (a bug) and were replaced."""
+    partitions_owned: dict[str, int] = field(default_factory=dict)
+    """logical stream of an ordered route -> partitions this worker leases now."""
+    leases_lost: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """logical stream -> leases this worker lost (not renewed in time, or taken)."""
     last_read_loop: float = 0.0
     """time.monotonic() of the read loop's last turn; health checks compare it with now."""

@@ -30,8 +30,9 @@ from worker.runtime.batching import BatchSpec
 from worker.runtime.deadlines import Deadlines
 from worker.runtime.dispatch import Dispatcher, RouteTable
 from worker.runtime.heartbeat import Heartbeat
-from worker.runtime.lanes import Lanes
+from worker.runtime.lanes import Lanes, Process, ProcessBatch
 from worker.runtime.ledger import Ledger, ReadGate
+from worker.runtime.ordered import Ordered, ordered_streams
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.presence import Presence
 from worker.runtime.reader import Reader
@@ -141,6 +142,7 @@ class Worker:
         self.redis: Redis | None = None
         self.reader: Reader | None = None
         self.lanes: Lanes | None = None
+        self.ordered: Ordered | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -225,19 +227,32 @@ class Worker:
         settings, policy, ledger, stats = self.settings, self.policy, self.ledger, self.stats
         settler = Settler(redis, settings, policy, ledger, stats)
         dispatcher = Dispatcher(self.routes, settler, settings.handler_timeout, self.threads)
+        process: Process = dispatcher.process
+        process_batch: ProcessBatch = BatchDispatcher(dispatcher, stats).process_batch
+        ordered = self._ordered(redis, reader_redis, settler)
+        if ordered is not None:  # partitions leased fleet-wide: worker.runtime.ordered
+            process = ordered.wrap_process(process)
+            process_batch = ordered.wrap_batch(process_batch)
+            ordered.deadlines = dispatcher.deadlines
         lanes = Lanes(
             settings.concurrency,
-            dispatcher.process,
+            process,
             lost=dispatcher.lost,
             stats=stats,
             batching=batch_specs(self.handlers),
-            process_batch=BatchDispatcher(dispatcher, stats).process_batch,
+            process_batch=process_batch,
         )
         self.lanes = lanes
         submit: Callable[[Message], None] = lanes.submit
         if self.routes.envelopes:  # open those entries first, so lanes order them by their key
             submit = opened_first(lanes.submit, self.routes.envelopes)
+        plain = self.streams
+        if ordered is not None:
+            submit = ordered.wrap_submit(submit)
+            plain = tuple(s for s in self.streams if s not in ordered.streams)
         self.reader = Reader(reader_redis, settings, self.streams, ledger, submit, self.gate, stats)
+        if ordered is not None:
+            self.reader.exclude(tuple(ordered.streams))
         return Engine(
             settler=settler,
             lanes=lanes,
@@ -248,7 +263,7 @@ class Worker:
                 redis,
                 settings,
                 policy,
-                self.streams,
+                plain,
                 ledger,
                 settler,
                 submit,
@@ -258,6 +273,23 @@ class Worker:
             ),
             deadlines=dispatcher.deadlines,
         )
+
+    def _ordered(self, redis: Redis, reader_redis: Redis, settler: Settler) -> Ordered | None:
+        streams = ordered_streams(self.handlers)
+        if not streams:
+            return None
+        self.ordered = Ordered(
+            redis,
+            reader_redis,
+            self.settings,
+            streams,
+            self.ledger,
+            settler,
+            self.policy,
+            self.gate,
+            self.stats,
+        )
+        return self.ordered
 
     async def _serve(self, engine: Engine) -> None:
         engine.lanes.start()
@@ -275,12 +307,22 @@ class Worker:
         self._reader_task = self._spawn("reader", engine.reader.run)
         retry_task = self._spawn("retries", engine.retries.run)
         takeover_task = self._spawn("takeover", engine.takeover.run)
+        ordered_tasks = []
+        if self.ordered is not None:
+            ordered_tasks = [
+                self._spawn("leases", self.ordered.maintain),
+                self._spawn("ordered-reader", self.ordered.read),
+            ]
         presence = Presence.start(engine.heartbeat.redis, self.settings, self.streams, self.stats)
         self.started.set()
         log.info("worker.started", consumer=self.settings.consumer)
         background = (self._reader_task, retry_task, takeover_task, settler_task)
         await self._until_stopped(*background, heartbeat_task)
+        if self.ordered is not None:
+            self.ordered.stop_reading()
         await self._drain(engine, retry_task, takeover_task, settler_task, recovery_task)
+        if self.ordered is not None:
+            await self._release_leases(ordered_tasks)
         heartbeat_task.cancel()
         presence.cancel()
         if watchdog is not None:
@@ -297,6 +339,15 @@ class Worker:
         stop_task.cancel()
         for task in done - {stop_task}:
             task.result()  # re-raise what killed it
+
+    async def _release_leases(self, tasks: list[asyncio.Task[None]]) -> None:
+        assert self.ordered is not None
+        for task in tasks:
+            task.cancel()
+        # A release that times out is logged as shutdown.stuck; the leases run out after
+        # lease_ttl then.
+        with contextlib.suppress(TimeoutError):
+            await bounded(self.ordered.release_all(), FINAL_FLUSH_S, "leases")
 
     async def _connect_and_create_groups(self) -> bool:
         assert self.reader is not None

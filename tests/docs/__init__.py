@@ -1,0 +1,1 @@
+"""The documentation's walkthroughs, run as a reader would run them."""

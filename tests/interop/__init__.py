@@ -1,0 +1,1 @@
+"""Producers in other languages publish what the worker reads."""

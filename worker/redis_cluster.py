@@ -1,0 +1,299 @@
+"""A throwaway Redis Cluster, or a Sentinel set-up, on free ports: for tests and benchmarks.
+
+Built from `worker.redis_server.RedisServer`, so the same binary choice applies
+(`SYNCWORKER_TEST_SERVER=valkey`), and only the processes started here are ever stopped,
+each by its pid.
+
+A cluster of 3 primaries starts in about a second; `replicas=1` adds a replica per primary
+(6 processes, what `redis-cli --cluster create --cluster-replicas 1` builds). Slots are
+assigned with CLUSTER ADDSLOTSRANGE and the nodes introduced with CLUSTER MEET through
+redis-py, which is what `redis-cli --cluster create` does, without needing a `redis-cli` of
+the same server family on the PATH.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis as sync_redis
+
+from worker.redis_server import RedisServer, free_port, server_binary
+
+SLOTS = 16384
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """Starts `primaries` cluster-enabled servers (and `replicas` per primary), joins them.
+
+    Args:
+        primaries: primaries to start; the 16384 slots are split evenly among them.
+        replicas: replicas per primary.
+        binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+    """
+
+    def __init__(self, primaries: int = 3, *, replicas: int = 0, binary: str | None = None) -> None:
+        self.primaries: list[RedisServer] = []
+        self.replicas: list[RedisServer] = []
+        for index in range(primaries * (1 + replicas)):
+            server = RedisServer(
+                cluster_port(),
+                extra_args=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{index}.conf",
+                    "--cluster-node-timeout", "1000",
+                    "--cluster-require-full-coverage", "no",
+                ),
+                binary=binary,
+            )  # fmt: skip
+            (self.primaries if index < primaries else self.replicas).append(server)
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return self.primaries + self.replicas
+
+    @property
+    def url(self) -> str:
+        """A `redis+cluster://` URL naming every primary as a start-up node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.primaries)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.pid for s in self.servers if s.pid is not None]
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        """Start every server, assign the slots, attach the replicas, wait for cluster_state:ok."""
+        try:
+            for server in self.servers:
+                server.start()
+            self._join(timeout)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def _join(self, timeout: float) -> None:
+        clients = [sync_redis.Redis(port=s.port) for s in self.servers]
+        try:
+            share = SLOTS // len(self.primaries)
+            for index, client in enumerate(clients[: len(self.primaries)]):
+                last = SLOTS - 1 if index == len(self.primaries) - 1 else (index + 1) * share - 1
+                client.cluster("ADDSLOTSRANGE", index * share, last)
+            for client in clients[1:]:
+                client.cluster("MEET", "127.0.0.1", self.servers[0].port)
+            deadline = time.monotonic() + timeout
+            ids = [self._node_id(c) for c in clients[: len(self.primaries)]]
+            for index, client in enumerate(clients[len(self.primaries) :]):
+                primary = ids[index % len(ids)]
+                self._until(deadline, lambda c=client, p=primary: _knows(c, p))
+                client.cluster("REPLICATE", primary)
+            for client in clients:
+                self._until(deadline, lambda c=client: _state_ok(c, len(self.servers)))
+        finally:
+            for client in clients:
+                client.close()
+
+    @staticmethod
+    def _node_id(client: sync_redis.Redis) -> str:
+        reply = client.cluster("MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    @staticmethod
+    def _until(deadline: float, done: object) -> None:
+        while not done():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok in time")
+            time.sleep(0.05)
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+def _knows(client: sync_redis.Redis, node_id: str) -> bool:
+    nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}
+    return any(node["node_id"] == node_id for node in nodes.values())
+
+
+def _state_ok(client: sync_redis.Redis, nodes: int) -> bool:
+    fields = client.cluster("INFO")  # redis-py parses it into a dict
+    known = str(fields.get("cluster_known_nodes"))
+    return fields.get("cluster_state") == "ok" and known == str(nodes)
+
+
+class Sentinel:
+    """One sentinel process on a free port, with its own config file (sentinels rewrite it).
+
+    Args:
+        monitor: (service name, primary port) to watch, with a quorum of 2.
+    """
+
+    def __init__(self, monitor: tuple[str, int], *, binary: str | None = None) -> None:
+        self.binary = server_binary(binary)
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="syncworker-sentinel-"))
+        service, primary = monitor
+        self.config = self.dir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Sentinel:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sentinel exited with {self.process.returncode}")
+            client = sync_redis.Redis(port=self.port, socket_timeout=0.5)
+            try:
+                if client.ping():
+                    return self
+            except sync_redis.RedisError:
+                time.sleep(0.05)
+            finally:
+                client.close()
+        raise RuntimeError(f"sentinel did not answer on port {self.port} in {timeout}s")
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelServers:
+    """A primary, `replicas` replicas of it and `sentinels` sentinels, all on free ports.
+
+    Args:
+        service: the name the sentinels know the primary by.
+        binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+    """
+
+    def __init__(
+        self,
+        service: str = "syncworker",
+        *,
+        replicas: int = 1,
+        sentinels: int = 3,
+        binary: str | None = None,
+    ) -> None:
+        self.service = service
+        # Without a delay a replica syncs at once, instead of after the default 5 s during
+        # which the primary waits for more replicas to share one diskless transfer.
+        quick = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(binary=binary, extra_args=quick)
+        self.replicas = [
+            RedisServer(extra_args=(*quick, "--replicaof", "127.0.0.1", str(self.primary.port)),
+                        binary=binary)
+            for _ in range(replicas)
+        ]  # fmt: skip
+        self.sentinels = [
+            Sentinel((service, self.primary.port), binary=binary) for _ in range(sentinels)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self, timeout: float = 30.0) -> SentinelServers:
+        """Start everything and wait until every sentinel knows every replica."""
+        try:
+            for server in [self.primary, *self.replicas]:
+                server.start()
+            for sentinel in self.sentinels:
+                sentinel.start()
+            deadline = time.monotonic() + timeout
+            for sentinel in self.sentinels:
+                client = sync_redis.Redis(port=sentinel.port)
+                try:
+                    while len(client.sentinel_slaves(self.service)) < len(self.replicas):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the sentinels did not find the replicas in time")
+                        time.sleep(0.1)
+                finally:
+                    client.close()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        """Wait until every replica's link to the primary is up (its first sync done)."""
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+                while client.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"replica :{replica.port} did not sync in time")
+                    time.sleep(0.05)
+
+    def primary_port(self) -> int:
+        """The primary's port as the first sentinel names it now."""
+        with sync_redis.Redis(port=self.sentinels[0].port, socket_timeout=2) as client:
+            address: Any = client.sentinel_get_master_addr_by_name(self.service)
+        return int(address[1])
+
+    def cleanup(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.cleanup()
+        for server in [self.primary, *self.replicas]:
+            server.cleanup()
+
+    def __enter__(self) -> SentinelServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+__all__ = ["RedisClusterServers", "SentinelServers", "free_port"]

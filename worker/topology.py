@@ -1,0 +1,160 @@
+"""Clients for Redis Cluster and Sentinel, and what differs when the keys live on a cluster.
+
+`worker.connection.connect` builds a plain client for `redis://`; this module builds the
+other two from the same options:
+
+- `redis+cluster://host:port[,host:port...]`: redis-py's `RedisCluster`, which learns the
+  slot map from any of the start-up nodes, sends each command to the primary of its key's
+  slot, and follows MOVED/ASK redirections (a failover, a resharding);
+- `redis+sentinel://host:port[,host:port...]/service_name[/db]`: redis-py's `Sentinel`
+  `master_for(service_name)`, a client whose connections ask the sentinels where the
+  primary is; after a failover the next connection goes to the promoted replica.
+
+Both offer the commands the runtime uses under the same names as `redis.asyncio.Redis`, so
+they are typed as one here. What a cluster does not offer is handled where it matters:
+a read per stream instead of one across streams (`worker.runtime.reader`), derived keys in
+the stream's slot (`worker.keys`), and scripts that cannot go through a cluster pipeline
+(`batch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import NoScriptError
+
+from worker.redis_url import CLUSTER, SENTINEL, RedisUrl
+
+_SENTINEL_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+"""Options the connections to the sentinels themselves take from the worker's settings."""
+
+
+def client(parsed: RedisUrl, options: dict[str, Any]) -> Redis:
+    """A client for a `redis+cluster://` or `redis+sentinel://` URL.
+
+    Args:
+        parsed: the URL; a username and password in it win over those in `options`, as they
+            do for `redis://` URLs.
+        options: the connection options `connect` built (timeouts, credentials, TLS).
+    """
+    options = dict(options)
+    if parsed.password is not None:
+        options["password"] = parsed.password
+        options.pop("username", None)
+    if parsed.username is not None:
+        options["username"] = parsed.username
+    if parsed.tls:
+        options["ssl"] = True
+    if parsed.topology == CLUSTER:
+        nodes = [ClusterNode(host, port) for host, port in parsed.addresses]
+        return cast(Redis, RedisCluster(startup_nodes=nodes, **options))
+    assert parsed.topology == SENTINEL and parsed.service_name is not None
+    sentinel_kwargs = {k: options[k] for k in _SENTINEL_OPTIONS if k in options}
+    if parsed.tls:
+        sentinel_kwargs["ssl"] = True
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        parsed.addresses, sentinel_kwargs=sentinel_kwargs, **options
+    )
+    return cast(
+        Redis, sentinel.master_for(parsed.service_name, redis_class=_SentinelRedis, db=parsed.db)
+    )
+
+
+class _SentinelRedis(Redis):
+    """The primary's client, which also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await sentinel.aclose()
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether `redis` is a Redis Cluster client."""
+    return isinstance(redis, RedisCluster)
+
+
+def batch(redis: Redis, scripts: Iterable[Any] = ()) -> Any:
+    """A non-transactional pipeline; on a cluster, one that also takes script calls.
+
+    redis-py refuses EVALSHA in a cluster pipeline. On a cluster this returns a `ScriptBatch`:
+    commands queue the same way, and `execute` sends them concurrently, each to the primary
+    of its key's slot. Off a cluster it is `redis.pipeline(transaction=False)`.
+
+    Args:
+        scripts: the registered scripts that will be called with `client=` the batch, so
+            that a server that lost its script cache (a failover, a restart) gets them again.
+    """
+    if not is_cluster(redis):
+        return redis.pipeline(transaction=False)
+    return ScriptBatch(redis, scripts)
+
+
+class ScriptBatch:
+    """The part of a pipeline the runtime uses (queued commands, `execute(raise_on_error)`),
+    for a cluster client: every call is queued, then sent concurrently.
+
+    As with a pipeline, a command refused by Redis comes back as the exception in its place;
+    a connection error raises.
+    """
+
+    def __init__(self, redis: Redis, scripts: Iterable[Any] = ()) -> None:
+        self._redis = redis
+        self._scripts = {script.sha: script for script in scripts}
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def queue(*args: Any, **kwargs: Any) -> ScriptBatch:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> ScriptBatch:
+        """Queue a script call (`Script.__call__(..., client=batch)` awaits this)."""
+        self._calls.append(("evalsha", (sha, numkeys, *args), {}))
+        return self
+
+    async def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return await getattr(self._redis, name)(*args, **kwargs)
+        except NoScriptError:
+            script = self._scripts.get(args[0]) if name == "evalsha" else None
+            if script is None:
+                raise
+            await self._redis.script_load(script.script)
+            return await self._redis.evalsha(*args)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued call; their replies in order.
+
+        Raises:
+            the first connection error; with `raise_on_error`, also the first refusal.
+        """
+        calls, self._calls = self._calls, []
+        replies = await asyncio.gather(
+            *(self._run(name, args, kwargs) for name, args, kwargs in calls),
+            return_exceptions=True,
+        )
+        from worker.connection import REDIS_DOWN  # connection imports this module
+
+        for reply in replies:
+            if isinstance(reply, BaseException) and (
+                raise_on_error or isinstance(reply, REDIS_DOWN) or not isinstance(reply, Exception)
+            ):
+                raise reply
+        return list(replies)
+
+    async def __aenter__(self) -> ScriptBatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._calls = []
