@@ -6,7 +6,8 @@ noise of a network benchmark. Run it on two checkouts to compare; it prints the 
 several runs for the `syncworker` layout and, where the checkout has envelopes, for a
 `cloudevents` route and a typed (`model=`) handler; where it has middleware, with one
 pass-through middleware (`middleware`) and with tracing into an SDK provider that exports
-nowhere (`tracing`, the span bookkeeping alone; needs the otel extra).
+nowhere (`tracing`, the span bookkeeping alone; needs the otel extra). `batch` and
+`batch-tracing` do the same for a no-op batch handler, in batches of 100.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from worker.runtime.stats import Stats
 clock = time.perf_counter
 """Wall time by default; `--clock cpu` counts this process's CPU time instead, which other
 work on a busy machine disturbs far less (the benchmark never waits on I/O)."""
+
+traced_entries = False
+"""`--traced-entries`: every entry carries a `traceparent` (the tracing rows then extract it,
+and batch spans link to it)."""
 
 
 class NullSettler:
@@ -53,7 +58,11 @@ def entries(n: int, layout: str) -> list[dict[bytes, bytes]]:
         fields = {b"data": json.dumps(event).encode()}
     else:
         fields = {b"type": b"order.paid", b"key": b"k", b"data": json.dumps(data).encode()}
-    return [dict(fields) for _ in range(n)]
+    out = [dict(fields) for _ in range(n)]
+    if traced_entries:  # each of a trace of its own, as a traced producer writes them
+        for i, raw in enumerate(out):
+            raw[b"traceparent"] = b"00-%032x-%016x-01" % (i + 1, i + 1)
+    return out
 
 
 async def rate(variant: str, n: int) -> float:
@@ -108,6 +117,25 @@ def middleware(variant: str) -> list[list[Any]]:
     return []
 
 
+async def batch_rate(variant: str, n: int, size: int = 100) -> float:
+    """A no-op batch handler, called on batches of `size` (with tracing: one span each)."""
+    from worker.runtime.batch_dispatch import BatchDispatcher
+
+    @handler(stream="s", types=["order.paid"], batch=True)
+    async def noop(msgs: list[Message]) -> list[None]:
+        return [None] * len(msgs)
+
+    stats = Stats()
+    routes = RouteTable([noop], stats, *middleware(variant.removeprefix("batch-")))
+    dispatcher = Dispatcher(routes, NullSettler(), 0)  # type: ignore[arg-type]
+    process_batch = BatchDispatcher(dispatcher, stats).process_batch
+    messages = [Message("s", f"1-{i}", raw) for i, raw in enumerate(entries(n, "syncworker"))]
+    started = clock()
+    for i in range(0, n, size):
+        await process_batch(messages[i : i + size])
+    return n / (clock() - started)
+
+
 async def lanes_rate(variant: str, n: int) -> float:
     """Message construction, lanes (16, per-key order) and dispatch: the path of a read."""
     from worker.runtime.lanes import Lanes
@@ -150,16 +178,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument(
         "--only",
-        default="syncworker,lanes,cloudevents,typed,middleware,tracing",
+        default="syncworker,lanes,cloudevents,typed,middleware,tracing,batch,batch-tracing",
         help="variants",
     )
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--traced-entries", action="store_true", help="a traceparent in each")
     args = parser.parse_args()
-    global clock
+    global clock, traced_entries
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    traced_entries = args.traced_entries
     for variant in args.only.split(","):
         try:
             measure = lanes_rate if variant == "lanes" else rate
+            if variant.startswith("batch"):
+                measure = batch_rate
             rates = [asyncio.run(measure(variant, args.n)) for _ in range(args.runs)]
         except (TypeError, ImportError):  # a checkout without envelopes, models, middleware
             print(f"{variant:12} n/a")

@@ -7,8 +7,9 @@ partition of its key, `worker.partitions`). Downstream entries keep the source's
 (`key`, `version`, `event_id`, ...) and gain `source_stream` and `source_id`, so consumers
 can trace them back. With tracing on (`worker.tracing`), a per-message relay (`batch =
 false`) writes its own span's context instead of the source's `traceparent`, so its
-consumers' spans are children of the relay's span; a batch relay has no span per message
-and carries the source's context on unchanged.
+consumers' spans are children of the relay's span; a batch relay carries each source entry's
+own context on unchanged (its call's span, with tracing on, covers many traces and only links
+to them), so downstream consumers stay in the trace of each event's origin.
 
 Exactly once. A redelivered message (the worker crashed after writing, a consumer was taken
 over while its handler still ran), or a replayed dead letter of it, must not produce a second
@@ -390,8 +391,9 @@ class Relay(Handler):
         return f"{self.state}:seen:{msg.group}:{stream}:{entry_id}"
 
     async def handle(self, msg: Message) -> None:
-        """One message as a batch of one; raises its outcome unless it succeeded."""
-        (outcome,) = await self.handle_batch([msg])
+        """One message as a batch of one, carrying the current span's context (the per-message
+        relay's own span, with tracing on); raises its outcome unless it succeeded."""
+        (outcome,) = await self._relay([msg], _trace_fields())
         if outcome is not None:
             raise outcome
 
@@ -399,15 +401,19 @@ class Relay(Handler):
         """Forward `msgs` in order: one script call per chunk of events, and an entry too
         wide for a script on its own (see the module docstring).
 
+        Each entry carries its source's trace context on unchanged, even while a batch span
+        is current: that span covers many traces, and the entry belongs to its origin's.
+
         Returns:
             Per message: None (forwarded or a duplicate, and acknowledged with `ack`), or the
             error that keeps it from being forwarded (retried; `MalformedMessage`:
             dead-lettered).
         """
+        return await self._relay(msgs, None)
+
+    async def _relay(self, msgs: list[Message], trace: Mapping[str, str] | None) -> list[Outcome]:
+        """`handle_batch`, with `trace`: the fields that replace each source's context."""
         outcomes: list[Outcome] = [None] * len(msgs)
-        # The current span's context: a per-message relay's own span (tracing middleware);
-        # batch calls have none, so each entry carries its source's context on unchanged.
-        trace = _trace_fields()
         planned: list[tuple[int, list[Target], list[list[bytes | str]]]] = []
         filtered: list[str] = []
         for i, msg in enumerate(msgs):

@@ -167,6 +167,7 @@ async def deliver_batch(
     messages: list[Message],
     *,
     max_attempts: int = 5,
+    tracer_provider: TracerProvider | None = None,
 ) -> list[Delivery]:
     """Run a batch handler on `messages` as one batch, through the runtime's own rules.
 
@@ -177,14 +178,23 @@ async def deliver_batch(
         handler: the batch handler under test.
         messages: the batch (see `make_message`); all of one stream.
         max_attempts: as the setting: a failure at this attempt dead-letters.
+        tracer_provider: trace the call as `SYNCWORKER_TRACING` does (one span for the
+            batch), into this provider; needs the otel extra.
     """
     if not messages:
         return []
     stream = messages[0].stream
     bound = handler if stream in handler.streams else handler.bind([stream])
-    recorder = _Recorder(RetryPolicy(max_attempts, Backoff(), claim_idle=60.0))
+    policy = RetryPolicy(max_attempts, Backoff(), claim_idle=60.0)
+    recorder = _Recorder(policy)
+    chain: list[Middleware] = []
+    if tracer_provider is not None:
+        from worker.middleware.tracing import Tracing
+
+        chain.append(Tracing(policy, tracer_provider=tracer_provider))
     stats = Stats()
-    dispatcher = Dispatcher(RouteTable([bound], stats), recorder, 0)  # type: ignore[arg-type]
+    routes = RouteTable([bound], stats, chain)
+    dispatcher = Dispatcher(routes, recorder, 0)  # type: ignore[arg-type]
     await BatchDispatcher(dispatcher, stats).process_batch(list(messages))
     by_id = {d.message.id: d for d in recorder.results}  # an envelope opens a new Message
     return [by_id[m.id] for m in messages]

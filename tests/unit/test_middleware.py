@@ -283,8 +283,8 @@ class TestSkipHooks:
 
 
 def test_everything_but_tracing_works_without_opentelemetry() -> None:
-    """Without the otel extra (its import made to fail), dispatching, typed events,
-    publishing and the relay work, and no module of it is loaded."""
+    """Without the otel extra (its import made to fail), dispatching, batch calls, typed
+    events, publishing and the relay work, and no module of it is loaded."""
     script = """
 import asyncio, sys
 
@@ -299,7 +299,7 @@ sys.meta_path.insert(0, NotInstalled())
 import fakeredis
 from pydantic import BaseModel
 from worker import Message, Publisher, handler
-from worker.testing import deliver
+from worker.testing import deliver, deliver_batch, make_message
 from handlers.relay import Relay
 
 class Order(BaseModel):
@@ -311,6 +311,13 @@ async def h(msg: Message) -> None:
 
 async def main() -> None:
     assert (await deliver(h, type="t", data={"order_id": 1})).outcome == "ok"
+
+    @handler(stream="s", batch=True)
+    async def sink(msgs: list[Message]) -> list[None]:
+        return [None] * len(msgs)
+
+    batch = [make_message("s", type="t", fields={"traceparent": "x"}) for _ in range(2)]
+    assert [d.outcome for d in await deliver_batch(sink, batch)] == ["ok", "ok"]
     redis = fakeredis.FakeAsyncRedis()
     await Publisher(redis).publish("s", "t", {"a": 1})
     relay = Relay(to="out")

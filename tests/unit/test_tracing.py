@@ -19,10 +19,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from handlers.relay import Relay
 from tests.unit.test_middleware import named
 from worker import Message, Publisher, Reject, WorkerSettings, handler
+from worker.batch import Outcome
 from worker.middleware import worker_middleware
 from worker.middleware.tracing import Tracing
+from worker.runtime.batch_dispatch import BatchResultError
 from worker.runtime.policy import RetryPolicy
-from worker.testing import deliver, make_message
+from worker.testing import deliver, deliver_batch, make_message
 from worker.tracing import context_from_environment, current_fields
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,6 +301,90 @@ class TestLinks:
         out = dict(zip(entry[::2], entry[1::2], strict=True))
         assert carried(out["traceparent"]) == (trace_id, span.context.span_id)
         assert b"traceparent" not in out  # the source's is replaced, not repeated
+
+
+@handler(stream="orders", types=["order.paid"], batch=True, name="sink")
+async def sink(msgs: list[Message]) -> list[Outcome]:
+    return [None] * len(msgs)
+
+
+class TestBatchCalls:
+    async def test_a_batch_of_one_continues_its_messages_trace(self, spans: Spans) -> None:
+        """A lone message (the common case on a quiet stream) stays in its producer's trace:
+        the batch span is its child, and links to it as every batch span does."""
+        provider, exporter = spans
+        fields, trace_id, span_id = producer_fields(provider)
+        msg = make_message("orders", type="order.paid", fields=fields)
+        (result,) = await deliver_batch(sink, [msg], tracer_provider=provider)
+        assert result.outcome == "ok"
+        (span,) = only(exporter, "process orders")
+        assert span.parent is not None and span.parent.span_id == span_id
+        assert span.context.trace_id == trace_id
+        assert span.attributes is not None
+        assert span.attributes["messaging.message.id"] == msg.id
+        assert span.attributes["messaging.batch.message_count"] == 1
+        (link,) = span.links
+        assert (link.context.trace_id, link.context.span_id) == (trace_id, span_id)
+
+    async def test_a_replay_in_a_batch_is_a_link_not_the_parent(self, spans: Spans) -> None:
+        """A replayed dead letter, even alone, starts a new trace, linked to the original."""
+        provider, exporter = spans
+        fields, trace_id, _ = producer_fields(provider)
+        replayed = {**fields, "replay_of_stream": "orders", "replay_of_id": "1-1"}
+        msg = make_message("orders", type="order.paid", fields=replayed)
+        await deliver_batch(sink, [msg], tracer_provider=provider)
+        (span,) = only(exporter, "process orders")
+        assert span.parent is None and span.context.trace_id != trace_id
+        (link,) = span.links
+        assert link.attributes is not None
+        assert link.attributes["syncworker.link"] == "replay_of"
+
+    async def test_the_batch_handler_runs_inside_the_span(self, spans: Spans) -> None:
+        """Spans a batch handler starts (its SQL, its HTTP calls) are children of the call's
+        span, in a blocking function's thread too."""
+        provider, exporter = spans
+
+        @handler(stream="orders", batch=True)
+        def blocking(msgs: list[Message]) -> list[Outcome]:
+            with provider.get_tracer("app").start_as_current_span("insert"):
+                return [None] * len(msgs)
+
+        msgs = [make_message("orders", type="t") for _ in range(2)]
+        await deliver_batch(blocking, msgs, tracer_provider=provider)
+        (call,) = only(exporter, "process orders")
+        (insert,) = only(exporter, "insert")
+        assert insert.parent is not None and insert.parent.span_id == call.context.span_id
+
+    async def test_a_result_of_the_wrong_length_is_an_error_span(self, spans: Spans) -> None:
+        """A result that is not one outcome per message fails the call as a whole."""
+        provider, exporter = spans
+
+        @handler(stream="orders", batch=True)
+        async def short(msgs: list[Message]) -> list[Outcome]:
+            return [None]
+
+        msgs = [make_message("orders", type="t") for _ in range(2)]
+        results = await deliver_batch(short, msgs, tracer_provider=provider)
+        assert [type(r.error) for r in results] == [BatchResultError] * 2
+        (span,) = only(exporter, "process orders")
+        assert span.status.status_code is StatusCode.ERROR
+        assert [e.name for e in span.events] == ["exception", "retry", "retry"]
+
+    async def test_entries_no_batch_handler_wants_get_a_skipped_span(self, spans: Spans) -> None:
+        """As for single messages, an entry of an unwanted type is recorded as `skipped`,
+        and stays out of the call and its span."""
+        provider, exporter = spans
+        wanted = make_message("orders", type="order.paid")
+        unwanted = make_message("orders", type="order.created")
+        results = await deliver_batch(sink, [wanted, unwanted], tracer_provider=provider)
+        assert [r.outcome for r in results] == ["ok", "skipped"]
+        call, skipped = sorted(
+            only(exporter, "process orders"),
+            key=lambda s: (s.attributes or {}).get("syncworker.outcome", ""),
+        )
+        assert (call.attributes or {})["messaging.batch.message_count"] == 1
+        assert (skipped.attributes or {})["syncworker.outcome"] == "skipped"
+        assert (skipped.attributes or {})["messaging.message.id"] == unwanted.id
 
 
 class TestPublisher:

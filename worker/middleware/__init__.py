@@ -29,12 +29,15 @@ listed outermost:
 
 A worker-wide middleware object may also have a `skipped(msg)` method: it is called for each
 entry that no handler of its stream wants (acknowledged untouched), as tracing does to record
-those deliveries too.
+those deliveries too. And it may have a `batch(next)` method, the same shape for batch handler
+calls (`BatchCall`): batch handlers bypass the per-message chain (one call for many messages),
+so this is how a worker-wide concern such as tracing sees their calls. Like the chains, it is
+composed once per route, and a worker without such middleware calls batch handlers as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ConfigError
@@ -43,6 +46,7 @@ from worker.message import Message
 from worker.registry import import_string
 
 if TYPE_CHECKING:
+    from worker.batch import Outcome
     from worker.runtime.policy import RetryPolicy
     from worker.settings import WorkerSettings
 
@@ -52,7 +56,26 @@ Middleware = Callable[[HandlerFunc], HandlerFunc]
 Skipped = Callable[[Message], None]
 """Called with an entry no handler wants, before it is acknowledged untouched."""
 
-__all__ = ["Middleware", "Skipped", "chain", "load", "skip_hooks", "worker_middleware"]
+BatchCall = Callable[[list[Message]], Awaitable[list["Outcome"]]]
+"""Runs a batch handler on a batch (all of one stream and one route) and returns one outcome
+per message, in order, each None or an exception instance; raises what the call raised (a
+result of the wrong shape raises `BatchResultError`)."""
+
+BatchWrap = Callable[[BatchCall], BatchCall]
+"""A worker-wide middleware's `batch` method: takes the next batch call, returns the one to
+make instead."""
+
+__all__ = [
+    "BatchCall",
+    "BatchWrap",
+    "Middleware",
+    "Skipped",
+    "batch_hooks",
+    "chain",
+    "load",
+    "skip_hooks",
+    "worker_middleware",
+]
 
 
 def chain(handle: HandlerFunc, middleware: Sequence[Middleware]) -> HandlerFunc:
@@ -114,6 +137,16 @@ def skip_hooks(middleware: Iterable[Middleware]) -> tuple[Skipped, ...]:
     hooks: list[Skipped] = []
     for m in middleware:
         hook = getattr(m, "skipped", None)
+        if callable(hook):
+            hooks.append(hook)
+    return tuple(hooks)
+
+
+def batch_hooks(middleware: Iterable[Middleware]) -> tuple[BatchWrap, ...]:
+    """The `batch` methods of the worker-wide middleware that have one, outermost first."""
+    hooks: list[BatchWrap] = []
+    for m in middleware:
+        hook = getattr(m, "batch", None)
         if callable(hook):
             hooks.append(hook)
     return tuple(hooks)

@@ -14,6 +14,15 @@ entry: the span of its delivery ends at once) or `released` (shutdown interrupte
 the entry runs again, on the same attempt). A failed call records its exception, sets the
 span's status to error and adds an event `retry` (with the delay before the next attempt) or
 `dead_letter` (with the reason), deciding as the settler does, through the retry policy.
+
+A batch handler's call (`batch`, the worker-wide batch hook) is one CONSUMER span `process
+<stream>` for the whole batch, as the messaging conventions define batch processing: a root
+span (the messages come from many traces) with `messaging.batch.message_count` and one link
+per message to its producer's context, carrying `messaging.message.id` and
+`syncworker.attempt`; a batch of one is also its message's child, so quiet streams keep their
+traces whole. Each message that does not succeed adds a `retry` or `dead_letter` event with its
+id; `syncworker.batch.ok`, `.retry` and `.dead_letter` count the outcomes; a call that raised
+records its exception and sets the status to error.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from worker.batch import Outcome
 from worker.connection import refused_for_now
 from worker.errors import Reject
 from worker.handler import HandlerFunc
 from worker.message import REPLAY_OF_ID, Message
+from worker.middleware import BatchCall
 from worker.runtime.policy import RetryPolicy
 from worker.runtime.supervise import told_to_stop
 from worker.tracing import SYSTEM, extract, span_context_of, tracer
@@ -111,29 +122,112 @@ class Tracing:
             span.set_attribute("syncworker.outcome", "released")
             return
         span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
-        if isinstance(exc, Reject):
-            self._dead_letter(span, exc, "rejected")
-        elif refused_for_now(exc):  # an outage: the same attempt runs again
-            span.set_attribute("syncworker.outcome", "retry")
-            span.add_event("retry", {"syncworker.retry.reason": "redis refused"})
-        elif self.policy.spent(msg.attempt):
-            self._dead_letter(span, exc, "attempts exhausted")
-        else:
-            delay = self.policy.delay(msg.attempt, msg.id, exc)
-            span.set_attribute("syncworker.outcome", "retry")
-            span.add_event(
-                "retry",
-                {
-                    "syncworker.retry.delay_s": delay,
-                    "syncworker.retry.next_attempt": msg.attempt + 1,
-                },
-            )
+        span.set_status(Status(StatusCode.ERROR, _status(exc)))
+        outcome, event = self._next(msg, exc)
+        span.set_attribute("syncworker.outcome", outcome)
+        span.add_event(outcome, event)
 
-    @staticmethod
-    def _dead_letter(span: Span, exc: BaseException, reason: str) -> None:
-        span.set_attribute("syncworker.outcome", "dead_letter")
-        span.add_event(
-            "dead_letter",
-            {"syncworker.dead_letter.reason": reason, "exception.type": type(exc).__name__},
+    def _next(self, msg: Message, exc: BaseException) -> tuple[str, dict[str, AttributeValue]]:
+        """What the settler does with `msg` after `exc`: `retry` or `dead_letter`, and the
+        attributes of its event."""
+        if isinstance(exc, Reject):
+            return _dead_letter(exc, "rejected")
+        if refused_for_now(exc):  # an outage: the same attempt runs again
+            return "retry", {"syncworker.retry.reason": "redis refused"}
+        if self.policy.spent(msg.attempt):
+            return _dead_letter(exc, "attempts exhausted")
+        return "retry", {
+            "syncworker.retry.delay_s": self.policy.delay(msg.attempt, msg.id, exc),
+            "syncworker.retry.next_attempt": msg.attempt + 1,
+        }
+
+    def batch(self, next: BatchCall) -> BatchCall:
+        """Trace each batch handler call (see `worker.middleware.BatchCall`): one span."""
+
+        async def call(msgs: list[Message]) -> list[Outcome]:
+            with self._batch_span(msgs) as span:
+                try:
+                    outcomes = await next(msgs)
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError) and told_to_stop():
+                        span.set_attribute("syncworker.outcome", "released")
+                        raise
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, _status(exc)))
+                    self._batch_outcomes(span, msgs, [exc] * len(msgs))
+                    raise
+                self._batch_outcomes(span, msgs, outcomes)
+                return outcomes
+
+        return call
+
+    def _batch_span(self, msgs: list[Message]) -> AbstractContextManager[Span]:
+        first = msgs[0]
+        links: list[Link] = []
+        parent = Context()  # a root span: the messages' contexts are links
+        for msg in msgs:
+            origin = extract(msg)
+            ctx = span_context_of(origin)
+            if not ctx.is_valid:
+                continue
+            attributes: dict[str, AttributeValue] = {
+                "messaging.message.id": msg.id,
+                "syncworker.attempt": msg.attempt,
+            }
+            if _REPLAY_OF_ID in msg.raw:
+                attributes["syncworker.link"] = "replay_of"
+            elif len(msgs) == 1:
+                parent = origin  # a batch of one continues its message's trace
+            links.append(Link(ctx, attributes))
+        attributes = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": first.stream,
+            "messaging.consumer.group.name": first.group,
+            "messaging.batch.message_count": len(msgs),
+            "syncworker.handler": getattr(first, "_handler", ""),
+        }
+        if len(msgs) == 1:
+            attributes["messaging.message.id"] = first.id
+            attributes["syncworker.attempt"] = first.attempt
+        span = self.tracer.start_span(
+            f"process {first.stream}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
         )
+        return use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        )
+
+    def _batch_outcomes(self, span: Span, msgs: list[Message], outcomes: list[Outcome]) -> None:
+        """Count the outcomes on the span, with an event per message that does not succeed."""
+        counts = {"ok": 0, "retry": 0, "dead_letter": 0}
+        for msg, exc in zip(msgs, outcomes, strict=True):
+            if exc is None:
+                counts["ok"] += 1
+                continue
+            outcome, event = self._next(msg, exc)
+            counts[outcome] += 1
+            event["messaging.message.id"] = msg.id
+            event["syncworker.attempt"] = msg.attempt
+            event["exception.type"] = type(exc).__name__
+            event["exception.message"] = str(exc)[:500]
+            span.add_event(outcome, event)
+        for outcome, count in counts.items():
+            span.set_attribute(f"syncworker.batch.{outcome}", count)
+
+
+def _dead_letter(exc: BaseException, reason: str) -> tuple[str, dict[str, AttributeValue]]:
+    return "dead_letter", {
+        "syncworker.dead_letter.reason": reason,
+        "exception.type": type(exc).__name__,
+    }
+
+
+def _status(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -11,20 +11,25 @@ Before the call each message goes through the per-message steps that need no han
 envelope is opened, a type no route wants is acked untouched, a dead letter replayed for
 another group is skipped, and `data` is validated against the handler's `model`; a message
 that fails one of those is settled at once and left out of the call.
+
+Worker-wide middleware with a `batch` method (tracing) wraps each call, composed once per
+route on its first batch (`worker.middleware.BatchCall`); without any, the call is made as is.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from worker.batch import BatchHandler
+from worker.batch import BatchHandler, Outcome
 from worker.envelopes import EnvelopeMessage
 from worker.errors import MalformedMessage, Reject, SyncWorkerError
 from worker.message import Message
-from worker.runtime.dispatch import Route, for_this_group
+from worker.middleware import BatchCall
+from worker.runtime.dispatch import Route, for_this_group, tell_skipped
 from worker.runtime.stats import Stats
 from worker.runtime.supervise import told_to_stop
 from worker.typed import parse
@@ -52,18 +57,25 @@ class BatchDispatcher:
         self.dispatcher = dispatcher
         self.settler = dispatcher.settler
         self.stats = stats
+        self._hooks = dispatcher.routes.batch_hooks
+        self._calls: dict[Route, BatchCall] = {}
+        """Each route's call wrapped in the batch hooks, composed on its first batch."""
 
     async def process_batch(self, msgs: list[Message]) -> None:
         """Run the batch handler of `msgs` (all of one stream) and settle each message."""
         ready, route = self._prepare(msgs)
         if not ready or route is None:
             return
-        handler = route.handler
-        assert isinstance(handler, BatchHandler)
         for msg in ready:
             msg._handler = route.name  # for msg.log
         try:
-            outcomes = await self._call(route, handler, ready)
+            if self._hooks:  # empty unless a middleware wraps batch calls (tracing)
+                call = self._calls.get(route)
+                if call is None:
+                    call = self._calls[route] = self._wrapped(route)
+                outcomes = await call(ready)
+            else:
+                outcomes = await self._run(route, ready)
         except asyncio.CancelledError as exc:
             if told_to_stop():
                 raise  # shutdown cancelled this lane: the batch is released, not failed
@@ -93,6 +105,8 @@ class BatchDispatcher:
                     continue
             routes = d.routes.lookup(msg.stream, event_type)
             if not routes or not for_this_group(msg):
+                if d.routes.skipped:  # empty unless a middleware wants to know
+                    tell_skipped(d.routes.skipped, msg)
                 settler.ack(msg, "", skipped=True)
                 continue
             route = routes[0]
@@ -105,6 +119,24 @@ class BatchDispatcher:
                     continue
             ready.append(msg)
         return ready, route
+
+    def _wrapped(self, route: Route) -> BatchCall:
+        """The route's batch call inside the worker-wide batch hooks, the first outermost."""
+        call: BatchCall = partial(self._run, route)
+        for wrap in reversed(self._hooks):
+            call = wrap(call)
+        return call
+
+    async def _run(self, route: Route, ready: list[Message]) -> list[Outcome]:
+        """Call the route's handler on `ready`; its outcomes checked, one per message.
+
+        Raises:
+            BatchResultError: the result is not a sequence of `len(ready)` outcomes.
+            BaseException: what the call raised.
+        """
+        handler = route.handler
+        assert isinstance(handler, BatchHandler)
+        return _checked(await self._call(route, handler, ready), len(ready), route.name)
 
     async def _call(self, route: Route, handler: BatchHandler, ready: list[Message]) -> Any:
         d = self.dispatcher
@@ -131,29 +163,15 @@ class BatchDispatcher:
         route.histogram.observe(perf_counter() - started)
         return outcomes
 
-    def _settle(self, ready: list[Message], outcomes: Any, name: str) -> None:
-        if not isinstance(outcomes, Sequence) or isinstance(outcomes, str | bytes):
-            kind = type(outcomes).__name__
-            self._all(ready, BatchResultError(f"{name} returned a {kind}, not a list"), name)
-            return
-        if len(outcomes) != len(ready):
-            error = BatchResultError(
-                f"{name} returned {len(outcomes)} outcomes for a batch of {len(ready)}"
-            )
-            self._all(ready, error, name)
-            return
+    def _settle(self, ready: list[Message], outcomes: list[Outcome], name: str) -> None:
         settler = self.settler
         for msg, outcome in zip(ready, outcomes, strict=True):
             if outcome is None:
                 settler.ack(msg, name)
             elif isinstance(outcome, Reject):
                 settler.dead_letter(msg, outcome, name)
-            elif isinstance(outcome, BaseException):
-                settler.failed(msg, outcome, name)
             else:
-                kind = type(outcome).__name__
-                error = BatchResultError(f"{name} returned a {kind} outcome: None or an exception")
-                settler.failed(msg, error, name)
+                settler.failed(msg, outcome, name)
 
     def _all(self, ready: list[Message], exc: BaseException, name: str) -> None:
         """The call failed as a whole: every message of the batch gets `exc`."""
@@ -163,3 +181,23 @@ class BatchDispatcher:
             return
         for msg in ready:
             self.settler.failed(msg, exc, name)
+
+
+def _checked(outcomes: Any, count: int, name: str) -> list[Outcome]:
+    """`outcomes` as a list of `count` outcomes, each None or an exception instance (any
+    other value becomes a `BatchResultError` of its message).
+
+    Raises:
+        BatchResultError: `outcomes` is not a sequence, or not of `count` outcomes.
+    """
+    if not isinstance(outcomes, Sequence) or isinstance(outcomes, str | bytes):
+        raise BatchResultError(f"{name} returned a {type(outcomes).__name__}, not a list")
+    if len(outcomes) != count:
+        raise BatchResultError(f"{name} returned {len(outcomes)} outcomes for a batch of {count}")
+    checked: list[Outcome] = []
+    for outcome in outcomes:
+        if outcome is not None and not isinstance(outcome, BaseException):
+            kind = type(outcome).__name__
+            outcome = BatchResultError(f"{name} returned a {kind} outcome: None or an exception")
+        checked.append(outcome)
+    return checked

@@ -13,7 +13,7 @@ from worker.envelopes import EnvelopeMessage, open_message
 from worker.errors import MalformedMessage, Reject
 from worker.handler import FunctionHandler, Handler
 from worker.message import REPLAY_FOR_GROUP, Message
-from worker.middleware import Middleware, chain, skip_hooks
+from worker.middleware import Middleware, batch_hooks, chain, skip_hooks
 from worker.middleware.typed import validate
 from worker.runtime.deadlines import Deadlines
 from worker.runtime.stats import Histogram, Stats
@@ -84,6 +84,9 @@ class RouteTable:
         self._stats = stats
         self.skipped = skip_hooks(middleware)
         """Hooks of worker-wide middleware for entries no handler wants (e.g. tracing)."""
+        self.batch_hooks = batch_hooks(middleware)
+        """Worker-wide middleware around batch handler calls (e.g. tracing); empty on most
+        workers."""
         per_stream: dict[str, list[Route]] = {}
         for h in handlers:
             for stream in h.streams:
@@ -149,7 +152,7 @@ def for_this_group(msg: Message) -> bool:
     return target is None or target == msg.group.encode()
 
 
-def _tell_skipped(hooks: Iterable[Callable[[Message], None]], msg: Message) -> None:
+def tell_skipped(hooks: Iterable[Callable[[Message], None]], msg: Message) -> None:
     """Call each middleware's `skipped` hook; one that fails is logged, never fatal."""
     for hook in hooks:
         try:
@@ -202,7 +205,7 @@ class Dispatcher:
         routes = self.routes.lookup(msg.stream, event_type)
         if not routes or not for_this_group(msg):
             if self.routes.skipped:  # empty unless a middleware wants to know
-                _tell_skipped(self.routes.skipped, msg)
+                tell_skipped(self.routes.skipped, msg)
             self.settler.ack(msg, "", skipped=True)
             return
         route = routes[0]
