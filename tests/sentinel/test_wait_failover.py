@@ -6,7 +6,7 @@ mid-run. Every event the producer was told about (a returned entry id) must be o
 primary; events that raised are the producer's to publish again, as it does here. Sentinel
 promotes the replica with the largest replication offset, so one replica's confirmation is
 enough; the second replica lets WAIT be satisfied after the failover, without bringing the
-dead primary back (a primary restarted empty could be synced from by its old replica).
+dead primary back (a primary restarted empty can be resynchronised from by its replicas).
 """
 
 from __future__ import annotations
