@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from worker.errors import NotReplicated
 from worker.partitions import check_partitioned_name, stream_for
+from worker.topology import is_cluster
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -194,6 +195,11 @@ class Publisher:
             )
         if wait_replicas < 0 or wait_timeout <= 0:
             raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0")
+        if wait_replicas and is_cluster(redis):
+            # WAIT counts the replicas holding this connection's writes: it must follow the
+            # XADD on the same connection to the stream's primary, which the cluster client's
+            # pipeline does not promise. Refuse rather than wait on the wrong node.
+            raise ValueError("wait_replicas is not supported with a Redis Cluster client yet")
         self.redis = redis
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import eventually, make_settings, pending_count, running
-from worker import Message, Reject, handler
+from worker import Message, Publisher, Reject, handler
 from worker.cli import main
 from worker.redis_cluster import RedisClusterServers
 
@@ -124,3 +124,10 @@ async def _length_is(redis: Redis, key: str, n: int) -> bool:
 
 async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:
     return await pending_count(redis, stream, group) == 0
+
+
+async def test_publishing_with_wait_replicas_is_refused_on_a_cluster(cluster: Redis) -> None:
+    """WAIT must follow the XADD on the primary's own connection: not promised on a cluster,
+    so the option is refused with a reason instead of waiting on the wrong node."""
+    with pytest.raises(ValueError, match="not supported with a Redis Cluster"):
+        Publisher(cluster, wait_replicas=1)

@@ -137,14 +137,17 @@ def publish(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> int:
-    publisher = Publisher(
-        redis,
-        maxlen=args.maxlen,
-        envelope=args.envelope,
-        source=args.source,
-        wait_replicas=args.wait_replicas,
-        wait_timeout=args.wait_timeout,
-    )
+    try:
+        publisher = Publisher(
+            redis,
+            maxlen=args.maxlen,
+            envelope=args.envelope,
+            source=args.source,
+            wait_replicas=args.wait_replicas,
+            wait_timeout=args.wait_timeout,
+        )
+    except ValueError as exc:  # --wait-replicas on a cluster
+        raise CommandError(str(exc)) from None
     with _traced():
         try:
             entry_id = await publisher.publish(
