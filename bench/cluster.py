@@ -1,17 +1,18 @@
 """`python -m bench.cluster`: throughput on a 3-primary Redis Cluster beside one redis-server.
 
-One logical stream of `--partitions` partitions (`{cb-...:0}` ... `{cb-...:5}`, each its own
-hash tag, so on the cluster the six partitions land on all three primaries' slots, two each)
-is read by one unordered route in one consumer group. `--entries` events (~120-byte JSON over
-10,000 keys) are published before the workers start; then 1, 2 or 4 real `syncworker run`
-processes drain them.
+One logical stream of `--partitions` partitions (`{cbN:0}` ... `{cbN:5}`, each its own hash
+tag; N is the first number that puts the six partitions on the three primaries' slot ranges
+two each, so every primary serves a third of the reads and acks) is read by one unordered
+route in one consumer group. `--entries` events (~120-byte JSON over 10,000 keys) are
+published before the workers start; then 1, 2 or 4 real `syncworker run` processes drain them.
 
 So that every worker is in before the clock starts, the group is created at the end of each
 partition (`$`), the workers start with nothing to read, and only once every worker's reads
 are blocked waiting is the group moved back to the start (XGROUP SETID 0 ENTRIESREAD 0) and
 one more event appended to each partition to wake the blocked reads. Timed from the group's
 first read to nothing left to read or acknowledge, as `bench.ordered` does. Redis CPU is the
-INFO cpu delta (user + system) of each primary over the same window, as a share of one core.
+INFO cpu delta (user + system) of each primary over the same window, as a share of one core;
+worker CPU is that of every worker process (/proc) over the same window, per event.
 
 Rounds are interleaved (topology x workers, then again), and the median of `--rounds` is
 printed, so load from elsewhere hits every row alike.
@@ -21,14 +22,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
 from redis import Redis
 from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from bench.harness import entry
+from bench.harness import cpu_seconds, entry
 from bench.ordered import drained, started_reading, stop, wait_until, worker
 from worker.partitions import partition_names, stream_for
 from worker.redis_cluster import RedisClusterServers
@@ -50,6 +52,7 @@ class Topology:
     reads_per_worker: int  # blocked XREADGROUPs per idle worker: 1, or one per stream
     rates: dict[int, list[float]] = field(default_factory=dict)
     cpu: dict[int, list[list[float]]] = field(default_factory=dict)
+    worker_us: dict[int, list[float]] = field(default_factory=dict)
 
     def cpu_seconds(self) -> list[float]:
         """Used CPU (user + system) of each primary so far."""
@@ -81,8 +84,25 @@ def blocked(topo: Topology) -> int:
     return sum(int(p.info("clients")["blocked_clients"]) for p in topo.primaries)
 
 
+def balanced_stream(partitions: int, primaries: int = 3) -> str:
+    """The first `cbN` whose partitions spread as evenly as can be over `primaries` primaries
+    that split the slots evenly (as `RedisClusterServers` does)."""
+    share = REDIS_CLUSTER_HASH_SLOTS // primaries
+    for n in range(10_000):
+        stream = f"cb{n}"
+        owners = Counter(
+            min(key_slot(name.encode()) // share, primaries - 1)
+            for name in partition_names(stream, partitions)
+        )
+        if len(owners) == min(primaries, partitions) and max(owners.values()) <= -(
+            -partitions // primaries
+        ):
+            return stream
+    raise RuntimeError("no evenly spread stream name found")
+
+
 def drain_once(args: argparse.Namespace, topo: Topology, workers: int) -> None:
-    stream = "cb-" + uuid.uuid4().hex[:8]
+    stream = balanced_stream(args.partitions)  # deleted after each drain, so reused
     names = partition_names(stream, args.partitions)
     redis = topo.client
     publish(redis, stream, args.partitions, args.entries)
@@ -94,18 +114,22 @@ def drain_once(args: argparse.Namespace, topo: Topology, workers: int) -> None:
         reads = workers * topo.reads_per_worker
         wait_until(lambda: blocked(topo) >= reads, 120, poll=0.02)
         cpu_before = topo.cpu_seconds()
+        workers_before = sum(cpu_seconds(p.pid) for p in procs)
         for name in names:
             redis.xgroup_setid(name, "bench", "0", entries_read=0)
             redis.xadd(name, entry(args.entries))  # type: ignore[arg-type]  # wakes the reads
         started = wait_until(lambda: started_reading(redis, names), 120, poll=0.002)
         ended = wait_until(lambda: drained(redis, names), 900, poll=0.01)
         cpu = [after - before for before, after in zip(cpu_before, topo.cpu_seconds(), strict=True)]
+        worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - workers_before
     finally:
         stop(*procs)
         for name in names:
             redis.delete(name)
     seconds = ended - started
-    topo.rates.setdefault(workers, []).append((args.entries + args.partitions) / seconds)
+    events = args.entries + args.partitions
+    topo.rates.setdefault(workers, []).append(events / seconds)
+    topo.worker_us.setdefault(workers, []).append(worker_cpu / events * 1e6)
     topo.cpu.setdefault(workers, []).append([c / seconds for c in cpu])
 
 
@@ -114,8 +138,11 @@ def report(args: argparse.Namespace, topologies: list[Topology]) -> None:
         f"\n{args.entries:,} events, {args.partitions} partitions, handler {args.handler}, "
         f"median of {args.rounds}\n"
     )
-    print("| topology | workers | msg/s | per worker msg/s | Redis CPU per primary | runs msg/s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| topology | workers | msg/s | per worker msg/s | worker CPU µs/msg "
+        "| Redis CPU per primary | runs msg/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for topo in topologies:
         for workers in WORKERS:
             rates = topo.rates[workers]
@@ -126,6 +153,7 @@ def report(args: argparse.Namespace, topologies: list[Topology]) -> None:
             ]
             print(
                 f"| {topo.name} | {workers} | {median:,.0f} | {median / workers:,.0f} | "
+                f"{statistics.median(topo.worker_us[workers]):.0f} | "
                 f"{' / '.join(f'{c:.0%}' for c in cpu)} | "
                 f"{', '.join(f'{r:,.0f}' for r in sorted(rates))} |"
             )
