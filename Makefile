@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/syncworker demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chaos suite alone (tests/chaos; `make test` runs it too). SYNCWORKER_CHAOS_LONG=1 for
 # the long mode, SYNCWORKER_CHAOS_SEED=<n> to replay a printed seed.
