@@ -106,6 +106,10 @@ async def busiest(redis: Redis, stream: str, group: str, names: list[str]) -> tu
         await asyncio.sleep(0.002)
 
 
+LOG_WAIT_S = 5.0
+"""How long the demo waits for survivors' log lines about entries a stopped worker handed back."""
+
+
 async def wait_started(workers: list[WorkerProcess]) -> None:
     """Wait until every worker has logged `worker.started` (it reads from then on)."""
     deadline = time.monotonic() + START_S
@@ -139,9 +143,18 @@ async def watch(
     signalled = report.sent
     report.exit_code = await asyncio.wait_for(child.process.wait(), TIMEOUT_S)
     left = await pending_ids(redis, stream, group, child.name) | reclaimed_from(fleet, child.name)
-    report.left = sorted(left)
     if child.signalled == "SIGTERM":
         report.drain = next(iter(child.events("worker.drained")), {})
+        # A survivor may have claimed what it handed back before we looked, and its log line
+        # saying so may still be on its way to the file: wait (bounded) for as many as it
+        # says it released or interrupted.
+        said = int(report.drain.get("released", 0)) + int(report.drain.get("interrupted", 0))
+        until = time.monotonic() + LOG_WAIT_S
+        while len(left) < said and time.monotonic() < until:
+            await asyncio.sleep(POLL_S)
+            left |= reclaimed_from(fleet, child.name)
+    report.left = sorted(left)
+    if child.signalled == "SIGTERM":
         clock.say(
             f"{child.name} exited with code {report.exit_code}; {entries(len(left))} handed back"
         )
