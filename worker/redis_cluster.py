@@ -14,6 +14,7 @@ the same server family on the PATH.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ from typing import Any
 
 import redis as sync_redis
 
+from worker.keys import key_slot
 from worker.redis_server import RedisServer, free_port, server_binary
 
 SLOTS = 16384
@@ -63,6 +65,8 @@ class RedisClusterServers:
                     "--cluster-config-file", f"nodes-{index}.conf",
                     "--cluster-node-timeout", "1000",
                     "--cluster-require-full-coverage", "no",
+                    # A replica syncs at once instead of after the default 5 s delay.
+                    "--repl-diskless-sync-delay", "0",
                 ),
                 binary=binary,
             )  # fmt: skip
@@ -125,6 +129,69 @@ class RedisClusterServers:
                 raise RuntimeError("the cluster did not reach cluster_state:ok in time")
             time.sleep(0.05)
 
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        """Wait until every replica's link to its primary is up (its first sync done)."""
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+                self._until(deadline, lambda c=client: _link_up(c))
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The live server that serves `key`'s slot as its primary now (after failovers too).
+
+        Each node is asked about itself: another node's view may lag behind a failover.
+        """
+        slot = key_slot(key)
+        for server in self.servers:
+            if server.pid is not None and self._serves(server, slot):
+                return server
+        raise RuntimeError(f"no live node serves slot {slot}")
+
+    @staticmethod
+    def _serves(server: RedisServer, slot: int) -> bool:
+        with sync_redis.Redis(port=server.port, socket_timeout=2) as client:
+            spans = client.execute_command("CLUSTER", "SLOTS")
+        return any(
+            start <= slot <= end and int(nodes[0][1]) == server.port for start, end, *nodes in spans
+        )
+
+    def fail_over(self, primary: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """SIGKILL `primary` and wait until a replica has taken over all its slots.
+
+        Returns:
+            the promoted replica. The killed server stays down (its pid is gone).
+        """
+        with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
+            node_id = self._node_id(client)
+            owned = [(s, e) for s, e, *nodes in client.execute_command("CLUSTER", "SLOTS")
+                     if int(nodes[0][1]) == primary.port]  # fmt: skip
+        primary.stop(signal.SIGKILL)
+        survivors = [s for s in self.servers if s.pid is not None]
+        deadline = time.monotonic() + timeout
+        promoted: list[RedisServer] = []
+
+        def taken_over() -> bool:
+            for server in survivors:
+                try:
+                    with sync_redis.Redis(port=server.port, socket_timeout=1) as client:
+                        role = client.execute_command("ROLE")[0]
+                        myid = self._node_id(client)
+                        state = client.cluster("INFO").get("cluster_state")
+                except sync_redis.RedisError:
+                    return False
+                if state != "ok":
+                    return False
+                if role in (b"master", "master") and myid != node_id and server in self.replicas:
+                    with sync_redis.Redis(port=server.port, socket_timeout=1) as client:
+                        slots = client.execute_command("CLUSTER", "SLOTS")
+                    mine = {(s, e) for s, e, *nodes in slots if int(nodes[0][1]) == server.port}
+                    if all(span in mine for span in owned):
+                        promoted[:] = [server]
+            return bool(promoted)
+
+        self._until(deadline, taken_over)
+        return promoted[0]
+
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()
@@ -144,6 +211,10 @@ class RedisClusterServers:
 def _knows(client: sync_redis.Redis, node_id: str) -> bool:
     nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}
     return any(node["node_id"] == node_id for node in nodes.values())
+
+
+def _link_up(replica: sync_redis.Redis) -> bool:
+    return bool(replica.info("replication").get("master_link_status") == "up")
 
 
 def _state_ok(client: sync_redis.Redis, nodes: int) -> bool:

@@ -33,6 +33,21 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
 
 
 @pytest.fixture
+def replicated_cluster() -> Iterator[RedisClusterServers]:
+    """A cluster of its own for a test that fails a primary over: 3 primaries, a replica each,
+    every replica synced. About 2 s to start; stopped by pid at the end."""
+    try:
+        servers = RedisClusterServers(3, replicas=1).start()
+    except RuntimeError as exc:
+        pytest.exit(str(exc), returncode=3)
+    try:
+        servers.wait_synced()
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+@pytest.fixture
 async def cluster(redis_cluster: RedisClusterServers) -> AsyncIterator[Redis]:
     """A cluster client (typed as the plain client, as the runtime types it)."""
     nodes = [ClusterNode("127.0.0.1", s.port) for s in redis_cluster.primaries]
