@@ -159,6 +159,7 @@ class Sentinel:
         monitor: (service name, primary port) to watch, with a quorum of 2.
         password: the sentinel's own `requirepass`; it also logs in to its peers with it.
         auth_pass: the password of the primary and replicas it watches (`sentinel auth-pass`).
+        extra_config: more lines for its config file (`tls-port ...`, say).
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class Sentinel:
         binary: str | None = None,
         password: str | None = None,
         auth_pass: str | None = None,
+        extra_config: str = "",
     ) -> None:
         self.binary = server_binary(binary)
         self.port = free_port()
@@ -185,7 +187,7 @@ class Sentinel:
             config += f"sentinel auth-pass {service} {_quoted(auth_pass)}\n"
         if password is not None:
             config += f"requirepass {_quoted(password)}\n"
-        self.config.write_text(config)
+        self.config.write_text(config + extra_config)
         self.process: subprocess.Popen[bytes] | None = None
 
     def client(self, **options: Any) -> sync_redis.Redis:
