@@ -190,10 +190,11 @@ _FAST_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
 
 
 def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
-    """A client for `settings.redis_url` that returns bytes.
+    """A client for `settings.redis_url` (or the sentinels of the settings) that returns bytes.
 
-    A `redis+cluster://` or `redis+sentinel://` URL gives a client of that topology
-    (`worker.topology`); it offers the commands the runtime uses under the same names.
+    A `redis+cluster://` or `redis+sentinel://` URL, or `redis_sentinels`, gives a client of
+    that topology (`worker.topology`); it offers the commands the runtime uses under the same
+    names.
 
     Args:
         blocking_reads: allow for XREADGROUP BLOCK in the socket timeout, so that a read
@@ -210,9 +211,11 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         options["username"] = settings.redis_username
     if settings.redis_password is not None:
         options["password"] = settings.redis_password.get_secret_value()
-    parsed = redis_url.split(settings.redis_url.get_secret_value())
+    parsed = settings.connection_url
     if parsed.tls:
         options.update(_tls_options(settings))
+    if parsed.topology == redis_url.SENTINEL:
+        return topology.client(parsed, options, _sentinel_options(settings, parsed))
     if parsed.topology != redis_url.STANDALONE:
         return topology.client(parsed, options)
     # Userinfo percent-encoded, so that a raw # / ? @ in a password reaches the server whole.
@@ -224,6 +227,21 @@ def connect(settings: WorkerSettings, *, blocking_reads: bool = False) -> Redis:
         # Connections are made on first use, so every one of them is of the faster kind.
         pool.connection_class = _FAST_CLASSES.get(pool.connection_class, pool.connection_class)
     return client
+
+
+def _sentinel_options(settings: WorkerSettings, parsed: redis_url.RedisUrl) -> dict[str, Any]:
+    """The sentinels' own credentials and TLS: Sentinel processes usually have a password
+    (or ACL user) of their own, and may or may not speak TLS when the data nodes do."""
+    options: dict[str, Any] = {}
+    if settings.redis_sentinel_username:
+        options["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password is not None:
+        options["password"] = settings.redis_sentinel_password.get_secret_value()
+    tls = parsed.tls if settings.redis_sentinel_tls is None else settings.redis_sentinel_tls
+    if tls:
+        options["ssl"] = True
+        options.update(_tls_options(settings))
+    return options
 
 
 def _tls_options(settings: WorkerSettings) -> dict[str, Any]:

@@ -142,15 +142,17 @@ def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
     found = passwords_in(environ.get(ENV_PREFIX + "REDIS_URL", ""))
     found += passwords_in(environ.get(POSTGRES_DSN_ENV, ""))
     found.append(environ.get(ENV_PREFIX + "REDIS_PASSWORD", ""))
+    found.append(environ.get(ENV_PREFIX + "REDIS_SENTINEL_PASSWORD", ""))
     return [f for f in found if f]
 
 
 def secret_values(settings: WorkerSettings) -> list[str]:
     """The credentials in the settings: the URL's password and username-less userinfo, the
-    password setting, and secret-looking route options."""
+    password settings (data nodes and sentinels), and secret-looking route options."""
     values = [split(settings.redis_url.get_secret_value()).password or ""]
-    if settings.redis_password is not None:
-        values.append(settings.redis_password.get_secret_value())
+    for password in (settings.redis_password, settings.redis_sentinel_password):
+        if password is not None:
+            values.append(password.get_secret_value())
     for route in settings.routes:
         values.extend(_secret_options(route.options))
     values.extend(passwords_in(os.environ.get(POSTGRES_DSN_ENV, "")))
@@ -182,8 +184,9 @@ def effective_settings(settings: WorkerSettings) -> dict[str, Any]:
     """The settings as the start-up line shows them: every field, secrets masked."""
     values = settings.model_dump(mode="json")
     values["redis_url"] = mask_url(settings.redis_url.get_secret_value())
-    if settings.redis_password is not None:
-        values["redis_password"] = MASK
+    for name in ("redis_password", "redis_sentinel_password"):
+        if values.get(name) is not None:
+            values[name] = MASK
     values["routes"] = [
         {**route, "options": mask_secrets(route.get("options") or {})}
         for route in values.get("routes", [])

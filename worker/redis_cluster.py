@@ -228,21 +228,42 @@ class Sentinel:
 
     Args:
         monitor: (service name, primary port) to watch, with a quorum of 2.
+        password: the sentinel's own `requirepass`; it also logs in to its peers with it.
+        auth_pass: the password of the primary and replicas it watches (`sentinel auth-pass`).
+        extra_config: more lines for its config file (`tls-port ...`, say).
     """
 
-    def __init__(self, monitor: tuple[str, int], *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        monitor: tuple[str, int],
+        *,
+        binary: str | None = None,
+        password: str | None = None,
+        auth_pass: str | None = None,
+        extra_config: str = "",
+    ) -> None:
         self.binary = server_binary(binary)
         self.port = free_port()
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="syncworker-sentinel-"))
         service, primary = monitor
         self.config = self.dir / "sentinel.conf"
-        self.config.write_text(
+        config = (
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
             f"sentinel monitor {service} 127.0.0.1 {primary} 2\n"
             f"sentinel down-after-milliseconds {service} 1000\n"
             f"sentinel failover-timeout {service} 5000\n"
         )
+        if auth_pass is not None:
+            config += f"sentinel auth-pass {service} {_quoted(auth_pass)}\n"
+        if password is not None:
+            config += f"requirepass {_quoted(password)}\n"
+        self.config.write_text(config + extra_config)
         self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self, **options: Any) -> sync_redis.Redis:
+        """A synchronous client of this sentinel, logged in when it has a password."""
+        return sync_redis.Redis(port=self.port, password=self.password, **options)
 
     def start(self, timeout: float = 10.0) -> Sentinel:
         self.process = subprocess.Popen(
@@ -254,7 +275,7 @@ class Sentinel:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sentinel exited with {self.process.returncode}")
-            client = sync_redis.Redis(port=self.port, socket_timeout=0.5)
+            client = self.client(socket_timeout=0.5)
             try:
                 if client.ping():
                     return self
@@ -282,6 +303,10 @@ class SentinelServers:
     Args:
         service: the name the sentinels know the primary by.
         binary: `redis`, `valkey` or a path; None reads `$SYNCWORKER_TEST_SERVER`.
+        password: the `requirepass` of the primary and replicas (and their `masterauth`, so
+            that a replica, or a demoted primary, can sync); the sentinels get it as
+            `sentinel auth-pass`.
+        sentinel_password: the sentinels' own `requirepass`.
     """
 
     def __init__(
@@ -291,11 +316,16 @@ class SentinelServers:
         replicas: int = 1,
         sentinels: int = 3,
         binary: str | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.service = service
+        self.password = password
         # Without a delay a replica syncs at once, instead of after the default 5 s during
         # which the primary waits for more replicas to share one diskless transfer.
-        quick = ("--repl-diskless-sync-delay", "0")
+        quick: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
+        if password is not None:
+            quick += ("--requirepass", password, "--masterauth", password)
         self.primary = RedisServer(binary=binary, extra_args=quick)
         self.replicas = [
             RedisServer(extra_args=(*quick, "--replicaof", "127.0.0.1", str(self.primary.port)),
@@ -303,7 +333,13 @@ class SentinelServers:
             for _ in range(replicas)
         ]  # fmt: skip
         self.sentinels = [
-            Sentinel((service, self.primary.port), binary=binary) for _ in range(sentinels)
+            Sentinel(
+                (service, self.primary.port),
+                binary=binary,
+                password=sentinel_password,
+                auth_pass=password,
+            )
+            for _ in range(sentinels)
         ]
 
     @property
@@ -320,7 +356,7 @@ class SentinelServers:
                 sentinel.start()
             deadline = time.monotonic() + timeout
             for sentinel in self.sentinels:
-                client = sync_redis.Redis(port=sentinel.port)
+                client = sentinel.client()
                 try:
                     while len(client.sentinel_slaves(self.service)) < len(self.replicas):
                         if time.monotonic() > deadline:
@@ -337,7 +373,9 @@ class SentinelServers:
         """Wait until every replica's link to the primary is up (its first sync done)."""
         deadline = time.monotonic() + timeout
         for replica in self.replicas:
-            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+            with sync_redis.Redis(
+                port=replica.port, password=self.password, socket_timeout=2
+            ) as client:
                 while client.info("replication").get("master_link_status") != "up":
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"replica :{replica.port} did not sync in time")
@@ -345,7 +383,7 @@ class SentinelServers:
 
     def primary_port(self) -> int:
         """The primary's port as the first sentinel names it now."""
-        with sync_redis.Redis(port=self.sentinels[0].port, socket_timeout=2) as client:
+        with self.sentinels[0].client(socket_timeout=2) as client:
             address: Any = client.sentinel_get_master_addr_by_name(self.service)
         return int(address[1])
 
@@ -365,6 +403,11 @@ class SentinelServers:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+def _quoted(value: str) -> str:
+    """A value for a sentinel config file: double-quoted, with `\\` and `"` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 __all__ = ["RedisClusterServers", "SentinelServers", "free_port"]

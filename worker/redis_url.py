@@ -194,6 +194,39 @@ def _check_topology(parsed: RedisUrl) -> None:
         raise ValueError("after the Sentinel service name, only a database number may follow")
 
 
+def check_addresses(addresses: list[str]) -> None:
+    """Sentinel addresses given apart from a URL (`host[:port]`, `[v6]:port`), each checked.
+
+    Raises:
+        ValueError: none at all, an empty one, or a port that is not 1 to 65535.
+    """
+    if not addresses:
+        raise ValueError("needs at least one host:port")
+    for address in addresses:
+        if not address:
+            raise ValueError("an empty address in the comma-separated host list")
+        if re.search(r"[/?#@,\s]", address):
+            raise ValueError(f"{address!r} is not a host:port")
+        _check_location(address)
+
+
+def with_sentinels(data: RedisUrl, sentinels: list[str], service: str) -> RedisUrl:
+    """The `redis+sentinel://` URL equivalent to a data-node URL plus sentinel settings.
+
+    The data-node URL keeps what only it can say: TLS (`rediss://`), the credentials, the
+    database and the query options; the sentinels and the service name come from the settings.
+    """
+    scheme = ("rediss" if data.tls else "redis") + "+sentinel"
+    _, question, query = data.location.partition("?")
+    location = f"{','.join(sentinels)}/{quote(service, safe='')}/{data.db}{question}{query}"
+    return RedisUrl(scheme, data.userinfo, location)
+
+
+def names_host(parsed: RedisUrl) -> bool:
+    """Whether a `redis://` or `rediss://` URL names a host (`redis:///0` names none)."""
+    return bool(re.split(r"[/?#]", parsed.location, maxsplit=1)[0])
+
+
 def _check_location(location: str) -> None:
     authority = re.split(r"[/?#]", location, maxsplit=1)[0]
     path = location[len(authority) :].partition("?")[0].partition("#")[0]

@@ -26,6 +26,7 @@ from pydantic_settings import (
 from worker import keys, redis_url
 from worker.errors import ConfigError
 from worker.gc_tuning import DEFAULT_THRESHOLD as DEFAULT_GC_THRESHOLD
+from worker.redis_url import RedisUrl
 
 ENV_PREFIX = "SYNCWORKER_"
 
@@ -98,6 +99,10 @@ class Route(BaseModel):
     )
 
 
+_SENTINEL_ONLY = ("redis_sentinel_username", "redis_sentinel_password", "redis_sentinel_tls")
+"""Settings that mean something only when the primary is found through Sentinel."""
+
+
 class WorkerSettings(BaseSettings):
     """Every setting of a worker. Durations are seconds and accept fractions (`0.05`)."""
 
@@ -120,6 +125,28 @@ class WorkerSettings(BaseSettings):
     redis_tls_key_file: Path | None = Field(None, description="Client key (mutual TLS).")
     redis_tls_verify: bool = Field(True, description="Verify the server certificate.")
     redis_timeout: float = Field(10.0, gt=0, description="Seconds before a command times out.")
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host:port of the sentinels (port 26379 when left out): "
+        "with redis_sentinel_service, the primary is the one they name. Instead of a "
+        "redis+sentinel:// URL; redis_url then gives only the data nodes' scheme (rediss:// "
+        "for TLS), credentials and database, without a host (redis:///0).",
+    )
+    redis_sentinel_service: str | None = Field(
+        None, min_length=1, description="The name the sentinels monitor the primary under."
+    )
+    redis_sentinel_username: str | None = Field(
+        None, min_length=1, description="ACL user of the sentinels (not of the data nodes)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="Password of the sentinels (their requirepass or ACL user); none by default.",
+    )
+    redis_sentinel_tls: bool | None = Field(
+        None,
+        description="TLS to the sentinels, with the redis_tls_* files and verification; "
+        "None: as the data nodes (rediss).",
+    )
 
     # Group membership
     group: str = Field("syncworker", min_length=1, description="Consumer group, one per fleet.")
@@ -259,7 +286,7 @@ class WorkerSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    @field_validator("handlers", "middleware", mode="before")
+    @field_validator("handlers", "middleware", "redis_sentinels", mode="before")
     @classmethod
     def _split_handlers(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -277,6 +304,50 @@ class WorkerSettings(BaseSettings):
         """Refuse what redis-py would misread or fail on at connect time; see redis_url."""
         redis_url.parse(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _check_sentinels(self) -> WorkerSettings:
+        """The sentinels come from the URL or from the settings, never half from each."""
+        parsed = redis_url.split(self.redis_url.get_secret_value())
+        if self.redis_sentinels or self.redis_sentinel_service is not None:
+            self._check_sentinel_pair(parsed)
+        elif parsed.topology != redis_url.SENTINEL:
+            for name in _SENTINEL_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name}: set, but no sentinels are configured (set "
+                        f"{ENV_PREFIX}REDIS_SENTINELS and {ENV_PREFIX}REDIS_SENTINEL_SERVICE, "
+                        "or use a redis+sentinel:// URL)"
+                    )
+        return self
+
+    def _check_sentinel_pair(self, parsed: RedisUrl) -> None:
+        if not self.redis_sentinels:
+            raise ValueError(
+                f"redis_sentinels: missing; {ENV_PREFIX}REDIS_SENTINEL_SERVICE is set, and "
+                "the two go together"
+            )
+        if self.redis_sentinel_service is None:
+            raise ValueError(
+                f"redis_sentinel_service: missing; {ENV_PREFIX}REDIS_SENTINELS is set, and "
+                "the two go together"
+            )
+        if parsed.topology != redis_url.STANDALONE or parsed.scheme == "unix":
+            raise ValueError(
+                f"redis_sentinels: set, and so is a {parsed.scheme}:// URL in "
+                f"{ENV_PREFIX}REDIS_URL; use one of them (the URL may still give the data "
+                "nodes' credentials and database: redis://user:password@/0)"
+            )
+        if "redis_url" in self.model_fields_set and redis_url.names_host(parsed):
+            raise ValueError(
+                f"redis_url: names a host, but {ENV_PREFIX}REDIS_SENTINELS is set and the "
+                "sentinels name the primary; leave the host out (redis:///0, "
+                "rediss://user:password@/0) or unset one of them"
+            )
+        try:
+            redis_url.check_addresses(self.redis_sentinels)
+        except ValueError as exc:
+            raise ValueError(f"redis_sentinels: {exc}") from None
 
     @model_validator(mode="after")
     def _check_tls_agrees(self) -> WorkerSettings:
@@ -318,9 +389,23 @@ class WorkerSettings(BaseSettings):
         return self.claim_idle / 3
 
     @property
+    def connection_url(self) -> RedisUrl:
+        """The URL the clients are built from: `redis_url`, or with `redis_sentinels` set,
+        the `redis+sentinel://` URL they and `redis_url` make together."""
+        parsed = redis_url.split(self.redis_url.get_secret_value())
+        if not self.redis_sentinels or self.redis_sentinel_service is None:
+            return parsed
+        return redis_url.with_sentinels(parsed, self.redis_sentinels, self.redis_sentinel_service)
+
+    @property
+    def masked_url(self) -> str:
+        """`connection_url` with its credentials masked: what logs and messages show."""
+        return self.connection_url.masked()
+
+    @property
     def topology(self) -> str:
-        """`standalone`, `cluster` or `sentinel`, from the URL's scheme."""
-        return redis_url.split(self.redis_url.get_secret_value()).topology
+        """`standalone`, `cluster` or `sentinel`, from the URL's scheme or the sentinels."""
+        return self.connection_url.topology
 
     @property
     def cluster(self) -> bool:

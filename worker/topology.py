@@ -25,8 +25,11 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import NoScriptError
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoScriptError
 
 from worker.redis_url import CLUSTER, SENTINEL, RedisUrl
 
@@ -34,13 +37,18 @@ _SENTINEL_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 """Options the connections to the sentinels themselves take from the worker's settings."""
 
 
-def client(parsed: RedisUrl, options: dict[str, Any]) -> Redis:
+def client(
+    parsed: RedisUrl, options: dict[str, Any], sentinel_options: dict[str, Any] | None = None
+) -> Redis:
     """A client for a `redis+cluster://` or `redis+sentinel://` URL.
 
     Args:
         parsed: the URL; a username and password in it win over those in `options`, as they
             do for `redis://` URLs.
         options: the connection options `connect` built (timeouts, credentials, TLS).
+        sentinel_options: Sentinel: the sentinels' own credentials and TLS options (none by
+            default: the data nodes' credentials are never sent to them); they share the
+            timeouts of `options`.
     """
     options = dict(options)
     if parsed.password is not None:
@@ -54,15 +62,95 @@ def client(parsed: RedisUrl, options: dict[str, Any]) -> Redis:
         nodes = [ClusterNode(host, port) for host, port in parsed.addresses]
         return cast(Redis, RedisCluster(startup_nodes=nodes, **options))
     assert parsed.topology == SENTINEL and parsed.service_name is not None
-    sentinel_kwargs = {k: options[k] for k in _SENTINEL_OPTIONS if k in options}
-    if parsed.tls:
-        sentinel_kwargs["ssl"] = True
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        parsed.addresses, sentinel_kwargs=sentinel_kwargs, **options
-    )
+    sentinel_kwargs: dict[str, Any] = {k: options[k] for k in _SENTINEL_OPTIONS if k in options}
+    # Each sentinel is asked once per discovery: redis-py goes on to the next one, and the
+    # connection to the primary repeats the discovery as a whole (with back-off). Retries
+    # per sentinel would only make a dead sentinel, or refused credentials, cost seconds.
+    sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
+    if sentinel_options is None:
+        sentinel_options = {"ssl": True} if parsed.tls else {}
+    sentinel_kwargs.update(sentinel_options)
+    # The pool would pick the connection class from `ssl`; ours fail at once on a refused login.
+    tls = options.pop("ssl", False)
+    options["connection_class"] = _SentinelManagedSSLConnection if tls else _SentinelManaged
+    sentinel = _Sentinel(parsed.addresses, sentinel_kwargs=sentinel_kwargs, **options)
     return cast(
         Redis, sentinel.master_for(parsed.service_name, redis_class=_SentinelRedis, db=parsed.db)
     )
+
+
+class SentinelLoginRefused(AuthenticationError):
+    """No sentinel named the primary, and some refused the login: their credentials
+    (`redis_sentinel_username`, `redis_sentinel_password`) are wrong or missing.
+
+    An `AuthenticationError`, so the commands report it as a refused login (exit 1); the
+    worker ends at start-up on it instead of waiting for the sentinels to accept.
+    """
+
+
+class _SentinelNode(Redis):
+    """A client of one sentinel that remembers whether its last SENTINEL MASTERS was a
+    refused login (redis-py's `discover_master` keeps only the text of each error)."""
+
+    refused: AuthenticationError | None = None
+
+    async def sentinel_masters(self) -> Any:
+        self.refused = None
+        try:
+            return await super().sentinel_masters()
+        except AuthenticationError as exc:
+            self.refused = exc
+            raise
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, which says so when the sentinels refuse the login, instead of
+    "No master found"."""
+
+    def __init__(
+        self,
+        sentinels: list[tuple[str, int]],
+        *,
+        sentinel_kwargs: dict[str, Any],
+        **connection_kwargs: Any,
+    ) -> None:
+        super().__init__([], sentinel_kwargs=sentinel_kwargs, **connection_kwargs)  # type: ignore[no-untyped-call]
+        self.sentinels = [
+            _SentinelNode(host=host, port=port, **sentinel_kwargs) for host, port in sentinels
+        ]
+
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError:
+            refused = [
+                f"{node.connection_pool.connection_kwargs['host']}:"
+                f"{node.connection_pool.connection_kwargs['port']} ({node.refused})"
+                for node in self.sentinels
+                if isinstance(node, _SentinelNode) and node.refused is not None
+            ]
+            if not refused:
+                raise
+            raise SentinelLoginRefused(
+                "the sentinels refused the login: " + ", ".join(refused) + "; check "
+                "SYNCWORKER_REDIS_SENTINEL_USERNAME and SYNCWORKER_REDIS_SENTINEL_PASSWORD"
+            ) from None
+
+
+class _SentinelManaged(SentinelManagedConnection):
+    """A connection to the primary the sentinels name, which does not ask them again (with
+    back-off: seconds) when they refused the login: they will refuse it every time."""
+
+    async def connect(self) -> None:
+        await self.retry.call_with_retry(
+            self._connect_retry,
+            lambda error: asyncio.sleep(0),
+            is_retryable=lambda error: not isinstance(error, SentinelLoginRefused),
+        )
+
+
+class _SentinelManagedSSLConnection(_SentinelManaged, SSLConnection):
+    pass
 
 
 class _SentinelRedis(Redis):

@@ -174,3 +174,41 @@ class TestTls:
             )
             async with running(settings, [record]):
                 await eventually(lambda: len(handled) == 1)
+
+    @pytest.mark.sentinel
+    async def test_sentinels_over_tls_in_front_of_plain_data_nodes(
+        self, tls_files: dict[str, Path]
+    ) -> None:
+        """SYNCWORKER_REDIS_SENTINEL_TLS=true: the sentinels are reached over TLS, checked
+        against the CA file, while the data nodes stay plain."""
+        from worker.connection import connect
+        from worker.redis_cluster import Sentinel
+        from worker.settings import WorkerSettings
+
+        tls_port = free_port()
+        tls = (
+            f"tls-port {tls_port}\ntls-cert-file {tls_files['server.pem']}\n"
+            f"tls-key-file {tls_files['server.key']}\n"
+            f"tls-ca-cert-file {tls_files['ca.pem']}\ntls-auth-clients no\n"
+        )
+        with RedisServer(binary="redis") as primary:  # TLS: see test_worker_consumes_over_tls
+            sentinel = Sentinel(("orders", primary.port), binary="redis", extra_config=tls)
+            try:
+                sentinel.start()
+                settings = WorkerSettings(
+                    redis_sentinels=[f"127.0.0.1:{tls_port}"],  # its TLS port only
+                    redis_sentinel_service="orders",
+                    redis_sentinel_tls=True,
+                    redis_tls_ca_file=tls_files["ca.pem"],
+                )
+                client = connect(settings)
+                try:
+                    assert await client.set("k", "v")
+                    assert await client.connection_pool.get_master_address() == (  # type: ignore[attr-defined]
+                        "127.0.0.1",
+                        primary.port,
+                    )
+                finally:
+                    await client.aclose()
+            finally:
+                sentinel.cleanup()

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from worker import colocation, redis_url
 from worker.commands.common import add_config_option, settings_from
 from worker.commands.support import EXIT_FAILED, EXIT_USAGE, fail
-from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
+from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect
 from worker.middleware import worker_middleware
 from worker.ops.redis_safety import EVICTION, NO_PERSISTENCE, SafetyReport, inspect
 from worker.registry import handlers_from_settings
@@ -50,7 +50,7 @@ def check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     handlers = handlers_from_settings(settings)
     worker_middleware(settings, RetryPolicy.from_settings(settings))  # they load, or exit 2
-    url = mask_url(settings.redis_url.get_secret_value())
+    url = settings.masked_url
 
     async def ping() -> tuple[SafetyReport, str]:
         client = connect(settings)

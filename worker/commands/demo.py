@@ -66,7 +66,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def publish_only(args: argparse.Namespace) -> int:
-    from worker.connection import connect, mask_url
+    from worker.connection import connect
     from worker.examples.demo import publish
     from worker.examples.order_payment import history
 
@@ -83,6 +83,6 @@ def publish_only(args: argparse.Namespace) -> int:
     asyncio.run(go())
     print(
         f"published {len(scenario.published)} events for {args.orders} orders to "
-        f"{args.stream!r} at {mask_url(settings.redis_url.get_secret_value())}"
+        f"{args.stream!r} at {settings.masked_url}"
     )
     return 0

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from worker.commands.safe_text import safe
-from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect, mask_url
+from worker.connection import LOGIN_REFUSED, REDIS_DOWN, connect
 from worker.errors import ConfigError
 from worker.handler import expand_partitions
 from worker.registry import load_plugin
@@ -46,7 +46,7 @@ def fail(message: str) -> None:
 
 def execute(settings: WorkerSettings, body: Callable[[Redis], Awaitable[int]]) -> int:
     """Run `body` with a Redis client; turn the expected failures into one line and a code."""
-    url = mask_url(settings.redis_url.get_secret_value())
+    url = settings.masked_url
 
     async def main() -> int:
         client = connect(settings)

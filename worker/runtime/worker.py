@@ -16,7 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.batch import BatchHandler
-from worker.connection import REDIS_DOWN, Reconnect, connect, mask_url
+from worker.connection import REDIS_DOWN, Reconnect, connect
 from worker.envelopes import opened_first
 from worker.errors import GroupRefused, StartupError
 from worker.handler import Handler, HandlerContext
@@ -43,6 +43,7 @@ from worker.runtime.supervise import bounded, supervise
 from worker.runtime.takeover import Takeover
 from worker.runtime.threads import HandlerThreads
 from worker.settings import WorkerSettings
+from worker.topology import SentinelLoginRefused
 
 log = structlog.get_logger("worker")
 
@@ -185,7 +186,7 @@ class Worker:
         engine = self._assemble(self.redis, reader_redis)
         log.info(
             "worker.starting",
-            redis_url=mask_url(settings.redis_url.get_secret_value()),
+            redis_url=settings.masked_url,
             group=settings.group,
             consumer=settings.consumer,
             streams=list(self.streams),
@@ -359,6 +360,10 @@ class Worker:
             try:
                 await self.reader.ensure_groups()
                 return True
+            except SentinelLoginRefused as exc:
+                # Not an outage: the sentinels will refuse these credentials every time.
+                log.error("worker.start_failed", error_type=type(exc).__name__, error=str(exc))
+                raise StartupError(str(exc)) from None
             except REDIS_DOWN as exc:
                 delay = reconnect.failed(exc)
             except GroupRefused as exc:
