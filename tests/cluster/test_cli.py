@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import eventually, make_settings, pending_count, running
-from worker import Message, Publisher, Reject, handler
+from tests.commands_scenario import walk_the_commands
+from worker import Publisher
 from worker.cli import main
 from worker.redis_cluster import RedisClusterServers
 
@@ -37,55 +36,10 @@ async def test_the_commands_follow_the_cluster_layout(
     env: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Published entries are dead-lettered to `{stream}:dlq`; status, dlq list, replay and purge
-    find them there, prune keeps the live consumer, trim removes what every group is done with."""
-    stream, group = slotted["a"], slotted["group"]
+    """The walk through the commands, with the dead letters in the stream's slot."""
+    stream = slotted["a"]
     dlq = "{" + stream + "}:dlq"
-    broken = True
-    handled: list[Any] = []
-
-    @handler(stream=stream)
-    async def apply(msg: Message) -> None:
-        if broken:
-            raise Reject("schema mismatch")
-        handled.append(msg.data)
-
-    settings = make_settings(redis_cluster.url, group, consumer="c1")
-    async with running(settings, [apply]):
-        # Given two entries published with the command, both dead-lettered
-        for n in (1, 2):
-            code = await cli("publish", stream, "--type", "t", "--data", json.dumps({"n": n}))
-            assert code == 0
-        await eventually(lambda: _length_is(cluster, dlq, 2))
-        capsys.readouterr()
-
-        # status and dlq list find them in the stream's slot
-        assert await cli("status", "--stream", stream, "--group", group, "--json") == 0
-        (row,) = json.loads(capsys.readouterr().out)["streams"]
-        assert (row["length"], row["pending"], row["dead_letter_length"]) == (2, 0, 2)
-        assert row["dead_letter_stream"] == dlq
-        assert await cli("dlq", "list", stream, "--json") == 0
-        listed = json.loads(capsys.readouterr().out)
-        assert [e["fields"]["data"] for e in listed["entries"]] == ['{"n":1}', '{"n":2}']
-
-        # replay one once the cause is fixed; purge the other
-        broken = False
-        first, second = (e["id"] for e in listed["entries"])
-        assert await cli("dlq", "replay", stream, "--id", first) == 0
-        await eventually(lambda: handled == [{"n": 1}])
-        assert await cli("dlq", "purge", stream, "--id", second) == 0
-        assert await cluster.xlen(dlq) == 0
-
-        # the running consumer is kept: its presence key is found in the stream's slot
-        capsys.readouterr()
-        assert await cli("consumers", "prune", "--stream", stream, "--group", group,
-                         "--idle", "0") == 0  # fmt: skip
-        assert "c1 (idle" in capsys.readouterr().out
-        await eventually(lambda: _pending_is_zero(cluster, stream, group))
-
-    # trim removes the three entries the only group has read and acked
-    assert await cli("trim", stream) == 0
-    assert await cluster.xlen(stream) == 0
+    await walk_the_commands(cluster, redis_cluster.url, stream, slotted["group"], dlq, capsys)
 
 
 async def test_check_reports_the_topology_and_targets_in_other_slots(
@@ -116,14 +70,6 @@ async def test_check_fails_for_a_stream_whose_keys_cannot_share_its_slot(
     err = capsys.readouterr().err
     assert "stream odd}name: its dead-letter stream odd}name:dlq hashes to slot" in err
     assert "CROSSSLOT" in err
-
-
-async def _length_is(redis: Redis, key: str, n: int) -> bool:
-    return int(await redis.xlen(key)) == n
-
-
-async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:
-    return await pending_count(redis, stream, group) == 0
 
 
 async def test_publishing_with_wait_replicas_is_refused_on_a_cluster(cluster: Redis) -> None:
