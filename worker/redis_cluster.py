@@ -16,16 +16,15 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis as sync_redis
 
 from worker.keys import key_slot
+from worker.processes import ChildProcess, Managed
 from worker.redis_server import RedisServer, free_port, server_binary
 
 SLOTS = 16384
@@ -45,7 +44,7 @@ def cluster_port() -> int:
         return port
 
 
-class RedisClusterServers:
+class RedisClusterServers(Managed):
     """Starts `primaries` cluster-enabled servers (and `replicas` per primary), joins them.
 
     Args:
@@ -85,7 +84,7 @@ class RedisClusterServers:
     def pids(self) -> list[int]:
         return [s.pid for s in self.servers if s.pid is not None]
 
-    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start every server, assign the slots, attach the replicas, wait for cluster_state:ok."""
         try:
             for server in self.servers:
@@ -196,17 +195,6 @@ class RedisClusterServers:
         for server in self.servers:
             server.cleanup()
 
-    def __enter__(self) -> RedisClusterServers:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
 
 def _knows(client: sync_redis.Redis, node_id: str) -> bool:
     nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}
@@ -223,7 +211,7 @@ def _state_ok(client: sync_redis.Redis, nodes: int) -> bool:
     return fields.get("cluster_state") == "ok" and known == str(nodes)
 
 
-class Sentinel:
+class Sentinel(ChildProcess):
     """One sentinel process on a free port, with its own config file (sentinels rewrite it).
 
     Args:
@@ -259,45 +247,28 @@ class Sentinel:
         if password is not None:
             config += f"requirepass {_quoted(password)}\n"
         self.config.write_text(config + extra_config)
-        self.process: subprocess.Popen[bytes] | None = None
 
     def client(self, **options: Any) -> sync_redis.Redis:
         """A synchronous client of this sentinel, logged in when it has a password."""
         return sync_redis.Redis(port=self.port, password=self.password, **options)
 
-    def start(self, timeout: float = 10.0) -> Sentinel:
-        self.process = subprocess.Popen(
-            [self.binary, str(self.config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sentinel exited with {self.process.returncode}")
-            client = self.client(socket_timeout=0.5)
-            try:
-                if client.ping():
-                    return self
-            except sync_redis.RedisError:
-                time.sleep(0.05)
-            finally:
-                client.close()
-        raise RuntimeError(f"sentinel did not answer on port {self.port} in {timeout}s")
+    def start(self, timeout: float = 10.0) -> Self:
+        self._spawn([self.binary, str(self.config), "--sentinel"], self._answers, timeout)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with self.client(socket_timeout=0.5) as client:
+                return bool(client.ping())
+        except sync_redis.RedisError:
+            return False
 
     def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelServers:
+class SentinelServers(Managed):
     """A primary, `replicas` replicas of it and `sentinels` sentinels, all on free ports.
 
     Args:
@@ -347,7 +318,7 @@ class SentinelServers:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}"
 
-    def start(self, timeout: float = 30.0) -> SentinelServers:
+    def start(self, timeout: float = 30.0) -> Self:
         """Start everything and wait until every sentinel knows every replica."""
         try:
             for server in [self.primary, *self.replicas]:
@@ -392,17 +363,6 @@ class SentinelServers:
             sentinel.cleanup()
         for server in [self.primary, *self.replicas]:
             server.cleanup()
-
-    def __enter__(self) -> SentinelServers:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _quoted(value: str) -> str:

@@ -15,11 +15,11 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
+
+from worker.processes import ChildProcess
 
 INSTALL_HINT = (
     "redis-server was not found on PATH. Install it (Debian/Ubuntu: "
@@ -81,7 +81,7 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
+class RedisServer(ChildProcess):
     """Starts and stops one redis-server process with its own data directory.
 
     Args:
@@ -113,13 +113,12 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.extra_args = extra_args
         self.dir = Path(tempfile.mkdtemp(prefix="syncworker-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         """Start the server and wait until it accepts connections."""
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -127,16 +126,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync, "--protected-mode", "no", *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.binary} exited with {self.process.returncode}")
-            if self._answers():
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"{self.binary} did not answer on port {self.port} in {timeout}s")
+        self._spawn(args, self._answers, timeout)
+        return self
 
     def _answers(self) -> bool:
         try:
@@ -149,23 +140,9 @@ class RedisServer:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop the server (SIGTERM lets it flush the AOF; SIGKILL does not)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        super().stop(sig)
 
-    @property
-    def pid(self) -> int | None:
-        """The pid of the running server, or None."""
-        return None if self.process is None else self.process.pid
-
-    def restart(self) -> RedisServer:
+    def restart(self) -> Self:
         """Stop and start again on the same port and data directory."""
         self.stop()
         return self.start()
@@ -173,14 +150,3 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
