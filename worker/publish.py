@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from redis.asyncio import Redis
 
+from worker.cluster_wait import write_and_wait
 from worker.errors import NotReplicated
 from worker.partitions import check_partitioned_name, stream_for
 from worker.topology import is_cluster
@@ -174,6 +175,8 @@ class Publisher:
             so that a failover cannot lose an event the publisher was told about. 0 (the
             default) returns as soon as the primary has it: Redis replication is
             asynchronous, and a primary that dies before replicating takes the entry along.
+            On a Redis Cluster the WAIT goes to the primary of the entry's slot (each
+            partition's own, for a partitioned stream), on the XADD's connection.
         wait_timeout: seconds to wait for the replicas before raising `NotReplicated`.
     """
 
@@ -195,11 +198,6 @@ class Publisher:
             )
         if wait_replicas < 0 or wait_timeout <= 0:
             raise ValueError("wait_replicas must be >= 0 and wait_timeout > 0")
-        if wait_replicas and is_cluster(redis):
-            # WAIT counts the replicas holding this connection's writes: it must follow the
-            # XADD on the same connection to the stream's primary, which the cluster client's
-            # pipeline does not promise. Refuse rather than wait on the wrong node.
-            raise ValueError("wait_replicas is not supported with a Redis Cluster client yet")
         self.redis = redis
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
@@ -278,16 +276,28 @@ class Publisher:
 
     async def _add_replicated(self, stream: str, fields: dict[str, str]) -> str:
         """XADD, then WAIT on the same connection: WAIT counts the replicas that hold this
-        client's own writes, so the two must travel together (a pipeline, not a pool)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(
+        client's own writes, so the two must travel together (a pipeline, not a pool). On a
+        cluster, one connection to the primary of the stream's slot (`worker.cluster_wait`)."""
+        if is_cluster(self.redis):
+            trim = [] if self.maxlen is None else ["MAXLEN", "~", self.maxlen]
+            words = [item for pair in fields.items() for item in pair]
+            raw_id, acknowledged = await write_and_wait(
+                self.redis,
                 stream,
-                dict(fields),  # type: ignore[arg-type]
-                maxlen=self.maxlen,
-                approximate=self.maxlen is not None,
+                ["XADD", stream, *trim, "*", *words],
+                self.wait_replicas,
+                self.wait_timeout,
             )
-            pipe.execute_command("WAIT", self.wait_replicas, int(self.wait_timeout * 1000))
-            raw_id, acknowledged = await pipe.execute()
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    stream,
+                    dict(fields),  # type: ignore[arg-type]
+                    maxlen=self.maxlen,
+                    approximate=self.maxlen is not None,
+                )
+                pipe.execute_command("WAIT", self.wait_replicas, int(self.wait_timeout * 1000))
+                raw_id, acknowledged = await pipe.execute()
         entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
         if int(acknowledged) < self.wait_replicas:
             raise NotReplicated(stream, entry_id, int(acknowledged), self.wait_replicas)

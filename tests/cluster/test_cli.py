@@ -10,7 +10,6 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.commands_scenario import walk_the_commands
-from worker import Publisher
 from worker.cli import main
 from worker.redis_cluster import RedisClusterServers
 
@@ -70,10 +69,3 @@ async def test_check_fails_for_a_stream_whose_keys_cannot_share_its_slot(
     err = capsys.readouterr().err
     assert "stream odd}name: its dead-letter stream odd}name:dlq hashes to slot" in err
     assert "CROSSSLOT" in err
-
-
-async def test_publishing_with_wait_replicas_is_refused_on_a_cluster(cluster: Redis) -> None:
-    """WAIT must follow the XADD on the primary's own connection: not promised on a cluster,
-    so the option is refused with a reason instead of waiting on the wrong node."""
-    with pytest.raises(ValueError, match="not supported with a Redis Cluster"):
-        Publisher(cluster, wait_replicas=1)

@@ -146,7 +146,7 @@ async def _publish(args: argparse.Namespace, document: object, redis: Redis) -> 
             wait_replicas=args.wait_replicas,
             wait_timeout=args.wait_timeout,
         )
-    except ValueError as exc:  # --wait-replicas on a cluster
+    except ValueError as exc:
         raise CommandError(str(exc)) from None
     with _traced():
         try:
