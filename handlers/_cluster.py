@@ -17,6 +17,11 @@ So there, one event at a time:
 
 A relay to several targets runs one such step per target, each with its own marker, so a
 crash between two targets is finished by the retry without a second entry in either.
+
+Failover. The effect and the ack then live on two primaries, replicated independently: a
+failover of the effect's primary can lose the effect while the ack survives, and the event
+is gone for good. With `wait_replicas` the effect script and WAIT go to the target's primary
+on one connection (`effect`), and the ack follows only once the replicas hold the effect.
 """
 
 from __future__ import annotations
@@ -24,15 +29,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from redis.asyncio import Redis
 
 from handlers._batch import pack
+from worker.cluster_wait import write_and_wait
+from worker.errors import EffectNotReplicated
 from worker.keys import colocated, key_slot, same_slot
 
 if TYPE_CHECKING:
     from handlers.projection import Plan, Projection
     from handlers.relay import Relay, Target
     from worker.message import Message
+
+log = structlog.get_logger("handlers.cluster")
 
 
 def _text(value: Any) -> str:
@@ -56,7 +66,7 @@ async def project(handler: Projection, stream: str, group: str, plan: Plan) -> t
         colocated(entity, plan.marker),
     ]
     args = [group, "1" if inside else "0", handler.dedup_ms, 1, 0, pack(plan.args)]
-    (reply,) = await handler._script(keys=keys, args=args)
+    (reply,) = await effect(handler, entity, keys, args, str(plan.args[0]), not inside)
     outcome = _text(reply)
     settled = outcome in OUTCOMES
     if settled and ack and not inside:
@@ -85,7 +95,7 @@ async def relay(
         ]
         event = [msg.id, 3, 1, 4, len(fields), *fields]  # marker KEYS[3], target KEYS[4]
         args = [msg.group, "1" if inside else "0", handler.dedup_ms, maxlen, 1, 0, pack(event)]
-        (reply,) = await handler._script(keys=keys, args=args)
+        (reply,) = await effect(handler, target, keys, args, msg.id, not inside)
         outcome = _text(reply)
         if outcome not in ("forwarded", "duplicate"):
             return outcome
@@ -138,3 +148,47 @@ async def run_once(
     if ack and not inside:
         await redis.xack(stream, args[0], args[1])
     return applied
+
+
+async def effect(
+    handler: Projection | Relay,
+    target: str,
+    keys: list[str],
+    args: list[Any],
+    message_id: str,
+    acked_after: bool,
+) -> Any:
+    """The handler's script for one event in `target`'s slot; its reply.
+
+    With the handler's `wait_replicas`, when the ack follows as a command of its own
+    (`acked_after`), the script and WAIT share one connection to the slot's primary. A
+    rerun (a duplicate, a stale version) still writes its counter, so its WAIT covers the
+    first run's effect too, whichever connection wrote it.
+
+    Raises:
+        EffectNotReplicated: the replicas did not confirm the effect in time; the caller
+            must not acknowledge the event.
+    """
+    script = handler._script
+    wanted = handler.wait_replicas
+    if not (wanted and acked_after):
+        return await script(keys=keys, args=args)
+    assert handler._redis is not None, "on_startup was not called"
+    command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+    reply, acknowledged = await write_and_wait(
+        handler._redis, target, command, wanted, handler.wait_timeout, script=script.script
+    )
+    if acknowledged < wanted:
+        handler.counts["not_replicated"] += 1
+        log.warning(
+            "handler.not_replicated",
+            handler=handler.name,
+            target=target,
+            message_id=message_id,
+            replicas=acknowledged,
+            wait_replicas=wanted,
+            wait_timeout=handler.wait_timeout,
+            note="not acknowledged: it runs again, and is acknowledged once replicas confirm",
+        )
+        raise EffectNotReplicated(target, message_id, acknowledged, wanted)
+    return reply

@@ -67,8 +67,10 @@ from handlers._fields import (
     milliseconds,
     pick,
 )
+from handlers._wait import check_wait, note_wait
 from worker import Handler, HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
+from worker.errors import EffectNotReplicated
 from worker.topology import is_cluster
 
 log = structlog.get_logger("handlers.projection")
@@ -244,6 +246,12 @@ class Projection(Handler):
             without a trailing colon.
         ack: acknowledge inside the script (must then be alone on the stream).
         dedup_ttl: seconds a message-id marker of a versionless event is kept.
+        wait_replicas: on a Redis Cluster, when an entity lives in another slot than the
+            stream, acknowledge an event only once this many replicas hold its effect
+            (WAIT after the script, on its connection); see `handlers._cluster`. Elsewhere
+            the effect and the ack replicate together and nothing is waited for.
+        wait_timeout: seconds to wait for them; an event they do not confirm in time is not
+            acknowledged and runs again (`worker.EffectNotReplicated`).
         batch: True (the default) builds a batch handler, which writes up to `batch_max`
             messages in one round trip but must be alone on its stream; False handles one
             message at a time and may share the stream (with `ack = false`).
@@ -275,6 +283,8 @@ class Projection(Handler):
         state_prefix: str | None = None,
         ack: bool = True,
         dedup_ttl: float = 86400.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
@@ -295,6 +305,7 @@ class Projection(Handler):
         self.counts_key = self.state + ":counts"
         self.acks_atomically = ack
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
+        self.wait_replicas, self.wait_timeout = check_wait(wait_replicas, wait_timeout)
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None
@@ -308,6 +319,7 @@ class Projection(Handler):
         self._redis = redis
         self._script = redis.register_script(PROJECT)
         self._cluster = is_cluster(redis)
+        note_wait(self, self._cluster)
 
     def entity(self, key: str) -> str:
         """The hash that holds entity `key`."""
@@ -344,7 +356,11 @@ class Projection(Handler):
             group = msgs[indices[0]].group
             if self._cluster:  # one event at a time, in its entity's slot: handlers._cluster
                 for i, plan in planned:
-                    outcome, settled = await _cluster.project(self, stream, group, plan)
+                    try:
+                        outcome, settled = await _cluster.project(self, stream, group, plan)
+                    except EffectNotReplicated as exc:  # not acked: runs again
+                        outcomes[i] = exc
+                        continue
                     self._count(outcome, settled, i, plan, stream, outcomes, msgs)
                 planned = []
             for part in chunks([len(plan.args) for _, plan in planned]):

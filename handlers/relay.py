@@ -50,8 +50,10 @@ from redis.asyncio import Redis
 from handlers import _cluster
 from handlers._batch import UNPACK_ITEMS, chunks, failure, pack, text
 from handlers._fields import FieldMap, data_object, field_map, milliseconds, pick
+from handlers._wait import check_wait, note_wait
 from worker import HandlerContext, MalformedMessage, Message
 from worker.batch import BatchHandler, Outcome
+from worker.errors import EffectNotReplicated
 from worker.handler import Handler
 from worker.message import REPLAY_FOR_GROUP, REPLAY_OF_ID, REPLAY_OF_STREAM
 from worker.partitions import check_partitioned_name, stream_for
@@ -281,6 +283,13 @@ class Relay(Handler):
         dedup: `id` deduplicates redeliveries of one entry (source stream + entry id);
             `event_id` also drops an event the producer published twice (same `event_id`
             field, different entries), falling back to the entry id when it has none.
+        wait_replicas: on a Redis Cluster, when a target lives in another slot than the
+            source stream, acknowledge an event only once this many replicas hold its
+            entry on each target (WAIT after each target's script, on its connection); see
+            `handlers._cluster`. Elsewhere the entries and the ack replicate together and
+            nothing is waited for.
+        wait_timeout: seconds to wait for them; an event they do not confirm in time is not
+            acknowledged and runs again (`worker.EffectNotReplicated`).
         batch: True (the default) builds a batch handler, which writes up to `batch_max`
             messages in one round trip but must be alone on its stream; False handles one
             message at a time and may share the stream (with `ack = false`).
@@ -314,6 +323,8 @@ class Relay(Handler):
         ack: bool = True,
         dedup_ttl: float = 86400.0,
         dedup: str = "id",
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be at least 1")
@@ -340,6 +351,7 @@ class Relay(Handler):
         self.acks_atomically = ack
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
         self.dedup = dedup
+        self.wait_replicas, self.wait_timeout = check_wait(wait_replicas, wait_timeout)
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None
@@ -355,6 +367,7 @@ class Relay(Handler):
         self._script = redis.register_script(RELAY)
         self._wide_script = redis.register_script(RELAY_WIDE)
         self._cluster = is_cluster(redis)
+        note_wait(self, self._cluster)
 
     def entry(
         self, msg: Message, target: Target, trace: Mapping[str, str] | None = None
@@ -455,7 +468,11 @@ class Relay(Handler):
         stream, group = msgs[0].stream, msgs[0].group
         if self._cluster:  # one event at a time, a step per target in its slot: _cluster
             for i, targets, entries in planned:
-                outcome = await _cluster.relay(self, msgs[i], targets, entries)
+                try:
+                    outcome = await _cluster.relay(self, msgs[i], targets, entries)
+                except EffectNotReplicated as exc:  # not acked: runs again
+                    outcomes[i] = exc
+                    continue
                 if outcome in ("forwarded", "duplicate"):
                     self.counts[outcome] += 1
                 else:

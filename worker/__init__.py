@@ -8,6 +8,7 @@ from worker.batch import BatchFunctionHandler, BatchHandler, Outcome
 from worker.errors import (
     ConfigError,
     DuplicateHandlerName,
+    EffectNotReplicated,
     HandlerNotFound,
     InvalidEvent,
     MalformedMessage,
@@ -30,6 +31,7 @@ __all__ = [
     "BatchHandler",
     "ConfigError",
     "DuplicateHandlerName",
+    "EffectNotReplicated",
     "FunctionHandler",
     "Handler",
     "HandlerContext",

@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import redis_url, topology
+from worker.errors import EffectNotReplicated
 from worker.redis_url import mask_url as mask_url  # where callers have always found it
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
@@ -54,6 +55,7 @@ entry it was for is not to blame."""
 
 
 _REFUSED_CLASSES = (
+    EffectNotReplicated,  # the effect's replicas did not confirm it in time
     OutOfMemoryError,
     ReadOnlyError,
     TryAgainError,

@@ -114,3 +114,31 @@ class NotReplicated(SyncWorkerError):
         self.entry_id = entry_id
         self.acknowledged = acknowledged
         self.wanted = wanted
+
+
+class EffectNotReplicated(SyncWorkerError):
+    """A built-in handler's effect was not confirmed by enough replicas within its
+    `wait_timeout` (`wait_replicas` on a Redis Cluster, where the acknowledgement would go to
+    another primary than the effect).
+
+    The entry is not acknowledged: a failover of the effect's primary could otherwise lose the
+    effect while the acknowledgement survives. The runtime treats it as Redis refusing a write
+    for now: the entry runs again later without spending an attempt, and the effect's marker
+    or version makes the rerun write nothing twice.
+
+    Attributes:
+        target: the key whose slot holds the effect (entity hash, target stream).
+        message_id: the source entry.
+        acknowledged: how many replicas confirmed it.
+        wanted: how many were asked for.
+    """
+
+    def __init__(self, target: str, message_id: str, acknowledged: int, wanted: int) -> None:
+        super().__init__(
+            f"{message_id}: {acknowledged} of {wanted} replicas confirmed its effect on "
+            f"{target} in time; not acknowledged, it runs again"
+        )
+        self.target = target
+        self.message_id = message_id
+        self.acknowledged = acknowledged
+        self.wanted = wanted

@@ -1,7 +1,9 @@
-"""Publishing with `wait_replicas` on a Redis Cluster: XADD and WAIT on one connection to the
-primary of the entry's slot, so an entry the publisher was told about is on that primary's
-replica. A real cluster of 3 primaries with a replica each, shared by the module; a replica
-is stopped (SIGSTOP, by pid) to make WAIT time out.
+"""`wait_replicas` on a Redis Cluster: the publisher's XADD and WAIT go on one connection to
+the primary of the entry's slot, so an entry the publisher was told about is on that
+primary's replica; a projection or relay whose effect lives in another slot than its stream
+acknowledges an event only once the effect's replica holds it. A real cluster of 3 primaries
+with a replica each, shared by the module; a replica is stopped (SIGSTOP, by pid) to make
+WAIT time out.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from handlers.projection import Projection
+from handlers.relay import Relay
 from tests.cluster.replicas import entry_ids, on_replica, replica_of, stopped
-from worker import NotReplicated, Publisher
+from tests.handlers.events import PROJECTION_EVENTS, Event, delivered
+from tests.helpers import eventually, make_settings, pending_count, running
+from worker import EffectNotReplicated, NotReplicated, Publisher
 from worker.cli import main
-from worker.keys import key_slot
+from worker.keys import colocated, key_slot
 from worker.partitions import stream_for
 from worker.redis_cluster import RedisClusterServers
 
@@ -173,3 +179,80 @@ async def test_a_confirmed_entry_survives_the_failover_of_its_primary(
         assert ids == [entry_id, raised.value.entry_id]
     finally:
         await client.aclose()
+
+
+def elsewhere(client: Redis, anchor: str, stem: str) -> str:
+    """A name under `stem` that lives on another primary than `anchor`."""
+    cluster: RedisCluster = client  # type: ignore[assignment]
+    home = cluster.get_node_from_key(anchor)
+    n = 0
+    while cluster.get_node_from_key(f"{stem}{n}") == home:
+        n += 1
+    return f"{stem}{n}"
+
+
+async def test_a_projection_acks_only_once_the_replica_holds_the_effect(
+    servers: RedisClusterServers, client: Redis
+) -> None:
+    """The entity lives on another primary than the stream, whose replica is stopped: the
+    worker applies the event on the primary but does not ack it, retrying it without spending
+    its attempts (2 here) and without dead-lettering it; once the replica runs again the
+    event is acked, applied once."""
+    await client.initialize()  # type: ignore[attr-defined]
+    run = uuid.uuid4().hex[:8]
+    stream, group, prefix = f"{run}:orders", f"g-{run}", f"{run}:item:"
+    entity = elsewhere(client, stream, prefix)
+    key = entity[len(prefix) :]
+    projection = Projection(
+        prefix=prefix, events=PROJECTION_EVENTS, wait_replicas=1, wait_timeout=0.2
+    ).bind([stream])
+    settings = make_settings(servers.url, group, consumer="c1", max_attempts=2)
+    async with running(settings, [projection]) as worker:
+        with stopped(replica_of(servers, servers.primary_of(entity))):
+            await client.xadd(stream, Event("item.set", key, 1, {"x": 1}).fields())  # type: ignore[arg-type]
+            await eventually(lambda: worker.stats.redis_errors["handler"] >= 3)
+            assert await client.hgetall(entity) == {b"x": b"1"}  # on the primary
+            assert await pending_count(client, stream, group) == 1
+        await eventually(lambda: _pending_is_zero(client, stream, group))
+    servers.wait_synced()
+
+    assert await client.hgetall(entity) == {b"x": b"1"}
+    counts = await client.hgetall(colocated(entity, projection.counts_key))  # type: ignore[attr-defined]
+    assert counts[b"applied"] == b"1"
+    assert not await client.exists(settings.dead_letter_stream(stream))
+
+
+async def test_a_relay_leaves_an_event_pending_until_the_replica_holds_its_entry(
+    servers: RedisClusterServers, client: Redis
+) -> None:
+    """The target stream lives on another primary than the source, whose replica is stopped:
+    the entry is written there but the event is not acked (EffectNotReplicated); the next
+    delivery, with the replica back, writes nothing again and acks."""
+    await client.initialize()  # type: ignore[attr-defined]
+    run = uuid.uuid4().hex[:8]
+    stream = f"{run}:in"
+    target = elsewhere(client, stream, f"{run}:out")
+    group = f"g-{run}"
+    await client.xadd(stream, Event("item.set", "k", 1, {}).fields())  # type: ignore[arg-type]
+    (msg,) = await delivered(client, stream, group, 1)
+    relay = Relay(to=target, wait_replicas=1, wait_timeout=0.2)
+    relay.use(client)
+
+    with stopped(replica_of(servers, servers.primary_of(target))):
+        with pytest.raises(EffectNotReplicated) as raised:
+            await relay.handle(msg)
+        assert await pending_count(client, stream, group) == 1
+        assert len(await client.xrange(target)) == 1
+    servers.wait_synced()
+    assert (raised.value.target, raised.value.message_id) == (target, msg.id)
+
+    await relay.handle(msg)
+    assert await pending_count(client, stream, group) == 0
+    [(entry_id, fields)] = await client.xrange(target)
+    assert fields[b"source_id"] == msg.id.encode()
+    assert on_replica(servers, target) == [entry_id.decode()]
+    assert relay.counts == {"not_replicated": 1, "duplicate": 1}
+
+
+async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:
+    return await pending_count(redis, stream, group) == 0
