@@ -9,7 +9,9 @@ Two kinds of finding, per routed stream:
 - a **note**: a built-in handler's target (a projection's entity hashes, a relay's target
   stream) lives outside the stream's slot. That is supported: the effect stays atomic with
   its dedupe marker in the target's slot, and the ack follows as its own command
-  (`handlers._cluster`), so a crash in between costs a retry that changes nothing.
+  (`handlers._cluster`), so a crash in between costs a retry that changes nothing. The note
+  says whether the ack waits for the effect's replicas (`wait_replicas`), without which a
+  failover of the target's primary can lose an effect whose ack survived.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def _target_notes(handler: Handler, stream: str) -> list[str]:
         "follows it as a separate command (a crash in between costs a retry that writes "
         "nothing twice)"
     )
+    wanted = getattr(handler, "wait_replicas", 0)
+    if wanted:
+        after += f"; the ack waits until {wanted} replica(s) hold the effect (wait_replicas)"
+    else:
+        after += (
+            "; a failover of the target's primary can lose an effect whose ack survived: "
+            "set wait_replicas = 1 to ack only once a replica holds it"
+        )
     notes = []
     prefix = getattr(handler, "prefix", None)
     if isinstance(handler, Projection) and isinstance(prefix, str):

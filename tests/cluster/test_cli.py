@@ -45,17 +45,24 @@ async def test_check_reports_the_topology_and_targets_in_other_slots(
     slotted: dict[str, str], env: None, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    """check names the cluster, passes, and notes a projection whose entities live elsewhere."""
+    """check names the cluster, passes, and notes a projection whose entities live elsewhere,
+    and whether its ack waits for the effect's replicas."""
     route = {
         "stream": slotted["a"],
         "handler": "projection",
         "options": {"prefix": "item:", "events": {"item.set": "set"}},
     }
-    monkeypatch.setenv("SYNCWORKER_ROUTES", json.dumps([route]))
+    waiting = {**route, "stream": slotted["b"]}
+    waiting["options"] = {**route["options"], "wait_replicas": 1}  # type: ignore[dict-item]
+    monkeypatch.setenv("SYNCWORKER_ROUTES", json.dumps([route, waiting]))
     assert await cli("check") == 0
     out = capsys.readouterr().out
     assert "topology: Redis Cluster, 3 primaries" in out
     assert f"note: projection on {slotted['a']}: the entity hashes item:<key>" in out
+    [plain] = [line for line in out.splitlines() if f"projection on {slotted['a']}:" in line]
+    [waits] = [line for line in out.splitlines() if f"projection on {slotted['b']}:" in line]
+    assert "set wait_replicas = 1" in plain
+    assert "the ack waits until 1 replica(s)" in waits
 
 
 async def test_check_fails_for_a_stream_whose_keys_cannot_share_its_slot(

@@ -237,6 +237,8 @@ async def test_a_relay_leaves_an_event_pending_until_the_replica_holds_its_entry
     (msg,) = await delivered(client, stream, group, 1)
     relay = Relay(to=target, wait_replicas=1, wait_timeout=0.2)
     relay.use(client)
+    async with Redis(port=servers.primary_of(target).port) as primary:
+        await primary.script_flush()  # the script and WAIT share a connection: load it there
 
     with stopped(replica_of(servers, servers.primary_of(target))):
         with pytest.raises(EffectNotReplicated) as raised:
