@@ -78,7 +78,7 @@ async def write_and_wait(
         script: with an EVALSHA `command`, the script's source, loaded if the node lacks it.
 
     Raises:
-        ResponseError: Redis refused the write (not a redirection).
+        ResponseError: Redis refused the write (not a redirection), or WAIT.
         ConnectionError, TimeoutError: the slot's primary could not be reached, retries
             spent.
     """
@@ -121,8 +121,10 @@ async def write_and_wait(
             await _refresh(cluster, 0.25 if isinstance(reply, ClusterDownError) else 0.05)
         elif isinstance(reply, Exception):
             raise reply
+        elif isinstance(acknowledged, Exception):
+            raise acknowledged  # WAIT refused (an ACL without +wait): the write is done
         else:
-            return reply, 0 if isinstance(acknowledged, Exception) else int(acknowledged)
+            return reply, int(acknowledged)
     raise ClusterError(f"{key}: still redirected after {REDIRECTIONS} tries")
 
 

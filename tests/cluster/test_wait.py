@@ -258,3 +258,26 @@ async def test_a_relay_leaves_an_event_pending_until_the_replica_holds_its_entry
 
 async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:
     return await pending_count(redis, stream, group) == 0
+
+
+async def test_a_user_without_wait_is_told_so(servers: RedisClusterServers, stream: str) -> None:
+    """WAIT refused by the ACL is an error of its own (NOPERM), not a missing replica: the
+    entry is written, the publisher raises Redis's refusal."""
+    import redis as sync_redis
+    from redis.exceptions import NoPermissionError
+
+    user = f"nowait-{uuid.uuid4().hex[:6]}"
+    for server in servers.primaries:
+        with sync_redis.Redis(port=server.port) as admin:
+            admin.acl_setuser(
+                user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-wait"]
+            )
+    nodes = [ClusterNode("127.0.0.1", s.port) for s in servers.primaries]
+    limited = RedisCluster(startup_nodes=nodes, username=user, password="pw")
+    try:
+        publisher = Publisher(limited, wait_replicas=1)  # type: ignore[arg-type]
+        with pytest.raises(NoPermissionError, match="wait"):
+            await publisher.publish(stream, "t", {})
+        assert len(await limited.xrange(stream)) == 1
+    finally:
+        await limited.aclose()
