@@ -21,7 +21,8 @@ crash between two targets is finished by the retry without a second entry in eit
 Failover. The effect and the ack then live on two primaries, replicated independently: a
 failover of the effect's primary can lose the effect while the ack survives, and the event
 is gone for good. With `wait_replicas` the effect script and WAIT go to the target's primary
-on one connection (`effect`), and the ack follows only once the replicas hold the effect.
+on one connection (`handlers._wait.effect`), and the ack follows only once the replicas
+hold the effect.
 """
 
 from __future__ import annotations
@@ -29,20 +30,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from redis.asyncio import Redis
 
 from handlers._batch import pack
-from worker.cluster_wait import write_and_wait
-from worker.errors import EffectNotReplicated
+from handlers._wait import effect
 from worker.keys import colocated, key_slot, same_slot
 
 if TYPE_CHECKING:
     from handlers.projection import Plan, Projection
     from handlers.relay import Relay, Target
     from worker.message import Message
-
-log = structlog.get_logger("handlers.cluster")
 
 
 def _text(value: Any) -> str:
@@ -148,47 +145,3 @@ async def run_once(
     if ack and not inside:
         await redis.xack(stream, args[0], args[1])
     return applied
-
-
-async def effect(
-    handler: Projection | Relay,
-    target: str,
-    keys: list[str],
-    args: list[Any],
-    message_id: str,
-    acked_after: bool,
-) -> Any:
-    """The handler's script for one event in `target`'s slot; its reply.
-
-    With the handler's `wait_replicas`, when the ack follows as a command of its own
-    (`acked_after`), the script and WAIT share one connection to the slot's primary. A
-    rerun (a duplicate, a stale version) still writes its counter, so its WAIT covers the
-    first run's effect too, whichever connection wrote it.
-
-    Raises:
-        EffectNotReplicated: the replicas did not confirm the effect in time; the caller
-            must not acknowledge the event.
-    """
-    script = handler._script
-    wanted = handler.wait_replicas
-    if not (wanted and acked_after):
-        return await script(keys=keys, args=args)
-    assert handler._redis is not None, "on_startup was not called"
-    command = ["EVALSHA", script.sha, len(keys), *keys, *args]
-    reply, acknowledged = await write_and_wait(
-        handler._redis, target, command, wanted, handler.wait_timeout, script=script.script
-    )
-    if acknowledged < wanted:
-        handler.counts["not_replicated"] += 1
-        log.warning(
-            "handler.not_replicated",
-            handler=handler.name,
-            target=target,
-            message_id=message_id,
-            replicas=acknowledged,
-            wait_replicas=wanted,
-            wait_timeout=handler.wait_timeout,
-            note="not acknowledged: it runs again, and is acknowledged once replicas confirm",
-        )
-        raise EffectNotReplicated(target, message_id, acknowledged, wanted)
-    return reply

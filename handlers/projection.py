@@ -306,6 +306,7 @@ class Projection(Handler):
         self.acks_atomically = ack
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
         self.wait_replicas, self.wait_timeout = check_wait(wait_replicas, wait_timeout)
+        self._unconfirmed: dict[str, float] = {}  # primary -> when WAIT last fell short
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None

@@ -352,6 +352,7 @@ class Relay(Handler):
         self.dedup_ms = milliseconds("dedup_ttl", dedup_ttl)
         self.dedup = dedup
         self.wait_replicas, self.wait_timeout = check_wait(wait_replicas, wait_timeout)
+        self._unconfirmed: dict[str, float] = {}  # primary -> when WAIT last fell short
         self.counts: Counter[str] = Counter()
         self._redis: Redis | None = None
         self._script: Any = None

@@ -222,38 +222,43 @@ async def test_a_projection_acks_only_once_the_replica_holds_the_effect(
     assert not await client.exists(settings.dead_letter_stream(stream))
 
 
-async def test_a_relay_leaves_an_event_pending_until_the_replica_holds_its_entry(
+async def test_a_relay_leaves_events_pending_until_the_replica_holds_their_entries(
     servers: RedisClusterServers, client: Redis
 ) -> None:
     """The target stream lives on another primary than the source, whose replica is stopped:
-    the entry is written there but the event is not acked (EffectNotReplicated); the next
-    delivery, with the replica back, writes nothing again and acks."""
+    the first event's entry is written there but not acked (EffectNotReplicated), the second
+    is deferred without being written (its WAIT would time out too). With the replica back
+    they are forwarded, each once, and acked."""
     await client.initialize()  # type: ignore[attr-defined]
     run = uuid.uuid4().hex[:8]
     stream = f"{run}:in"
     target = elsewhere(client, stream, f"{run}:out")
     group = f"g-{run}"
-    await client.xadd(stream, Event("item.set", "k", 1, {}).fields())  # type: ignore[arg-type]
-    (msg,) = await delivered(client, stream, group, 1)
+    for key in ("k1", "k2"):
+        await client.xadd(stream, Event("item.set", key, 1, {}).fields())  # type: ignore[arg-type]
+    msgs = await delivered(client, stream, group, 2)
     relay = Relay(to=target, wait_replicas=1, wait_timeout=0.2)
     relay.use(client)
     async with Redis(port=servers.primary_of(target).port) as primary:
         await primary.script_flush()  # the script and WAIT share a connection: load it there
 
     with stopped(replica_of(servers, servers.primary_of(target))):
-        with pytest.raises(EffectNotReplicated) as raised:
-            await relay.handle(msg)
-        assert await pending_count(client, stream, group) == 1
+        first, second = await relay.handle_batch(msgs)
+        assert await pending_count(client, stream, group) == 2
         assert len(await client.xrange(target)) == 1
     servers.wait_synced()
-    assert (raised.value.target, raised.value.message_id) == (target, msg.id)
+    assert isinstance(first, EffectNotReplicated) and isinstance(second, EffectNotReplicated)
+    assert (first.target, first.message_id, first.acknowledged) == (target, msgs[0].id, 0)
 
-    await relay.handle(msg)
+    async def settled() -> bool:
+        return await relay.handle_batch(msgs) == [None, None]
+
+    await eventually(settled)  # deferred for wait_timeout after the miss, then confirmed
     assert await pending_count(client, stream, group) == 0
-    [(entry_id, fields)] = await client.xrange(target)
-    assert fields[b"source_id"] == msg.id.encode()
-    assert on_replica(servers, target) == [entry_id.decode()]
-    assert relay.counts == {"not_replicated": 1, "duplicate": 1}
+    entries = await client.xrange(target)
+    assert [fields[b"source_id"].decode() for _, fields in entries] == [m.id for m in msgs]
+    assert on_replica(servers, target) == [entry_id.decode() for entry_id, _ in entries]
+    assert relay.counts["forwarded"] == 1 and relay.counts["duplicate"] == 1
 
 
 async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:
