@@ -42,8 +42,10 @@ the events it settled in the same call; an event that fails its checks (a key th
 hash) is neither applied nor acknowledged, and only it is retried. Field lists are written in
 slices, so an event may carry any number of fields (Lua's `unpack` stops near 8,000 values).
 
-The script touches the entity, state and stream keys together, so it needs one Redis server
-(or a primary with replicas), not a Redis Cluster.
+On one server (or a primary with replicas) the script touches the entity, state and stream
+keys together, and the ack is part of it. On a Redis Cluster the entities may live in other
+slots: there the script runs once per entity slot and the XACK follows (`handlers._cluster`),
+with `wait_replicas` to hold the ack until a replica has the effect (`handlers._wait`).
 """
 
 from __future__ import annotations
