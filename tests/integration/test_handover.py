@@ -441,3 +441,64 @@ class TestCrashWave:
         assert set(await processed(redis, stream)) == set(ids) - {ids[13]}
         # The poison ran once per attempt: with 8, then 4 suspects, then alone.
         assert (await attempts(redis, stream))[ids[13]] == [1, 2, 3, 4]
+
+
+class TestReadAsTheWorkerStops:
+    @pytest.mark.parametrize("lane", ["idle", "busy"])
+    async def test_an_entry_read_as_the_worker_stops_is_handed_back_not_run(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str], lane: str
+    ) -> None:
+        """An XREADGROUP reply that comes in after the stop began (redis-py can lose the
+        cancellation of a read in flight) is handed back with the unstarted entries: not
+        run by the stopping worker (busy lane), nor left pending on its name (idle lane)."""
+        stream, group = names["stream"], names["group"]
+        handled: list[str] = []
+        finish = asyncio.Event()
+
+        @handler(stream=stream)
+        async def record(msg: Message) -> None:
+            handled.append(msg.id)
+            if msg.fields.get("hold") == "1":
+                await finish.wait()
+
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        settings = make_settings(redis_server.url, group, consumer="stopping", concurrency=2)
+        worker = Worker(settings, [record])
+        task = asyncio.create_task(worker.run())
+        entered, delivered = asyncio.Event(), asyncio.Event()
+        try:
+            await asyncio.wait_for(worker.started.wait(), 10)
+            held = None
+            if lane == "busy":  # a lane runs an entry until the test lets it finish
+                held = (await redis.xadd(stream, {"hold": "1"})).decode()
+                await eventually(lambda: held in handled)
+            assert worker.reader is not None
+            read = worker.reader.redis.xreadgroup
+
+            async def read_losing_its_cancellation(*args: Any, **kwargs: Any) -> Any:
+                entered.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(30)  # cut short by the stop's cancellation...
+                reply = await read(*args, **kwargs)  # ...which is lost: the reply comes in
+                delivered.set()
+                return reply
+
+            worker.reader.redis.xreadgroup = read_losing_its_cancellation  # type: ignore[method-assign]
+            await asyncio.wait_for(entered.wait(), 10)
+            late = (await redis.xadd(stream, {"n": "late"})).decode()
+            worker.stop()
+            await asyncio.wait_for(delivered.wait(), 10)
+            finish.set()  # a busy lane finishes its entry after the late one was read
+            await asyncio.wait_for(asyncio.shield(task), 15)
+        finally:
+            finish.set()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, 10)
+        # Then the stopping worker did not run it, and handed it back for the next consumer
+        assert late not in handled
+        assert await redis.hget(handover_key(stream), late) is not None
+        rows = await redis.xpending_range(stream, group, min=late, max=late, count=1)
+        assert [int(r["times_delivered"]) for r in rows] == [1]
+        assert await pending_count(redis, stream, group) == 1  # the held one was acknowledged

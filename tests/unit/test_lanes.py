@@ -82,6 +82,30 @@ class TestLanes:
         assert await lanes.wait(1) == []
         assert ran == []
 
+    async def test_what_is_submitted_after_close_never_runs_and_is_handed_back(self) -> None:
+        """A read or claim in flight at close() may still deliver: neither a lane finishing
+        its message nor an idle one runs what it delivers; `late()` returns it."""
+        ran: list[str] = []
+        finish = asyncio.Event()
+
+        async def process(m: Message) -> None:
+            ran.append(m.id)
+            if m.id == "1-0":
+                await finish.wait()
+
+        lanes = Lanes(2, process)
+        lanes.start()
+        lanes.submit(msg(1, "busy"))
+        await asyncio.sleep(0.01)
+        assert lanes.close() == []
+        lanes.submit(msg(2, None))
+        lanes.submit(msg(3, "busy"))  # behind the running message of its key
+        finish.set()
+        assert await lanes.wait(1) == []
+        assert ran == ["1-0"]
+        assert [m.id for m in lanes.late()] == ["2-0", "3-0"]
+        assert lanes.late() == []
+
     async def test_wait_cancels_what_outlives_the_timeout(self) -> None:
         """A handler still running at the deadline is cancelled and reported as interrupted."""
 

@@ -87,13 +87,25 @@ class Lanes:
         """key -> the messages of that key queued behind the one that owns it (None: none
         yet; most keys never get a follower, so the deque is made only when one arrives)."""
         self._closed = False
+        self._late: list[Message] = []
+        """Messages submitted after `close()`: never run, handed back by the drain."""
 
     def start(self) -> None:
         for index, lane in enumerate(self._lanes):
             lane.task = asyncio.create_task(self._run(lane), name=f"syncworker-lane-{index}")
 
     def submit(self, msg: Message) -> None:
-        """Queue a message; behind the earlier messages of its key, if any are unfinished."""
+        """Queue a message; behind the earlier messages of its key, if any are unfinished.
+
+        After `close()` nothing is queued: a read or claim that was in flight when the worker
+        began to stop can still deliver (redis-py may lose the cancellation of a command in
+        flight), and a lane still finishing its message would run the newcomer after the stop,
+        or, with every lane done, nothing would run it and it would stay pending on this
+        consumer, unreleased. It is kept for `late()` instead, and handed back.
+        """
+        if self._closed:
+            self._late.append(msg)
+            return
         key = msg.lane_key
         if key is not None:
             owned = self._owned
@@ -312,6 +324,11 @@ class Lanes:
                 lane.waiter.set_result(None)
         self._idle.clear()
         return unstarted
+
+    def late(self) -> list[Message]:
+        """Take the messages submitted since `close()` (none of them started)."""
+        late, self._late = self._late, []
+        return late
 
     async def wait(self, timeout: float) -> list[Message]:
         """Wait up to `timeout` seconds for running messages; cancel and return the rest."""

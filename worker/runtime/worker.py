@@ -431,6 +431,12 @@ class Worker:
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
+        # What a read or claim in flight delivered after the lanes closed never started
+        # either: hand it back with the rest (those loops have ended, unless logged stuck).
+        late = engine.lanes.late()
+        for msg in late:
+            self.ledger.drop(msg)
+        unstarted += late
         try:  # bounded, not wait_for: a cancelled flush may never end (a lost cancellation)
             flushed = await bounded(engine.settler.drain(FINAL_FLUSH_S), FINAL_FLUSH_S, "acks")
         except TimeoutError:
