@@ -52,7 +52,10 @@ async def read_leased(ordered: Ordered) -> None:
         ordered.reading_now = frozenset(offsets)
         ledger.reserve(asked)  # the common read loops share the room meanwhile
         try:
-            reply = await _read(ordered, offsets, count, block_ms)
+            try:
+                reply = await _read(ordered, offsets, count, block_ms)
+            finally:  # before any wait below; no await until the entries are held
+                ledger.unreserve(asked)
         except ResponseError as exc:
             if str(exc).startswith("NOGROUP"):
                 await create_groups(ordered.redis, ordered.group, settings.start_id, offsets)
@@ -66,7 +69,6 @@ async def read_leased(ordered: Ordered) -> None:
             continue
         finally:
             ordered.reading_now = frozenset()
-            ledger.unreserve(asked)
         # No await from here on: the entries are held before a release can look.
         for name, entries in reply or ():
             stream = text(name)

@@ -173,9 +173,12 @@ class Reader:
                 asked = count * len(offsets)  # COUNT bounds each stream a read names
                 self.ledger.reserve(asked)
             try:
-                reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, offsets, count=count, block=block_ms
-                )
+                try:
+                    reply = await self.redis.xreadgroup(
+                        self.group, self.consumer, offsets, count=count, block=block_ms
+                    )
+                finally:  # before any back-off below; no await until the entries are held
+                    self.ledger.unreserve(asked)
             except ResponseError as exc:
                 if _group_gone(exc):
                     await self._recover_group(reconnect)
@@ -189,8 +192,6 @@ class Reader:
                 self.connected = False
                 await reconnect.pause(exc)
                 continue
-            finally:
-                self.ledger.unreserve(asked)  # no await until the entries are held
             self.connected = True
             reconnect.succeeded()
             backlog = _came_back_full(reply, count)
