@@ -12,7 +12,10 @@ are blocked waiting is the group moved back to the start (XGROUP SETID 0 ENTRIES
 one more event appended to each partition to wake the blocked reads. Timed from the group's
 first read to nothing left to read or acknowledge, as `bench.ordered` does. Redis CPU is the
 INFO cpu delta (user + system) of each primary over the same window, as a share of one core;
-worker CPU is that of every worker process (/proc) over the same window, per event.
+worker CPU is that of every worker process (/proc) over the same window, per event. Calls of
+XREADGROUP, EVALSHA/EVAL and XACK are counted from INFO commandstats of every primary, per
+drain. `--handler projection` and `--handler relay` run the built-in sinks (batch handlers)
+instead of a no-op; what they write is deleted after each drain.
 
 Rounds are interleaved (topology x workers, then again), and the median of `--rounds` is
 printed, so load from elsewhere hits every row alike.
@@ -36,7 +39,20 @@ from worker.partitions import partition_names, stream_for
 from worker.redis_cluster import RedisClusterServers
 from worker.redis_server import RedisServer
 
-HANDLERS = {"noop": "bench.handlers:Noop", "sleep_1ms": "bench.handlers:Sleep1ms"}
+RELAY_TARGET = "cb-relayed"
+HANDLERS: dict[str, dict[str, object]] = {
+    "noop": {"handler": "bench.handlers:Noop"},
+    "sleep_1ms": {"handler": "bench.handlers:Sleep1ms"},
+    # the built-in sinks, batch handlers: entities over 10,000 keys (so over about as many
+    # slots), and one target stream (one slot)
+    "projection": {
+        "handler": "handlers.projection:Projection",
+        "options": {"prefix": "cb-order:", "events": {"order.paid": "merge"}},
+    },
+    "relay": {"handler": "handlers.relay:Relay", "options": {"to": [RELAY_TARGET]}},
+}
+WRITTEN = ("cb-order:*", "*syncworker:*", f"*{RELAY_TARGET}*")
+"""What the sinks write, deleted after each drain."""
 WORKERS = (1, 2, 4)
 KEYS = 10_000
 
@@ -53,15 +69,29 @@ class Topology:
     rates: dict[int, list[float]] = field(default_factory=dict)
     cpu: dict[int, list[list[float]]] = field(default_factory=dict)
     worker_us: dict[int, list[float]] = field(default_factory=dict)
+    calls: dict[int, list[Counter[str]]] = field(default_factory=dict)
 
     def cpu_seconds(self) -> list[float]:
         """Used CPU (user + system) of each primary so far."""
         info = [p.info("cpu") for p in self.primaries]
         return [float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in info]
 
+    def command_calls(self) -> Counter[str]:
+        """Calls of the commands the table counts so far, over every primary."""
+        total: Counter[str] = Counter()
+        for primary in self.primaries:
+            stats = primary.info("commandstats")
+            for name, label in COUNTED.items():
+                total[label] += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        return total
+
     def close(self) -> None:
         for client in [self.client, *self.primaries]:
             client.close()
+
+
+COUNTED = {"xreadgroup": "reads", "evalsha": "scripts", "eval": "scripts", "xack": "acks"}
+"""Commands counted per drain (INFO commandstats), under their column."""
 
 
 def publish(redis: Redis, stream: str, partitions: int, entries: int) -> None:
@@ -101,6 +131,18 @@ def balanced_stream(partitions: int, primaries: int = 3) -> str:
     raise RuntimeError("no evenly spread stream name found")
 
 
+def clear_written(topo: Topology) -> None:
+    """Delete what a sink wrote (entities, markers, counters, the relayed stream)."""
+    for primary in topo.primaries:
+        for pattern in WRITTEN:
+            keys = list(primary.scan_iter(match=pattern, count=10_000))
+            for start in range(0, len(keys), 1_000):
+                pipe = primary.pipeline(transaction=False)
+                for key in keys[start : start + 1_000]:
+                    pipe.delete(key)
+                pipe.execute()
+
+
 def drain_once(args: argparse.Namespace, topo: Topology, workers: int) -> None:
     stream = balanced_stream(args.partitions)  # deleted after each drain, so reused
     names = partition_names(stream, args.partitions)
@@ -108,12 +150,13 @@ def drain_once(args: argparse.Namespace, topo: Topology, workers: int) -> None:
     publish(redis, stream, args.partitions, args.entries)
     for name in names:
         redis.xgroup_create(name, "bench", id="$")
-    route = {"stream": stream, "partitions": args.partitions, "handler": HANDLERS[args.handler]}
+    route = {"stream": stream, "partitions": args.partitions, **HANDLERS[args.handler]}
     procs = [worker(topo.url, route, f"w{n}") for n in range(workers)]
     try:
         reads = workers * topo.reads_per_worker
         wait_until(lambda: blocked(topo) >= reads, 120, poll=0.02)
         cpu_before = topo.cpu_seconds()
+        calls_before = topo.command_calls()
         workers_before = sum(cpu_seconds(p.pid) for p in procs)
         for name in names:
             redis.xgroup_setid(name, "bench", "0", entries_read=0)
@@ -121,16 +164,19 @@ def drain_once(args: argparse.Namespace, topo: Topology, workers: int) -> None:
         started = wait_until(lambda: started_reading(redis, names), 120, poll=0.002)
         ended = wait_until(lambda: drained(redis, names), 900, poll=0.01)
         cpu = [after - before for before, after in zip(cpu_before, topo.cpu_seconds(), strict=True)]
+        calls = topo.command_calls() - calls_before
         worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - workers_before
     finally:
         stop(*procs)
         for name in names:
             redis.delete(name)
+        clear_written(topo)
     seconds = ended - started
     events = args.entries + args.partitions
     topo.rates.setdefault(workers, []).append(events / seconds)
     topo.worker_us.setdefault(workers, []).append(worker_cpu / events * 1e6)
     topo.cpu.setdefault(workers, []).append([c / seconds for c in cpu])
+    topo.calls.setdefault(workers, []).append(calls)
 
 
 def report(args: argparse.Namespace, topologies: list[Topology]) -> None:
@@ -140,9 +186,9 @@ def report(args: argparse.Namespace, topologies: list[Topology]) -> None:
     )
     print(
         "| topology | workers | msg/s | per worker msg/s | worker CPU µs/msg "
-        "| Redis CPU per primary | runs msg/s |"
+        "| Redis CPU per primary | reads / scripts / XACKs | runs msg/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for topo in topologies:
         for workers in WORKERS:
             rates = topo.rates[workers]
@@ -155,8 +201,17 @@ def report(args: argparse.Namespace, topologies: list[Topology]) -> None:
                 f"| {topo.name} | {workers} | {median:,.0f} | {median / workers:,.0f} | "
                 f"{statistics.median(topo.worker_us[workers]):.0f} | "
                 f"{' / '.join(f'{c:.0%}' for c in cpu)} | "
+                f"{' / '.join(calls(topo.calls[workers], label) for label in LABELS)} | "
                 f"{', '.join(f'{r:,.0f}' for r in sorted(rates))} |"
             )
+
+
+LABELS = ("reads", "scripts", "acks")
+
+
+def calls(runs: list[Counter[str]], label: str) -> str:
+    """The median calls of one command per drain, over its runs."""
+    return f"{statistics.median(run[label] for run in runs):,.0f}"
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ route's options stay the same across topologies) but only noted in the log.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -56,10 +57,10 @@ async def effect(
     target: str,
     keys: list[str],
     args: list[Any],
-    message_id: str,
+    message_ids: Sequence[str],
     acked_after: bool,
 ) -> Any:
-    """The handler's script for one event in `target`'s slot; its reply.
+    """The handler's script for the events `message_ids` in `target`'s slot; its reply.
 
     With the handler's `wait_replicas`, when the ack follows as a command of its own
     (`acked_after`), the script and WAIT share one connection to the slot's primary. A rerun
@@ -67,8 +68,8 @@ async def effect(
     run's effect too, whichever connection wrote it.
 
     While a primary's replicas have just failed to confirm (within the last `wait_timeout`),
-    further events for that primary are deferred without running: each would wait the whole
-    timeout in vain, one event at a time, and a batch would take `batch_max` timeouts.
+    further calls for that primary are deferred without running: each would wait the whole
+    timeout in vain, and a batch over many slots would wait once per slot.
 
     Raises:
         EffectNotReplicated: the replicas did not confirm the effect in time, or the event
@@ -83,9 +84,9 @@ async def effect(
     unconfirmed = handler._unconfirmed
     primary = _primary_name(redis, target)
     if primary in unconfirmed and time.monotonic() - unconfirmed[primary] < handler.wait_timeout:
-        handler.counts["not_replicated"] += 1
-        log.debug("handler.deferred", handler=handler.name, target=target, message_id=message_id)
-        raise EffectNotReplicated(target, message_id, 0, wanted)
+        handler.counts["not_replicated"] += len(message_ids)
+        log.debug("handler.deferred", handler=handler.name, target=target, message_ids=message_ids)
+        raise EffectNotReplicated(target, message_ids[0], 0, wanted)
     command = ["EVALSHA", script.sha, len(keys), *keys, *args]
     reply, acknowledged = await write_and_wait(
         redis, target, command, wanted, handler.wait_timeout, script=script.script
@@ -94,18 +95,18 @@ async def effect(
         unconfirmed.pop(primary, None)
         return reply
     unconfirmed[primary] = time.monotonic()
-    handler.counts["not_replicated"] += 1
+    handler.counts["not_replicated"] += len(message_ids)
     log.warning(
         "handler.not_replicated",
         handler=handler.name,
         target=target,
-        message_id=message_id,
+        message_ids=message_ids,
         replicas=acknowledged,
         wait_replicas=wanted,
         wait_timeout=handler.wait_timeout,
         note="not acknowledged: it runs again, and is acknowledged once replicas confirm",
     )
-    raise EffectNotReplicated(target, message_id, acknowledged, wanted)
+    raise EffectNotReplicated(target, message_ids[0], acknowledged, wanted)
 
 
 def _primary_name(redis: Any, key: str) -> str:

@@ -33,8 +33,8 @@ guard alone keeps the effect exactly once while the runtime acknowledges afterwa
 On a Redis Cluster the versions, counts and marker keys are kept beside each entity
 (`{<entity>}<state>:versions`, ...), so the guard, the change and the counter stay one
 script in the entity's slot; the XACK stays in it when the stream shares that slot, else
-it follows the script (`handlers._cluster`). There a batch is applied one event (one
-script call) at a time, each in its entity's slot.
+it follows the scripts (`handlers._cluster`). There a batch is applied in one script call
+per slot of its entities.
 
 Batches. `Projection(...)` is a batch handler unless `batch=False`: one script call applies
 a whole batch (up to 500 events per call) in order, each event with its own guard, and XACKs
@@ -90,6 +90,10 @@ PROJECT = (
 -- the events packed in one argument (`handlers._batch.pack`: one argument is far cheaper for
 -- the client to send than thousands), per event: entry id, entity key, version or '',
 -- action, n, r, n field/value items, r fields to remove (null in data).
+-- An optional last argument '4' gives every event keys of its own (a Redis Cluster, where
+-- they live beside each entity: `handlers._cluster`): per event e KEYS[4e] entity hash,
+-- KEYS[4e + 1] dedup marker, KEYS[4e + 2] versions hash, KEYS[4e + 3] counts hash; KEYS[1]
+-- and KEYS[2] are then not used.
 -- Returns one reply per event: 'applied', 'stale', 'duplicate', or an error text. An event
 -- that fails is neither applied nor acknowledged; the others are. Redis does not roll a
 -- script back when a command fails half-way, so everything that can fail is checked before
@@ -137,7 +141,7 @@ local function sliced(command, key, first, last)
   end
 end
 -- The outcome of one event, or an error text; writes nothing unless it returns 'applied'.
-local function apply(entity, marker, key, version, action, first, n, r)
+local function apply(entity, marker, versions, key, version, action, first, n, r)
   local kind = redis.call('TYPE', entity).ok
   if kind ~= 'hash' and kind ~= 'none' then
     return 'WRONGTYPE ' .. entity .. ' holds a ' .. kind .. ', not a hash'
@@ -146,9 +150,9 @@ local function apply(entity, marker, key, version, action, first, n, r)
     if not parse(version) then
       return 'ERR version is not an integer: ' .. version
     end
-    local current = redis.call('HGET', KEYS[1], key)
+    local current = redis.call('HGET', versions, key)
     if current and not parse(current) then
-      return 'ERR ' .. KEYS[1] .. ' holds a version that is not an integer for ' .. key
+      return 'ERR ' .. versions .. ' holds a version that is not an integer for ' .. key
         .. ': ' .. current
     end
     if current and compare(current, version) >= 0 then
@@ -167,7 +171,7 @@ local function apply(entity, marker, key, version, action, first, n, r)
     sliced('HDEL', entity, first + n, first + n + r - 1)
   end
   if version ~= '' then
-    redis.call('HSET', KEYS[1], key, version)
+    redis.call('HSET', versions, key, version)
   else
     redis.call('SET', marker, '1', 'PX', ARGV[3])
   end
@@ -179,20 +183,29 @@ for i = 6, 5 + skip do
   acks[#acks + 1] = ARGV[i]
 end
 A = unpack_items(ARGV[6 + skip])
+local stride = tonumber(ARGV[7 + skip] or '2')
 local pos = 1
 for e = 1, tonumber(ARGV[4]) do
   local n, r = tonumber(A[pos + 4]), tonumber(A[pos + 5])
-  local outcome = apply(KEYS[2 + 2 * e], KEYS[3 + 2 * e], A[pos + 1], A[pos + 2],
+  local base = 2 + stride * (e - 1)
+  local versions, counts = KEYS[1], KEYS[2]
+  if stride == 4 then
+    versions, counts = KEYS[base + 4], KEYS[base + 5]
+  end
+  local outcome = apply(KEYS[base + 2], KEYS[base + 3], versions, A[pos + 1], A[pos + 2],
     A[pos + 3], pos + 6, n, r)
   replies[e] = outcome
   if outcome == 'applied' or outcome == 'stale' or outcome == 'duplicate' then
-    tally[outcome] = (tally[outcome] or 0) + 1
+    tally[counts] = tally[counts] or {}
+    tally[counts][outcome] = (tally[counts][outcome] or 0) + 1
     acks[#acks + 1] = A[pos]
   end
   pos = pos + 6 + n + r
 end
-for outcome, count in pairs(tally) do
-  redis.call('HINCRBY', KEYS[2], outcome, count)
+for key, outcomes in pairs(tally) do
+  for outcome, count in pairs(outcomes) do
+    redis.call('HINCRBY', key, outcome, count)
+  end
 end
 if ARGV[2] == '1' then
   for i = 1, #acks, 7000 do
@@ -357,15 +370,15 @@ class Projection(Handler):
                 else:
                     planned.append((i, plan))
             group = msgs[indices[0]].group
-            if self._cluster:  # one event at a time, in its entity's slot: handlers._cluster
-                for i, plan in planned:
-                    try:
-                        outcome, settled = await _cluster.project(self, stream, group, plan)
-                    except EffectNotReplicated as exc:  # not acked: runs again
-                        outcomes[i] = exc
+            if self._cluster:  # a call per slot of the entities: handlers._cluster
+                plans = dict(planned)
+                replies = await _cluster.project(self, stream, group, planned, ignored)
+                for i, outcome in replies:
+                    if isinstance(outcome, EffectNotReplicated):  # not acked: runs again
+                        outcomes[i] = outcome
                         continue
-                    self._count(outcome, settled, i, plan, stream, outcomes, msgs)
-                planned = []
+                    self._count(outcome, outcome in OUTCOMES, i, plans[i], stream, outcomes, msgs)
+                planned, ignored = [], []
             for part in chunks([len(plan.args) for _, plan in planned]):
                 await self._run(stream, group, planned[part], ignored, outcomes, msgs)
                 ignored = []  # acknowledged by the first call

@@ -30,7 +30,8 @@ the same transaction by a script that keeps them, sets the marker and acks, or, 
 duplicate or a target that is not a stream, deletes the entries just added (see
 `worker.wide`).
 
-On a Redis Cluster the relay runs one such step per target, in the target's slot, with the
+On a Redis Cluster the relay runs one such step per target (for a batch, one script call per
+target stream with every event bound there), in the target's slot, with the
 marker and counters kept beside the target (`{<target>}<state>:seen:...`,
 `{<target>}<state>:counts:<stream>`); the XACK stays in the step when there is one target in
 the source's slot, else it follows the steps (`handlers._cluster`).
@@ -467,20 +468,15 @@ class Relay(Handler):
         if not planned and not filtered:
             return
         stream, group = msgs[0].stream, msgs[0].group
-        if self._cluster:  # one event at a time, a step per target in its slot: _cluster
-            for i, targets, entries in planned:
-                try:
-                    outcome = await _cluster.relay(self, msgs[i], targets, entries)
-                except EffectNotReplicated as exc:  # not acked: runs again
-                    outcomes[i] = exc
+        if self._cluster:  # a call per target stream, in its slot: handlers._cluster
+            for i, outcome in await _cluster.relay(self, msgs, planned, filtered):
+                if isinstance(outcome, EffectNotReplicated):  # not acked: runs again
+                    outcomes[i] = outcome
                     continue
                 if outcome in ("forwarded", "duplicate"):
                     self.counts[outcome] += 1
                 else:
                     outcomes[i] = failure(outcome)
-            if filtered and self.acks_atomically:
-                assert self._redis is not None, "on_startup was not called"
-                await self._redis.xack(stream, group, *filtered)
             return
         sizes = [sum(len(fields) + 2 for fields in entries) + 3 for _, _, entries in planned]
         for part in chunks(sizes) if planned else [slice(0, 0)]:

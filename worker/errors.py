@@ -142,3 +142,9 @@ class EffectNotReplicated(SyncWorkerError):
         self.message_id = message_id
         self.acknowledged = acknowledged
         self.wanted = wanted
+
+    def about(self, message_id: str) -> EffectNotReplicated:
+        """The same shortfall, for another entry whose effect went in the same call."""
+        if message_id == self.message_id:
+            return self
+        return EffectNotReplicated(self.target, message_id, self.acknowledged, self.wanted)

@@ -115,3 +115,76 @@ class TestEffects:
         assert outcomes == [True, False, False]
         assert [int(await cluster.get(c) or 0) for c in counters] == [1] * 6
         assert await pending_count(cluster, stream, group) == 0
+
+
+class CountingScript:
+    """Wraps a handler's registered script, recording the slots of the keys of each call."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.calls: list[set[int]] = []
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        self.calls.append({key_slot(k) for k in keys})
+        return await self.script(keys=keys, args=args)
+
+
+class TestBatchesOverSeveralSlots:
+    async def test_projection_applies_each_event_once_one_call_per_slot(
+        self, cluster: Redis
+    ) -> None:
+        """A batch whose entities live in several slots (one of them the stream's) takes one
+        script call per slot, applies each event once in its entity's slot across a
+        redelivery, counts beside each entity, and ends acked."""
+        run = uuid.uuid4().hex[:8]
+        stream = f"{{{run}}}:s"
+        prefix = f"{run}:p:"
+        # 12 entities over 3 hash tags, and one in the stream's slot
+        keys = [f"{{{run}-{n % 3}}}k{n}" for n in range(12)] + [f"{{{run}}}:own"]
+        slots = {key_slot(prefix + k) for k in keys}
+        assert len(slots) > 2 and key_slot(stream) in slots
+        events = [Event("item.set", k, 1, {"x": n}) for n, k in enumerate(keys)]
+        events.append(Event("item.unknown", "k0", 2, {}))  # no rule: acknowledged only
+        group = await source(cluster, stream, events)
+        msgs = await delivered(cluster, stream, group, len(events))
+        p = Projection(prefix=prefix, events=PROJECTION_EVENTS, ack=True)
+        p.use(cluster)
+        script = p._script = CountingScript(p._script)
+        assert await p.handle_batch(msgs) == [None] * len(msgs)
+        assert len(script.calls) == len(slots)
+        assert all(len(call) == 1 for call in script.calls)  # each call within one slot
+        assert await p.handle_batch(msgs[:5]) == [None] * 5  # redelivered: stale now
+        for n, k in enumerate(keys):
+            assert await cluster.hgetall(prefix + k) == {b"x": str(n).encode()}
+        totals: dict[bytes, int] = {}
+        for key in {colocated(prefix + k, p.counts_key) for k in keys}:  # one per hash tag
+            for outcome, count in (await cluster.hgetall(key)).items():
+                totals[outcome] = totals.get(outcome, 0) + int(count)
+        assert totals == {b"applied": len(keys), b"stale": 5}
+        assert await pending_count(cluster, stream, group) == 0
+
+    async def test_relay_forwards_once_per_target_one_call_per_target(self, cluster: Redis) -> None:
+        """A batch relayed to two targets in other slots takes one call per target; an event
+        one target refuses is forwarded to the other, left unacknowledged, and its retry
+        completes it there without a second entry in the target that took it."""
+        run = uuid.uuid4().hex[:8]
+        stream = f"{run}:in"
+        targets = [apart(stream, f"{run}:a"), apart(stream, f"{run}:b")]
+        assert key_slot(targets[0]) != key_slot(targets[1])
+        group = await source(cluster, stream, [Event("item.set", f"k{n}", n, {}) for n in range(6)])
+        msgs = await delivered(cluster, stream, group, 6)
+        await cluster.set(targets[1], "not a stream")
+        relay = Relay(to=targets, ack=True)
+        relay.use(cluster)
+        script = relay._script = CountingScript(relay._script)
+        outcomes = await relay.handle_batch(msgs)
+        assert len(script.calls) == 2
+        assert all(o is not None and "WRONGTYPE" in str(o) for o in outcomes)
+        assert await pending_count(cluster, stream, group) == 6
+        await cluster.delete(targets[1])
+        assert await relay.handle_batch(msgs) == [None] * 6
+        for target in targets:
+            entries: list[Any] = await cluster.xrange(target)
+            assert [f[b"source_id"].decode() for _, f in entries] == [m.id for m in msgs]
+        assert relay.counts == {"forwarded": 6}
+        assert await pending_count(cluster, stream, group) == 0

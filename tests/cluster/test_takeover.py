@@ -65,6 +65,9 @@ async def test_a_killed_workers_entries_are_taken_over_on_every_slot(
             return all(done) and await pending() == [0, 0, 0]
 
         await eventually(all_done, timeout=60)
+        # one survivor may finish everything before the other is up: SIGTERM only once both
+        # handle it (`worker.started` comes after the signal handlers are in)
+        await eventually(lambda: all("worker.started" in s.output() for s in survivors), 30)
     finally:
         for survivor in survivors:
             survivor.signal(signal.SIGTERM)

@@ -226,39 +226,42 @@ async def test_a_relay_leaves_events_pending_until_the_replica_holds_their_entri
     servers: RedisClusterServers, client: Redis
 ) -> None:
     """The target stream lives on another primary than the source, whose replica is stopped:
-    the first event's entry is written there but not acked (EffectNotReplicated), the second
-    is deferred without being written (its WAIT would time out too). With the replica back
-    they are forwarded, each once, and acked."""
+    a batch's entries are written there in one call but not acked (EffectNotReplicated); the
+    next batch, within wait_timeout of the miss, is deferred without being written (its WAIT
+    would time out too). With the replica back they are forwarded, each once, and acked."""
     await client.initialize()  # type: ignore[attr-defined]
     run = uuid.uuid4().hex[:8]
     stream = f"{run}:in"
     target = elsewhere(client, stream, f"{run}:out")
     group = f"g-{run}"
-    for key in ("k1", "k2"):
+    for key in ("k1", "k2", "k3"):
         await client.xadd(stream, Event("item.set", key, 1, {}).fields())  # type: ignore[arg-type]
-    msgs = await delivered(client, stream, group, 2)
-    relay = Relay(to=target, wait_replicas=1, wait_timeout=0.2)
+    msgs = await delivered(client, stream, group, 3)
+    relay = Relay(to=target, wait_replicas=1, wait_timeout=1.0)
     relay.use(client)
     async with Redis(port=servers.primary_of(target).port) as primary:
         await primary.script_flush()  # the script and WAIT share a connection: load it there
 
     with stopped(replica_of(servers, servers.primary_of(target))):
-        first, second = await relay.handle_batch(msgs)
-        assert await pending_count(client, stream, group) == 2
-        assert len(await client.xrange(target)) == 1
+        first, second = await relay.handle_batch(msgs[:2])
+        (third,) = await relay.handle_batch(msgs[2:])
+        assert await pending_count(client, stream, group) == 3
+        assert len(await client.xrange(target)) == 2
     servers.wait_synced()
+    assert all(isinstance(o, EffectNotReplicated) for o in (first, second, third))
     assert isinstance(first, EffectNotReplicated) and isinstance(second, EffectNotReplicated)
     assert (first.target, first.message_id, first.acknowledged) == (target, msgs[0].id, 0)
+    assert second.message_id == msgs[1].id
 
     async def settled() -> bool:
-        return await relay.handle_batch(msgs) == [None, None]
+        return await relay.handle_batch(msgs) == [None, None, None]
 
     await eventually(settled)  # deferred for wait_timeout after the miss, then confirmed
     assert await pending_count(client, stream, group) == 0
     entries = await client.xrange(target)
     assert [fields[b"source_id"].decode() for _, fields in entries] == [m.id for m in msgs]
     assert on_replica(servers, target) == [entry_id.decode() for entry_id, _ in entries]
-    assert relay.counts["forwarded"] == 1 and relay.counts["duplicate"] == 1
+    assert relay.counts["forwarded"] == 1 and relay.counts["duplicate"] == 2
 
 
 async def _pending_is_zero(redis: Redis, stream: str, group: str) -> bool:

@@ -71,6 +71,31 @@ class TestPacking:
         assert type(connection).pack_command is not kind.pack_command
 
 
+class TestClusterPacking:
+    @pytest.mark.parametrize(
+        ("url", "kind"),
+        [
+            ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", Connection),
+            ("rediss+cluster://127.0.0.1:7000", SSLConnection),
+        ],
+    )
+    def test_cluster_connections_pack_with_hiredis(self, url: str, kind: type) -> None:
+        """A cluster client's nodes, those it starts from and those it learns of later
+        (built from its connection options), make connections of their own transport that
+        pack as redis-py would, with the faster packer."""
+        client: Any = connect(WorkerSettings(redis_url=url))
+        classes = [node.connection_class for node in client.nodes_manager.startup_nodes.values()]
+        classes.append(client.connection_kwargs["connection_class"])
+        for cls in classes:
+            assert issubclass(cls, kind)
+            assert cls.pack_command is not kind.pack_command
+            connection = cls(host="127.0.0.1", port=7000)
+            command = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 256, "STREAMS", "s", ">")
+            assert connection.pack_command(*command) == [
+                b"".join(_python_packer.pack_command(*command))
+            ]
+
+
 class TestRefusedForNow:
     @pytest.mark.parametrize(
         ("error", "expected"),

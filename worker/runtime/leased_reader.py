@@ -47,10 +47,15 @@ async def read_leased(ordered: Ordered) -> None:
                 async with asyncio.timeout(block_s):
                     await ledger.wait_for_room(least)
             continue
-        count = max(min(batch, ledger.room()) // len(offsets), 1)
+        count = leased_count(batch, ledger.room(), len(offsets), is_cluster(ordered.read_redis))
+        asked = count * len(offsets)
         ordered.reading_now = frozenset(offsets)
+        ledger.reserve(asked)  # the common read loops share the room meanwhile
         try:
-            reply = await _read(ordered, offsets, count, block_ms)
+            try:
+                reply = await _read(ordered, offsets, count, block_ms)
+            finally:  # before any wait below; no await until the entries are held
+                ledger.unreserve(asked)
         except ResponseError as exc:
             if str(exc).startswith("NOGROUP"):
                 await create_groups(ordered.redis, ordered.group, settings.start_id, offsets)
@@ -71,6 +76,19 @@ async def read_leased(ordered: Ordered) -> None:
             ledger.hold_many(stream, msgs)
             for msg in msgs:
                 ordered.submit(msg)
+
+
+def leased_count(batch: int, room: int, partitions: int, cluster: bool) -> int:
+    """COUNT of each partition's read, all of them together within the room.
+
+    On one server one XREADGROUP names every partition, and `batch` bounds that read. On a
+    cluster each partition is a read of its own, so each may ask for up to `batch`: a share
+    of the room rather than of one batch, so that partitions with a backlog take fewer,
+    fuller reads.
+    """
+    if cluster:
+        return max(min(batch, room // partitions), 1)
+    return max(min(batch, room) // partitions, 1)
 
 
 async def _read(ordered: Ordered, offsets: dict[str, str], count: int, block_ms: int) -> Any:

@@ -69,13 +69,15 @@ class Ledger:
         self._empty = asyncio.Event()
         self._empty.set()
         self._wanted = 0
+        self.reserved = 0
+        """Entries asked for by reads in flight (`reserve`): room they may fill on return."""
 
     def __len__(self) -> int:
         return self._count
 
     def room(self) -> int:
-        """How many more entries may be taken now."""
-        return self.capacity - self._count
+        """How many more entries may be taken now, net of the reads in flight."""
+        return self.capacity - self._count - self.reserved
 
     def bytes_room(self) -> int:
         """How many more bytes may be taken now (a read may overshoot it: see `fits`)."""
@@ -84,7 +86,7 @@ class Ledger:
     def fits(self, wanted: int) -> bool:
         """Whether a read of `wanted` entries may start: room for them, and bytes to spare
         (always true when nothing is kept, even if one entry outweighs the budget)."""
-        return self.capacity - self._count >= wanted and self.bytes < self.bytes_max
+        return self.room() >= wanted and self.bytes < self.bytes_max
 
     async def wait_for_room(self, wanted: int) -> None:
         """Return once `wanted` more entries fit, and the byte budget is not spent."""
@@ -98,6 +100,20 @@ class Ledger:
         while self.held_count():
             self._empty.clear()
             await self._empty.wait()
+
+    def reserve(self, count: int) -> None:
+        """Set room aside for a read of up to `count` entries about to be sent.
+
+        On a cluster every stream has a read loop of its own (`worker.runtime.reader`), all
+        in flight at once: what each may ask for is what the others have not asked for
+        already, so that the entries held plus those asked for never exceed the capacity.
+        """
+        self.reserved += count
+
+    def unreserve(self, count: int) -> None:
+        """A read returned (or failed): release its room; what it brought is held by now."""
+        self.reserved -= count
+        self._changed()
 
     def held_count(self) -> int:
         return self._count - len(self.waiting)

@@ -77,7 +77,10 @@ class ReadAhead:
         self._observe()
         lanes = self.concurrency
         ahead = 0.0 if self.mean is None else lanes * self.horizon / max(self.mean, 1e-9)
-        wanted = int(lanes * self.per_lane + ahead) - self.ledger.held_count()
+        # Reads in flight count as held: on a cluster several read loops ask at once.
+        wanted = (
+            int(lanes * self.per_lane + ahead) - self.ledger.held_count() - self.ledger.reserved
+        )
         return max(min(wanted, limit), 0)
 
     async def wait_for_release(self, timeout: float) -> None:

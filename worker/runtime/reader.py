@@ -58,6 +58,8 @@ class Reader:
         self._entry_bytes = 0
         """Bytes an entry is expected to take, from recent reads (0: none read yet)."""
         self.readahead = ReadAhead(settings.concurrency, settings.read_horizon, ledger, stats)
+        self._turn = asyncio.Lock()
+        """Held by a read loop while it waits for room and sizes its read (`_read_loop`)."""
 
     async def ensure_groups(self, *, recreated: bool = False) -> None:
         """Create the group on every stream where it is missing (with the stream itself).
@@ -133,31 +135,50 @@ class Reader:
                 for stream in streams:
                     loops.create_task(self._read_loop({stream: ">"}, len(streams)))
         else:
-            await self._read_loop(self._offsets, len(streams))
+            await self._read_loop(self._offsets, 1)
 
-    async def _read_loop(self, offsets: dict[Any, Any], streams: int) -> None:
+    async def _read_loop(self, offsets: dict[Any, Any], loops: int) -> None:
+        """Read `offsets` until stopped.
+
+        Args:
+            loops: the read loops sharing the ledger's room: one per stream on a cluster,
+                else 1 (one read names every stream).
+        """
         reconnect = Reconnect("read", self.stats)
         block_ms = max(int(self.settings.block * 1000), 1)
         batch = self.settings.batch_size
         least = smallest_read(batch, self.settings.concurrency)
+        backlog = False
+        """Whether the last read came back full: the stream has more to read at once."""
         while not self._stopping:
             self.stats.last_read_loop = time.monotonic()
-            if not streams:  # every stream is read elsewhere (`exclude`)
+            if not offsets:  # every stream is read elsewhere (`exclude`)
                 await asyncio.sleep(self.settings.block)
                 continue
             await self.gate.wait_open()
-            if not await self._wait_for_room(least) or self._stopping:
-                continue  # the gate closed meanwhile (park before reading more), or stopping
-            limit = max(min(batch, self.ledger.room(), self._fit_in_bytes()), 1)
-            wanted = self.readahead.count(limit)
-            if not wanted:  # slow handlers: leave the entries to idle peers until a lane frees
-                await self.readahead.wait_for_release(self.settings.block)
-                continue
-            count = max(wanted // streams, 1)
+            # On a cluster the loops take turns at the room, first come first served (an
+            # asyncio.Lock wakes its waiters in order), so that a loop with a backlog that
+            # reads again at once cannot take every place freed before the others' turn.
+            async with self._turn:
+                if not self.gate.is_open:
+                    continue  # it closed while this loop waited for its turn: park first
+                if not await self._wait_for_room(least) or self._stopping:
+                    continue  # the gate closed meanwhile (park before reading more), or stopping
+                limit = max(min(batch, self.ledger.room(), self._fit_in_bytes()), 1)
+                wanted = self.readahead.count(limit)
+                if not wanted:  # slow handlers: leave the entries to idle peers until a lane frees
+                    await self.readahead.wait_for_release(self.settings.block)
+                    continue
+                count = read_count(wanted, len(offsets), loops, backlog=backlog)
+                asked = count * len(offsets)  # COUNT bounds each stream a read names
+                self.ledger.reserve(asked)
             try:
-                reply = await self.redis.xreadgroup(
-                    self.group, self.consumer, offsets, count=count, block=block_ms
-                )
+                try:
+                    reply = await self.redis.xreadgroup(
+                        self.group, self.consumer, offsets, count=count, block=block_ms
+                    )
+                finally:  # before any back-off below; no await until the entries are held
+                    self.ledger.unreserve(asked)
             except ResponseError as exc:
                 if _group_gone(exc):
                     await self._recover_group(reconnect)
@@ -173,6 +194,7 @@ class Reader:
                 continue
             self.connected = True
             reconnect.succeeded()
+            backlog = _came_back_full(reply, count)
             if reply:
                 self._dispatch(reply)
 
@@ -199,7 +221,7 @@ class Reader:
             return self.settings.batch_size  # no byte budget: nothing to learn
         if not self._entry_bytes:
             return 1
-        return self.ledger.bytes_room() // self._entry_bytes
+        return self.ledger.bytes_room() // self._entry_bytes - self.ledger.reserved
 
     def _learn_entry_bytes(self, mean: int) -> None:
         """Follow larger entries at once, smaller ones by halves."""
@@ -247,6 +269,26 @@ def smallest_read(batch_size: int, concurrency: int) -> int:
     lane floor keeps a small set batch from turning into a read per message.
     """
     return min(batch_size, max(concurrency, batch_size // 2))
+
+
+def read_count(wanted: int, streams: int, loops: int, *, backlog: bool) -> int:
+    """COUNT of the next XREADGROUP of a loop that may take `wanted` entries in all.
+
+    One read naming `streams` streams may bring COUNT from each: it asks a share of
+    `wanted` per stream. On a cluster, `loops` loops of one stream each share the room
+    (`Ledger.reserve`): a loop whose last read came back full (`backlog`) asks for all
+    that is left, so that a backlog costs one read per batch rather than one per
+    loop-share of it; the others ask for their share of it, since a read that finds nothing
+    holds its room while it blocks, and a loop with a backlog would have to wait for it.
+    """
+    if streams > 1:
+        return max(wanted // streams, 1)
+    return wanted if backlog or loops <= 1 else max(wanted // loops, 1)
+
+
+def _came_back_full(reply: Any, count: int) -> bool:
+    """Whether a read brought `count` entries of some stream: it likely has more."""
+    return bool(reply) and any(len(entries) >= count for _, entries in reply)
 
 
 def _group_gone(exc: ResponseError) -> bool:
