@@ -207,6 +207,30 @@ class RedisClusterServers:
     ) -> None:
         self.cleanup()
 
+    def cut_replication(self, primary: RedisServer) -> RedisServer:
+        """Stop `primary`'s replica from replicating it, for a test of what a failover loses.
+
+        The replica's link is dropped, and the replica is told to log in as a user that does
+        not exist, so it cannot reconnect; the primary and the cluster bus are untouched.
+        From now on every write to `primary` is lost if its replica is promoted (the replica
+        still may be, for `cluster-replica-validity-factor` times the node timeout).
+
+        Returns:
+            the replica that was cut off.
+        """
+        for replica in self.replicas:
+            if replica.pid is None:
+                continue
+            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+                if int(client.info("replication").get("master_port", 0)) != primary.port:
+                    continue
+                client.config_set("masteruser", "syncworker-cut-off")
+                client.config_set("masterauth", "cut-off")
+            with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
+                client.client_kill_filter(_type="replica")
+            return replica
+        raise RuntimeError(f"no live replica replicates :{primary.port}")
+
 
 def _knows(client: sync_redis.Redis, node_id: str) -> bool:
     nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}

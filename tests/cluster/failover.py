@@ -114,14 +114,14 @@ class Published:
 
 
 async def publish_confirmed(
-    nodes: Nodes, stream: str, key: str, version: int, published: Published
+    nodes: Nodes, stream: str, key: str, version: int, published: Published, parts: int = PARTS
 ) -> None:
     """XADD the event to its partition's primary, then WAIT 1 on the same connection until a
-    replica holds it (a primary left without replicas by a failover cannot lose it to
-    another failover: it is confirmed once the primary has it). If the primary dies on the way, the promoted replica is asked whether
-    the event made it (the partition's last entry is this one: one publisher per test, in
-    order); if not, it is added there again."""
-    partition = stream_for(stream, key, PARTS)
+    replica holds it (a primary left without replicas by a failover cannot lose it to another
+    failover: it is confirmed once the primary has it). If the primary dies on the way, the
+    promoted replica is asked whether the event made it (the partition's last entry is this
+    one: one publisher per test, in order); if not, it is added there again."""
+    partition = stream_for(stream, key, parts)
     event_id = f"{key}-{version}"
     fields = event_fields("item.set", {"v": version}, key=key, version=version, event_id=event_id)
     args = [a for pair in fields.items() for a in pair]
