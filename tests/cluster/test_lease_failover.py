@@ -113,3 +113,43 @@ async def _two_owners_after_failover(
     versions = [v for _, v in book.applied]
     missing = sorted(set(range(1, VERSIONS + 1)) - set(versions))
     assert versions == list(range(1, VERSIONS + 1)), f"skipped as stale: {missing}"
+
+
+async def test_acks_lost_in_a_failover_do_not_stay_pending_with_the_owner(
+    replicated_cluster: RedisClusterServers,
+) -> None:
+    """The owner keeps its (replicated) lease through the failover; the acks it sent while
+    the replica was cut off are lost, so those entries are pending again on the promoted
+    replica: the owner must finish them, since no other worker may touch its partition."""
+    servers = replicated_cluster
+    suffix = uuid.uuid4().hex[:8]
+    stream, group = f"acks:{suffix}", f"group-{suffix}"
+    partition = partition_name(stream, 0)
+    nodes = proof.Nodes(servers)
+    book = Book()
+    owner = worker(servers, stream, group, "a", book)
+    task = asyncio.create_task(owner.run())
+    try:
+        published = proof.Published()
+        for version in range(1, 61):
+            await proof.publish_confirmed(nodes, stream, "k", version, published, parts=1)
+        # Given an owner whose acks of the last moments exist on the primary alone
+        await eventually(lambda: len(book.applied) >= 10, timeout=30)
+        primary = servers.primary_of(partition)
+        await asyncio.to_thread(servers.cut_replication, primary)
+        await eventually(lambda: len(book.applied) >= 20, timeout=30)
+        # When the primary fails over
+        await asyncio.to_thread(servers.fail_over, primary)
+        # Then the owner applies the rest, and nothing stays pending
+        await eventually(lambda: book.last == 60, timeout=30)
+
+        async def nothing_pending() -> bool:
+            summary = await nodes.call(partition, "XPENDING", partition, group)
+            return int(summary["pending"]) == 0
+
+        await eventually(nothing_pending, timeout=20)
+    finally:
+        owner.stop()
+        await asyncio.wait_for(task, 30)
+        await nodes.close()
+    assert [v for _, v in book.applied] == list(range(1, 61))
