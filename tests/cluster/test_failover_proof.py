@@ -147,26 +147,21 @@ async def _fail_over(
         for p in partitions:
             by_port[(await asyncio.to_thread(servers.primary_of, p)).port].append(p)
         done = {f.port for f in failovers}
-        replicated = [
-            port for port in sorted(by_port) if port not in done and await _replicated(nodes, port)
-        ]
+        replicated = [port for port in sorted(by_port) if port not in done | nodes.promoted]
         witness = fleet.witness.encode()
         leased = [port for port in replicated if any(owners[p] == witness for p in by_port[port])]
         port = rng.choice(leased or replicated)
         primary = next(s for s in servers.servers if s.port == port)
-        await asyncio.to_thread(servers.fail_over, primary)
+        # The replica stops replicating for a moment first, so that the failover loses the
+        # writes of that moment (leases, deliveries, acks), as a crash loses the last ones.
+        await asyncio.to_thread(servers.cut_replication, primary)
+        await asyncio.sleep(rng.uniform(*proof.CUT_S))
+        promoted = await asyncio.to_thread(servers.fail_over, primary)
+        nodes.promoted.add(promoted.port)
         log = await _log(dsn, table)
         mark = log[-1][0] if log else 0
         mine = [p for p in by_port[port] if owners[p] == witness]
         failovers.append(Failover(port, by_port[port], mine, mark))
-
-
-async def _replicated(nodes: proof.Nodes, port: int) -> bool:
-    client = nodes._clients.get(port)
-    if client is None:
-        return False
-    role = await client.execute_command("ROLE")
-    return bool(role[2])
 
 
 async def _log(dsn: str, table: str) -> list[tuple[int, str, int, str]]:
@@ -224,6 +219,12 @@ def _report(
         f"cluster failover proof: {published.total} events confirmed "
         f"({published.retried} retried on a promoted replica), {len(log)} applied; "
         f"{fleet.kills} worker SIGKILLs; drained {drained_s:.1f}s after publishing ended"
+    )
+    logs = "".join(w.output() for w in fleet.workers)
+    events = ("lease.lost", "lease.not_replicated", "lease.orphans_taken", "redis.unavailable")
+    print(
+        "  worker log events: "
+        + ", ".join(f"{e} {logs.count(chr(34) + e + chr(34))}" for e in events)
     )
     for f in failovers:
         after = [(k, a) for i, k, _, a in log if i > f.log_mark]

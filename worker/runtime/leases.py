@@ -5,8 +5,12 @@ the owner's consumer name, with a time to live of `lease_ttl`:
 
 - taken with SET NX PX (only when free),
 - renewed every quarter of `lease_ttl` by a script that sets the TTL again only while the
-  value is still this consumer (compare-and-pexpire), in one pipeline for all leases,
+  value is still this consumer (compare-and-pexpire), one round trip per primary,
 - given back by a compare-and-delete on graceful release.
+
+Taking and renewing are followed by WAIT 1 on the same connection when the primary has
+replicas (`worker.runtime.replicated`): a lease counts only once a replica holds it, since a
+failover that lost it would free it for a peer while this owner still trusts it.
 
 The owner keeps its own clock: a lease is valid locally until `renew_deadline` (three
 quarters of `lease_ttl`) after the last renewal *was sent*. Redis applied that renewal later,

@@ -16,6 +16,10 @@ reads anything new; the lanes then run each key's entries in that order. A worke
 partition only while its lease has more left than one blocking read takes, so no read can
 deliver entries after the lease ran out.
 
+Every turn the owner also takes again the entries of its partitions that are pending and idle
+with nobody running them: a failover lost their acknowledgement (or claim), and no peer may
+take them while the partition is leased.
+
 When a lease is lost (Redis unreachable for three quarters of `lease_ttl`, or taken), the
 worker stops the partition at once, before Redis lets the lease go: it stops reading it,
 cuts off handler calls running its entries (as a handler timeout does; this needs

@@ -47,7 +47,7 @@ async def write_confirmed(
     timeout_ms = max(int(wait_s * 1000), 1)
     if isinstance(redis, RedisCluster):
         return await _on_cluster(redis, key, commands, timeout_ms)
-    role: Any = await redis.execute_command("ROLE")
+    role: Any = await redis.execute_command("ROLE")  # type: ignore[no-untyped-call]
     replicated = bool(role[2]) if role and role[0] in (b"master", "master") else False
     pipe = redis.pipeline(transaction=False)  # one connection for the writes and the WAIT
     for command in commands:
@@ -83,7 +83,7 @@ async def _on_cluster(
         # redirection or reconnects, and maps the slot again for the next turn.
         await _remap(redis, key)
         raise
-    replies = [c.result for c in sent]
+    replies: list[Any] = [c.result for c in sent]
     if not replicated:
         return replies, True
     return replies[:-1], int(replies[-1]) >= 1
