@@ -218,18 +218,21 @@ class RedisClusterServers:
         Returns:
             the replica that was cut off.
         """
-        for replica in self.replicas:
-            if replica.pid is None:
+        with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
+            myid = self._node_id(client)
+            nodes = client.cluster("NODES")  # parsed: {"host:port": {"master_id": ...}}
+        ports = {int(address.rsplit(":", 1)[1].split("@")[0]) for address, node in nodes.items()
+                 if node["master_id"] == myid}  # fmt: skip
+        for replica in self.servers:
+            if replica.pid is None or replica.port not in ports:
                 continue
             with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
-                if int(client.info("replication").get("master_port", 0)) != primary.port:
-                    continue
                 client.config_set("masteruser", "syncworker-cut-off")
                 client.config_set("masterauth", "cut-off")
             with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
                 client.client_kill_filter(_type="replica")
             return replica
-        raise RuntimeError(f"no live replica replicates :{primary.port}")
+        raise RuntimeError(f"no live replica replicates :{primary.port} (its replicas: {ports})")
 
 
 def _knows(client: sync_redis.Redis, node_id: str) -> bool:

@@ -27,7 +27,7 @@ from worker.redis_cluster import RedisClusterServers
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
-VERSIONS = 120
+VERSIONS = 60
 
 
 @dataclass
