@@ -110,9 +110,11 @@ def _names(servers: RedisClusterServers) -> tuple[str, str, str]:
     suffix = uuid.uuid4().hex[:10]
     for n in range(1000):
         stream = f"proof:{suffix}:{n}"
-        shards = {key_slot(p) * len(servers.primaries) // 16384 for p in partition_names(
-            stream, proof.PARTS)}  # fmt: skip
-        if len(shards) == len(servers.primaries):
+        count = len(servers.primaries)
+        share = 16384 // count  # how RedisClusterServers splits the slots
+        parts = partition_names(stream, proof.PARTS)
+        shards = {min(key_slot(p) // share, count - 1) for p in parts}
+        if len(shards) == count:
             return stream, f"group-{suffix}", f"sink_{suffix}"
     raise AssertionError("no stream name spreads its partitions over every shard")
 
