@@ -20,6 +20,7 @@ the stream's slot (`worker.keys`), and scripts that cannot go through a cluster 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -158,3 +159,16 @@ class ScriptBatch:
 
     async def __aexit__(self, *exc: object) -> None:
         self._calls = []
+
+
+async def refresh_slots(redis: Any) -> None:
+    """Have a cluster client ask the nodes for the slot map again (nothing for the others).
+
+    For a read loop to call after a failed read. redis-py is meant to do so itself on a
+    connection error, but after a failover a worker's blocking-read client was seen going on
+    reading from the dead primary (its map learned while the failover was under way, never
+    asked again) for as long as a test waited, 30 s; asking again costs one CLUSTER SLOTS.
+    """
+    if is_cluster(redis):
+        with contextlib.suppress(Exception):  # the next read reports what is wrong
+            await redis.nodes_manager.initialize()

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from worker.connection import REDIS_DOWN, text
 from worker.message import Message
 from worker.runtime.reader import smallest_read
-from worker.topology import is_cluster
+from worker.topology import is_cluster, refresh_slots
 
 if TYPE_CHECKING:
     from worker.runtime.ordered import Ordered
@@ -60,7 +60,7 @@ async def read_leased(ordered: Ordered) -> None:
             continue
         except REDIS_DOWN as exc:
             log.warning("redis.unavailable", operation="ordered read", error=str(exc))
-            await remap(ordered.read_redis)
+            await refresh_slots(ordered.read_redis)
             await asyncio.sleep(block_s)
             continue
         finally:
@@ -91,19 +91,6 @@ async def _read(ordered: Ordered, offsets: dict[str, str], count: int, block_ms:
         if isinstance(reply, BaseException):
             raise reply
     return [item for reply in replies if reply for item in reply]
-
-
-async def remap(redis: Redis) -> None:
-    """Have a cluster client ask the nodes for the slot map again, after a read failed.
-
-    redis-py is meant to do so on a connection error, but after a failover its blocking
-    read client was seen to go on reading from the dead primary (the map learned while the
-    failover was still under way, never asked again), for as long as the test waited (30 s);
-    asking again here is cheap (one CLUSTER SLOTS) and settles it at the next read.
-    """
-    if is_cluster(redis):
-        with contextlib.suppress(Exception):  # the next read reports what is wrong
-            await redis.nodes_manager.initialize()  # type: ignore[attr-defined]
 
 
 async def create_groups(redis: Redis, group: str, start_id: str, streams: Any) -> None:
