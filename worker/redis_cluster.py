@@ -192,21 +192,6 @@ class RedisClusterServers:
         self._until(deadline, taken_over)
         return promoted[0]
 
-    def cleanup(self) -> None:
-        for server in self.servers:
-            server.cleanup()
-
-    def __enter__(self) -> RedisClusterServers:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
     def cut_replication(self, primary: RedisServer) -> RedisServer:
         """Stop `primary`'s replica from replicating it, for a test of what a failover loses.
 
@@ -233,6 +218,21 @@ class RedisClusterServers:
                 client.client_kill_filter(_type="replica")
             return replica
         raise RuntimeError(f"no live replica replicates :{primary.port} (its replicas: {ports})")
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.cleanup()
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
 
 
 def _knows(client: sync_redis.Redis, node_id: str) -> bool:
