@@ -162,13 +162,21 @@ class ScriptBatch:
 
 
 async def refresh_slots(redis: Any) -> None:
-    """Have a cluster client ask the nodes for the slot map again (nothing for the others).
+    """Have a cluster client ask the nodes for the slot map again, and find its keys with a
+    live node (nothing for the other clients). For a read loop to call after a failed read.
 
-    For a read loop to call after a failed read. redis-py is meant to do so itself on a
-    connection error, but after a failover a worker's blocking-read client was seen going on
-    reading from the dead primary (its map learned while the failover was under way, never
-    asked again) for as long as a test waited, 30 s; asking again costs one CLUSTER SLOTS.
+    redis-py finds the keys of a command whose keys move (XREADGROUP: after STREAMS) by
+    asking one node, COMMAND GETKEYS, before it picks the slot's node; that node is the
+    client's default node, the first primary it learned of. When a failover kills that
+    primary, every such command fails right there, before redis-py's own error handling could
+    read the map again or choose another default node: a worker's ordered reads were seen
+    failing for as long as a test waited (30 s, one failover in three), while its other
+    commands went to the promoted replica.
     """
-    if is_cluster(redis):
-        with contextlib.suppress(Exception):  # the next read reports what is wrong
-            await redis.nodes_manager.initialize()
+    if not is_cluster(redis):
+        return
+    with contextlib.suppress(Exception):  # the next read reports what is still wrong
+        await redis.nodes_manager.initialize()
+        primaries = {node.name for node in redis.get_primaries()}
+        if redis.commands_parser.node.name not in primaries:
+            await redis.commands_parser.initialize(redis.get_default_node())
