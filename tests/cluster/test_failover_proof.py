@@ -102,7 +102,18 @@ async def test_confirmed_events_apply_once_in_key_order_through_kills_and_a_fail
     assert len(failovers) == proof.FAILOVERS
     last = failovers[-1]
     after = [(key, app) for i, key, _, app in log if i > last.log_mark]
-    assert any(app == fleet.witness for _, app in after), "the witness stopped at the failover"
+    assert any(app == fleet.witness for _, app in after), _witness_log(fleet)
+
+
+def _witness_log(fleet: proof.Fleet) -> str:
+    """What the witness logged besides the usual, to say why it stopped."""
+    witness = next(w for w in fleet.workers if w.env["SYNCWORKER_CONSUMER"] == fleet.witness)
+    lines = [
+        line
+        for line in witness.output().splitlines()
+        if '"level": "info"' not in line or '"lease.' in line
+    ]
+    return "the witness stopped at the failover; its log:\n" + "\n".join(lines[-40:])
 
 
 def _names(servers: RedisClusterServers) -> tuple[str, str, str]:
