@@ -191,6 +191,33 @@ class RedisClusterServers(Managed):
         self._until(deadline, taken_over)
         return promoted[0]
 
+    def cut_replication(self, primary: RedisServer) -> RedisServer:
+        """Stop `primary`'s replica from replicating it, for a test of what a failover loses.
+
+        The replica's link is dropped, and the replica is told to log in as a user that does
+        not exist, so it cannot reconnect; the primary and the cluster bus are untouched.
+        From now on every write to `primary` is lost if its replica is promoted (the replica
+        still may be, for `cluster-replica-validity-factor` times the node timeout).
+
+        Returns:
+            the replica that was cut off.
+        """
+        with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
+            myid = self._node_id(client)
+            nodes = client.cluster("NODES")  # parsed: {"host:port": {"master_id": ...}}
+        ports = {int(address.rsplit(":", 1)[1].split("@")[0]) for address, node in nodes.items()
+                 if node["master_id"] == myid}  # fmt: skip
+        for replica in self.servers:
+            if replica.pid is None or replica.port not in ports:
+                continue
+            with sync_redis.Redis(port=replica.port, socket_timeout=2) as client:
+                client.config_set("masteruser", "syncworker-cut-off")
+                client.config_set("masterauth", "cut-off")
+            with sync_redis.Redis(port=primary.port, socket_timeout=2) as client:
+                client.client_kill_filter(_type="replica")
+            return replica
+        raise RuntimeError(f"no live replica replicates :{primary.port} (its replicas: {ports})")
+
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()

@@ -20,6 +20,7 @@ the stream's slot (`worker.keys`), and scripts that cannot go through a cluster 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -246,3 +247,24 @@ class ScriptBatch:
 
     async def __aexit__(self, *exc: object) -> None:
         self._calls = []
+
+
+async def refresh_slots(redis: Any) -> None:
+    """Have a cluster client ask the nodes for the slot map again, and find its keys with a
+    live node (nothing for the other clients). For a read loop to call after a failed read.
+
+    redis-py finds the keys of a command whose keys move (XREADGROUP: after STREAMS) by
+    asking one node, COMMAND GETKEYS, before it picks the slot's node; that node is the
+    client's default node, the first primary it learned of. When a failover kills that
+    primary, every such command fails right there, before redis-py's own error handling could
+    read the map again or choose another default node: a worker's ordered reads were seen
+    failing for as long as a test waited (30 s, one failover in three), while its other
+    commands went to the promoted replica.
+    """
+    if not is_cluster(redis):
+        return
+    with contextlib.suppress(Exception):  # the next read reports what is still wrong
+        await redis.nodes_manager.initialize()
+        primaries = {node.name for node in redis.get_primaries()}
+        if redis.commands_parser.node.name not in primaries:
+            await redis.commands_parser.initialize(redis.get_default_node())

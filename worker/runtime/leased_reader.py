@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from worker.connection import REDIS_DOWN, text
 from worker.message import Message
 from worker.runtime.reader import smallest_read
-from worker.topology import is_cluster
+from worker.topology import is_cluster, refresh_slots
 
 if TYPE_CHECKING:
     from worker.runtime.ordered import Ordered
@@ -65,6 +65,7 @@ async def read_leased(ordered: Ordered) -> None:
             continue
         except REDIS_DOWN as exc:
             log.warning("redis.unavailable", operation="ordered read", error=str(exc))
+            await refresh_slots(ordered.read_redis)
             await asyncio.sleep(block_s)
             continue
         finally:

@@ -5,8 +5,12 @@ the owner's consumer name, with a time to live of `lease_ttl`:
 
 - taken with SET NX PX (only when free),
 - renewed every quarter of `lease_ttl` by a script that sets the TTL again only while the
-  value is still this consumer (compare-and-pexpire), in one pipeline for all leases,
+  value is still this consumer (compare-and-pexpire), one round trip per primary,
 - given back by a compare-and-delete on graceful release.
+
+Taking and renewing are followed by WAIT 1 on the same connection when the primary has
+replicas (`worker.runtime.replicated`): a lease counts only once a replica holds it, since a
+failover that lost it would free it for a peer while this owner still trusts it.
 
 The owner keeps its own clock: a lease is valid locally until `renew_deadline` (three
 quarters of `lease_ttl`) after the last renewal *was sent*. Redis applied that renewal later,
@@ -24,10 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 from worker.connection import text
-from worker.topology import batch
+from worker.runtime.replicated import PartlyWritten, write_confirmed, write_confirmed_each
+
+log = structlog.get_logger("worker.runtime.leases")
 
 RENEW = """
 -- KEYS[1] lease; ARGV[1] consumer, ARGV[2] ttl ms. Extends the lease only if still ours.
@@ -97,7 +104,8 @@ class LeaseClient:
         self.ttl_ms = max(int(ttl * 1000), 1)
         self.renew_deadline = ttl * 0.75
         """Seconds after sending a renewal (or the SET) that the owner trusts the lease."""
-        self._renew = redis.register_script(RENEW)
+        self.wait_s = ttl / 8
+        """Longest wait for a replica to confirm a lease write (half a renewal interval)."""
         self._release = redis.register_script(RELEASE)
         self._members = redis.register_script(MEMBERS)
 
@@ -110,34 +118,53 @@ class LeaseClient:
         return [text(m) for m in reply]
 
     async def acquire(self, partition: str) -> Lease | None:
-        """Take the lease of `partition` if it is free."""
+        """Take the lease of `partition` if it is free, and a replica confirms it; one that
+        no replica confirmed in time is given back (a failover could lose it)."""
         sent = time.monotonic()
-        ok = await self.redis.set(
-            lease_key(partition, self.group), self.consumer, nx=True, px=self.ttl_ms
-        )
-        if not ok:
+        key = lease_key(partition, self.group)
+        command = ("SET", key, self.consumer, "NX", "PX", self.ttl_ms)
+        replies, confirmed = await write_confirmed(self.redis, key, [command], self.wait_s)
+        if not replies[0]:
+            return None
+        if not confirmed:
+            log.warning("lease.not_replicated", partition=partition, wait_s=self.wait_s)
+            await self.release(partition)
             return None
         return Lease(partition, sent + self.renew_deadline)
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
-        """Renew `leases` in one round trip; return those that are no longer ours."""
+        """Renew `leases`, one round trip per primary; return those that are no longer ours.
+
+        A renewal no replica confirmed does not extend the lease: the owner's trust runs out
+        on time unless a later one is confirmed (module doc of `worker.runtime.replicated`).
+        """
         if not leases:
             return []
         sent = time.monotonic()
-        pipe = batch(self.redis, [self._renew])  # a cluster's pipeline takes no scripts
-        for lease in leases:
-            await self._renew(
-                keys=[lease_key(lease.partition, self.group)],
-                args=[self.consumer, self.ttl_ms],
-                client=pipe,
+        writes = [
+            (key, ("EVAL", RENEW, 1, key, self.consumer, self.ttl_ms))
+            for key in (lease_key(lease.partition, self.group) for lease in leases)
+        ]
+        error: BaseException | None = None
+        try:
+            replies: list[tuple[Any, bool] | None] = list(
+                await write_confirmed_each(self.redis, writes, self.wait_s)
             )
-        replies = await pipe.execute()
+        except PartlyWritten as exc:  # keep what the other primaries renewed
+            replies, error = exc.replies, exc.__cause__
         lost: list[Lease] = []
-        for lease, reply in zip(leases, replies, strict=True):
-            if reply:
-                lease.valid_until = sent + self.renew_deadline
-            else:
+        for lease, result in zip(leases, replies, strict=True):
+            if result is None:
+                continue
+            reply, confirmed = result
+            if not reply:
                 lost.append(lease)
+            elif confirmed:
+                lease.valid_until = sent + self.renew_deadline
+        if error is not None:
+            if not lost:
+                raise error
+            log.warning("lease.redis_unavailable", error=str(error))
         return lost
 
     async def release(self, partition: str) -> bool:

@@ -16,6 +16,10 @@ reads anything new; the lanes then run each key's entries in that order. A worke
 partition only while its lease has more left than one blocking read takes, so no read can
 deliver entries after the lease ran out.
 
+Every turn the owner also takes again the entries of its partitions that are pending and idle
+with nobody running them: a failover lost their acknowledgement (or claim), and no peer may
+take them while the partition is leased.
+
 When a lease is lost (Redis unreachable for three quarters of `lease_ttl`, or taken), the
 worker stops the partition at once, before Redis lets the lease go: it stops reading it,
 cuts off handler calls running its entries (as a handler timeout does; this needs
@@ -270,6 +274,7 @@ class Ordered:
         lost = await self.leases.renew(list(self.owned.values()))
         for lease in lost:
             self._lose(lease.partition, "taken or expired")
+        await self._adopt_orphans()
         if self.stopping:
             return  # draining: keep the leases until the work in flight has finished
         for stream in self.logical:
@@ -320,6 +325,37 @@ class Ordered:
                 claim_s=round(time.monotonic() - took, 3),
             )
 
+    async def _adopt_orphans(self) -> None:
+        """Take again the entries pending in an owned partition that this worker neither
+        holds nor waits to retry, idle for `claim_idle`: their acknowledgement was lost
+        (a failover to a replica that lacked it), or their claim was. Nobody else may take
+        them while the partition is leased, so without this they would stay pending for as
+        long as this worker keeps the lease. Each ran already (an ack is only sent after
+        the handler returned), so running it again behind newer entries of its key only
+        meets the handler's dedupe."""
+        idle_ms = max(int(self.settings.claim_idle * 1000), 1)
+        for partition in list(self.owned):
+            if partition in self.releasing or partition in self._taking or self.stopping:
+                continue
+            try:
+                rows = await self.redis.xpending_range(
+                    partition, self.group, min="-", max="+", count=PENDING_PAGE, idle=idle_ms
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                continue
+            held = self.ledger.held.get(partition, {})
+            orphans = [
+                r
+                for r in rows
+                if text(r["message_id"]) not in held
+                and (partition, text(r["message_id"])) not in self.ledger.waiting
+            ]
+            if orphans and partition in self.owned:
+                taken = await self._claim_and_queue(partition, orphans)
+                log.warning("lease.orphans_taken", partition=partition, entries=taken)
+
     async def _take_pending(self, partition: str) -> int:
         """Claim everything pending in `partition` and queue it in stream order."""
         taken = 0
@@ -336,29 +372,35 @@ class Ordered:
                 return taken
             if not rows:
                 return taken
-            guards = [
-                Guard(text(r["message_id"]), text(r["consumer"]), 0)
-                for r in rows
-                if not self._queued_now(partition, text(r["message_id"]))
-            ]
-            marks = await self.claims.marks(partition, [g.id for g in guards])
-            guards = [Guard(g.id, g.owner, 0, g.id in marks) for g in guards]
-            for got in await self.claims.claim(partition, guards):
-                if got.fields is None:
-                    await self.claims.forget_deleted(partition, got.id, "")
-                    continue
-                msg = Message(partition, got.id, got.fields, got.deliveries, self.group)
-                self.ledger.hold(msg)
-                taken += 1
-                if self.policy.over(msg.attempt):
-                    self.settler.dead_letter(
-                        msg, PoisonMessage("attempts exhausted"), "", reason="attempts exhausted"
-                    )
-                else:
-                    self.submit(msg)
+            taken += await self._claim_and_queue(partition, rows)
             if len(rows) < PENDING_PAGE:
                 return taken
             start = "(" + text(rows[-1]["message_id"])
+
+    async def _claim_and_queue(self, partition: str, rows: list[Any]) -> int:
+        """Claim the pending entries of `rows` not queued in this tenure; queue them in order."""
+        taken = 0
+        guards = [
+            Guard(text(r["message_id"]), text(r["consumer"]), 0)
+            for r in rows
+            if not self._queued_now(partition, text(r["message_id"]))
+        ]
+        marks = await self.claims.marks(partition, [g.id for g in guards])
+        guards = [Guard(g.id, g.owner, 0, g.id in marks) for g in guards]
+        for got in await self.claims.claim(partition, guards):
+            if got.fields is None:
+                await self.claims.forget_deleted(partition, got.id, "")
+                continue
+            msg = Message(partition, got.id, got.fields, got.deliveries, self.group)
+            self.ledger.hold(msg)
+            taken += 1
+            if self.policy.over(msg.attempt):
+                self.settler.dead_letter(
+                    msg, PoisonMessage("attempts exhausted"), "", reason="attempts exhausted"
+                )
+            else:
+                self.submit(msg)
+        return taken
 
     def _queued_now(self, partition: str, message_id: str) -> bool:
         seen = self._queued.get((partition, message_id))
