@@ -25,7 +25,7 @@ from worker.runtime.ledger import Ledger, ReadGate
 from worker.runtime.readahead import ReadAhead
 from worker.runtime.stats import Stats
 from worker.settings import WorkerSettings
-from worker.topology import is_cluster
+from worker.topology import is_cluster, refresh_slots
 
 log = structlog.get_logger("worker.runtime.reader")
 
@@ -191,6 +191,7 @@ class Reader:
             except REDIS_DOWN as exc:
                 self.connected = False
                 await reconnect.pause(exc)
+                await refresh_slots(self.redis)  # a failover: see worker.topology
                 continue
             self.connected = True
             reconnect.succeeded()
