@@ -108,6 +108,7 @@ class TestPoisonMessage:
                 SYNCWORKER_CLAIM_INTERVAL=0.05,
                 SYNCWORKER_CONCURRENCY=8,
             ).start()
+            await worker.wait_started()  # the 4 s below are for handling, not start-up
             try:
                 code = await asyncio.wait_for(worker.wait(), timeout=4)
                 assert code == -signal.SIGKILL, worker.output()

@@ -431,6 +431,7 @@ class TestCrashWave:
                 SYNCWORKER_CLAIM_IDLE=0.5,
                 SYNCWORKER_CONCURRENCY=8,
             ).start()
+            await worker.wait_started()  # the 4 s below are for handling, not start-up
             try:
                 assert await asyncio.wait_for(worker.wait(), timeout=4) == -signal.SIGKILL
             except TimeoutError:
