@@ -111,6 +111,7 @@ class TestRestartUnderTheSameName:
             await asyncio.sleep(1.0)  # a stolen copy would finish by now
         finally:
             for proc in (pod, peer):
+                await proc.wait_started()  # a SIGTERM before its handler is up kills it: -15
                 proc.signal(signal.SIGTERM)
             assert await pod.wait() == 0 and await peer.wait() == 0
         # Then it ran exactly once
