@@ -151,6 +151,8 @@ class TestLiveConsumerKeepsItsWork:
             SYNCWORKER_CLAIM_IDLE=1.0,
             SYNCWORKER_CLAIM_INTERVAL=0.05,
         ).start()
+        # Scanning while the handler still runs (and safe to SIGTERM: its handler is up)
+        await rival.wait_started()
         try:
 
             async def finished() -> bool:

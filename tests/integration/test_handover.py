@@ -102,6 +102,8 @@ class TestRestartUnderTheSameName:
 
         await eventually(begun)
         peer = await WorkerProcess(redis_server.url, group, stream, "peer", **FAST_CLAIMS).start()
+        # Scanning while the leftover still runs (and safe to SIGTERM: its handler is up)
+        await peer.wait_started()
         try:
 
             async def finished() -> bool:
@@ -111,7 +113,6 @@ class TestRestartUnderTheSameName:
             await asyncio.sleep(1.0)  # a stolen copy would finish by now
         finally:
             for proc in (pod, peer):
-                await proc.wait_started()  # a SIGTERM before its handler is up kills it: -15
                 proc.signal(signal.SIGTERM)
             assert await pod.wait() == 0 and await peer.wait() == 0
         # Then it ran exactly once
