@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
@@ -111,7 +112,12 @@ class WorkerProcess:
             self.env[key] = str(value)
         self.args = [sys.executable, "-m", "worker", "run"]
         self.process: asyncio.subprocess.Process | None = None
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"syncworker-{consumer}.log"
+        # Unique per process: consumer names ("w1", "victim") repeat across tests, and a
+        # suite run beside this one (another checkout, or a pytest-xdist worker) must not
+        # write into, or truncate, the log this test reads.
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / (
+            f"syncworker-{consumer}-{uuid.uuid4().hex[:12]}.log"
+        )
 
     async def start(self, *, output: int | None = None) -> WorkerProcess:
         """Start the process; its stdout and stderr go to the log file, or to fd `output`
@@ -123,6 +129,18 @@ class WorkerProcess:
         )
         WorkerProcess.started.append(self)
         return self
+
+    async def wait_started(self, timeout: float = 30.0) -> None:
+        """Until the process has logged `worker.started` (its SIGTERM handler is installed by
+        then) or has exited: a test that gives it some seconds to act should count them from
+        here, not from a start-up a loaded machine can stretch."""
+        assert self.process is not None
+        process = self.process
+
+        def up_or_gone() -> bool:
+            return process.returncode is not None or '"worker.started"' in self.output()
+
+        await eventually(up_or_gone, timeout=timeout)
 
     def signal(self, sig: int) -> None:
         assert self.process is not None

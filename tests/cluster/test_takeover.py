@@ -70,6 +70,7 @@ async def test_a_killed_workers_entries_are_taken_over_on_every_slot(
         await eventually(lambda: all("worker.started" in s.output() for s in survivors), 30)
     finally:
         for survivor in survivors:
+            await survivor.wait_started()  # the other may finish everything before this is up
             survivor.signal(signal.SIGTERM)
         codes = [await s.wait() for s in survivors]
     assert codes == [0, 0]

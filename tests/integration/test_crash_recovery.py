@@ -108,6 +108,7 @@ class TestPoisonMessage:
                 SYNCWORKER_CLAIM_INTERVAL=0.05,
                 SYNCWORKER_CONCURRENCY=8,
             ).start()
+            await worker.wait_started()  # the 4 s below are for handling, not start-up
             try:
                 code = await asyncio.wait_for(worker.wait(), timeout=4)
                 assert code == -signal.SIGKILL, worker.output()
@@ -150,6 +151,8 @@ class TestLiveConsumerKeepsItsWork:
             SYNCWORKER_CLAIM_IDLE=1.0,
             SYNCWORKER_CLAIM_INTERVAL=0.05,
         ).start()
+        # Scanning while the handler still runs (and safe to SIGTERM: its handler is up)
+        await rival.wait_started()
         try:
 
             async def finished() -> bool:

@@ -102,6 +102,8 @@ class TestRestartUnderTheSameName:
 
         await eventually(begun)
         peer = await WorkerProcess(redis_server.url, group, stream, "peer", **FAST_CLAIMS).start()
+        # Scanning while the leftover still runs (and safe to SIGTERM: its handler is up)
+        await peer.wait_started()
         try:
 
             async def finished() -> bool:
@@ -431,6 +433,7 @@ class TestCrashWave:
                 SYNCWORKER_CLAIM_IDLE=0.5,
                 SYNCWORKER_CONCURRENCY=8,
             ).start()
+            await worker.wait_started()  # the 4 s below are for handling, not start-up
             try:
                 assert await asyncio.wait_for(worker.wait(), timeout=4) == -signal.SIGKILL
             except TimeoutError:
