@@ -505,3 +505,57 @@ class TestReadAsTheWorkerStops:
         rows = await redis.xpending_range(stream, group, min=late, max=late, count=1)
         assert [int(r["times_delivered"]) for r in rows] == [1]
         assert await pending_count(redis, stream, group) == 1  # the held one was acknowledged
+
+
+class TestOrderedReadAsTheWorkerStops:
+    async def test_an_entry_an_ordered_read_delivers_during_the_drain_is_handed_back(
+        self, redis: Redis, redis_server: RedisServer, names: dict[str, str]
+    ) -> None:
+        """The read loop of an ordered route may still be reading when the drain begins; an
+        entry its reply brings must be handed back with the unstarted ones, not delivered to
+        the stopping consumer and left pending on its name until claim_idle."""
+        stream, group = names["stream"], names["group"]
+        partition = "{" + stream + ":0}"
+        handled: list[str] = []
+
+        @handler(stream=stream, partitions=1, ordered=True)
+        async def record(msg: Message) -> None:
+            handled.append(msg.id)
+
+        settings = make_settings(redis_server.url, group, consumer="stopping")
+        worker = Worker(settings, [record])
+        task = asyncio.create_task(worker.run())
+        entered, replied, stop_called = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        try:
+            await asyncio.wait_for(worker.started.wait(), 10)
+            ordered = worker.ordered
+            assert ordered is not None
+            await eventually(lambda: bool(ordered.readable()))
+            read = ordered.read_redis.xreadgroup
+
+            async def read_as_the_drain_goes_on(*args: Any, **kwargs: Any) -> Any:
+                entered.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop_called.wait()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(1.0)  # the drain goes on meanwhile
+                reply = await read(*args, **kwargs)
+                replied.set()
+                return reply
+
+            ordered.read_redis.xreadgroup = read_as_the_drain_goes_on  # type: ignore[method-assign]
+            await asyncio.wait_for(entered.wait(), 10)
+            late = (await redis.xadd(partition, {"n": "late"})).decode()
+            worker.stop()
+            stop_called.set()
+            await asyncio.wait_for(asyncio.shield(task), 15)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, 10)
+        # Then the stopping worker did not run the entry its read brought, and handed it back
+        assert late not in handled
+        rows = await redis.xpending_range(partition, group, min=late, max=late, count=1)
+        assert replied.is_set() and len(rows) == 1
+        assert await redis.hget(handover_key(partition), late) is not None

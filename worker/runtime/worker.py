@@ -145,6 +145,7 @@ class Worker:
         self.lanes: Lanes | None = None
         self.ordered: Ordered | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._ordered_reader_task: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         """Ask the worker to drain and return from `run`."""
@@ -313,9 +314,10 @@ class Worker:
         takeover_task = self._spawn("takeover", engine.takeover.run)
         ordered_tasks = []
         if self.ordered is not None:
+            self._ordered_reader_task = self._spawn("ordered-reader", self.ordered.read)
             ordered_tasks = [
                 self._spawn("leases", self.ordered.maintain),
-                self._spawn("ordered-reader", self.ordered.read),
+                self._ordered_reader_task,
             ]
         presence = Presence.start(engine.heartbeat.redis, self.settings, self.streams, self.stats)
         self.started.set()
@@ -413,6 +415,10 @@ class Worker:
         # TimeoutError, which the loop takes for a slow read.
         engine.reader.stop()
         self._reader_task.cancel()
+        readers = [self._reader_task]
+        if self._ordered_reader_task is not None:  # its leases are renewed on meanwhile
+            self._ordered_reader_task.cancel()
+            readers.append(self._ordered_reader_task)
         engine.retries.stop()
         engine.takeover.stop()
         unstarted = engine.lanes.close()
@@ -427,7 +433,7 @@ class Worker:
         takeover_task.cancel()
         recovery_task.cancel()
         engine.settler.close()
-        background = (self._reader_task, retry_task, takeover_task, settler_task, recovery_task)
+        background = (*readers, retry_task, takeover_task, settler_task, recovery_task)
         _, stuck = await asyncio.wait(background, timeout=FINAL_FLUSH_S)
         if stuck:
             log.warning("worker.tasks_stuck", tasks=sorted(t.get_name() for t in stuck))
