@@ -7,6 +7,7 @@ full 3 primaries + 3 replicas. Either way the servers are the session's binary
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,23 +22,11 @@ from worker.redis_cluster import RedisClusterServers
 LONG = os.environ.get("SYNCWORKER_CHAOS_LONG") == "1"
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    """One cluster for the session: 3 primaries (+ 3 replicas in the long mode)."""
+def started_cluster(replicas: int) -> Iterator[RedisClusterServers]:
+    """3 primaries with `replicas` each, every replica synced; stopped by pid at the end. A
+    missing server binary ends the session with the fix (never a silent skip)."""
     try:
-        servers = RedisClusterServers(3, replicas=1 if LONG else 0).start()
-    except RuntimeError as exc:
-        pytest.exit(str(exc), returncode=3)  # never skip silently: fail with the fix
-    yield servers
-    servers.cleanup()
-
-
-@pytest.fixture
-def replicated_cluster() -> Iterator[RedisClusterServers]:
-    """A cluster of its own for a test that fails a primary over: 3 primaries, a replica each,
-    every replica synced. About 2 s to start; stopped by pid at the end."""
-    try:
-        servers = RedisClusterServers(3, replicas=1).start()
+        servers = RedisClusterServers(3, replicas=replicas).start()
     except RuntimeError as exc:
         pytest.exit(str(exc), returncode=3)
     try:
@@ -47,13 +36,34 @@ def replicated_cluster() -> Iterator[RedisClusterServers]:
         servers.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def client_of(servers: RedisClusterServers) -> AsyncIterator[Redis]:
+    """A cluster client (typed as the plain client, as the runtime types it)."""
+    nodes = [ClusterNode("127.0.0.1", s.port) for s in servers.primaries]
+    client = RedisCluster(startup_nodes=nodes)
+    try:
+        yield client  # type: ignore[misc]
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """One cluster for the session: 3 primaries (+ 3 replicas in the long mode)."""
+    yield from started_cluster(1 if LONG else 0)
+
+
+@pytest.fixture
+def replicated_cluster() -> Iterator[RedisClusterServers]:
+    """A cluster of its own for a test that fails a primary over: 3 primaries, a replica each.
+    About 2 s to start."""
+    yield from started_cluster(1)
+
+
 @pytest.fixture
 async def cluster(redis_cluster: RedisClusterServers) -> AsyncIterator[Redis]:
-    """A cluster client (typed as the plain client, as the runtime types it)."""
-    nodes = [ClusterNode("127.0.0.1", s.port) for s in redis_cluster.primaries]
-    client = RedisCluster(startup_nodes=nodes)
-    yield client  # type: ignore[misc]
-    await client.aclose()
+    async with client_of(redis_cluster) as client:
+        yield client
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from handlers.projection import Projection
 from handlers.relay import Relay
+from tests.cluster.conftest import client_of, started_cluster
 from tests.cluster.replicas import entry_ids, on_replica, replica_of, stopped
 from tests.handlers.events import PROJECTION_EVENTS, Event, delivered
 from tests.helpers import eventually, make_settings, pending_count, running
@@ -33,23 +34,13 @@ pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 @pytest.fixture(scope="module")
 def servers() -> Iterator[RedisClusterServers]:
     """One replicated cluster for the module's tests, none of which kills a primary."""
-    try:
-        cluster = RedisClusterServers(3, replicas=1).start()
-    except RuntimeError as exc:
-        pytest.exit(str(exc), returncode=3)
-    try:
-        cluster.wait_synced()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from started_cluster(1)
 
 
 @pytest.fixture
 async def client(servers: RedisClusterServers) -> AsyncIterator[Redis]:
-    nodes = [ClusterNode("127.0.0.1", s.port) for s in servers.primaries]
-    redis = RedisCluster(startup_nodes=nodes)
-    yield redis  # type: ignore[misc]
-    await redis.aclose()
+    async with client_of(servers) as redis:
+        yield redis
 
 
 @pytest.fixture
