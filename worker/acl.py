@@ -14,7 +14,9 @@ refusal lands in ACL LOG).
 from __future__ import annotations
 
 from worker import keys
+from worker.partitions import check_partitioned_name, partition_names
 from worker.runtime.claims import handover_key
+from worker.runtime.leases import lease_key, members_key
 
 CONNECT = "+ping"
 SCRIPTS = "+evalsha +script|load +script|exists"
@@ -41,6 +43,12 @@ DLQ_PURGE = f"{DLQ_READ} +xdel +xtrim"
 TRIM = f"{CONNECT} {SCRIPTS} +exists +xinfo|groups +xpending +xtrim"
 PRUNE = f"{CONNECT} {SCRIPTS} +xinfo|consumers +xgroup|delconsumer +exists"
 PUBLISH = f"{CONNECT} +xadd"
+ORDERED = "+get +pexpire +del +zremrangebyscore +zadd +zrem +zrange +wait"
+"""Leases (`worker.runtime.leases`): SET NX PX to take one (SET is in `WORKER`), GET to see
+its owner, the renew script's GET and PEXPIRE, the release script's GET and DEL, the
+membership script's TIME (in `WORKER`), ZREMRANGEBYSCORE, ZADD, PEXPIRE, ZREM and ZRANGE;
+WAIT after a lease write on a primary with replicas (`worker.runtime.replicated`, which first
+asks with ROLE, or CLUSTER NODES on a cluster, whether there is one)."""
 
 
 def pattern(key: str) -> str:
@@ -49,7 +57,13 @@ def pattern(key: str) -> str:
 
 
 def rules(
-    role: str, stream: str, dead_letter_suffix: str = ":dlq", *, cluster: bool = False
+    role: str,
+    stream: str,
+    dead_letter_suffix: str = ":dlq",
+    *,
+    cluster: bool = False,
+    partitions: int = 0,
+    ordered: bool = False,
 ) -> str:
     """The `ACL SETUSER <name> on >password` rules of `role` for one stream.
 
@@ -57,23 +71,69 @@ def rules(
     consumers-prune, publish. On a Redis Cluster (`cluster=True`) the derived keys carry the
     stream's hash tag (`worker.keys`). Handlers need their own keys on top of `run` (see
     `projection_rules`, `relay_rules`); the sql handler needs nothing more.
+
+    With `partitions=N`, `stream` is a logical stream and the keys are those of each of its
+    partitions `{stream:0}`..., listed one by one: a glob such as `{stream:*` would also
+    grant the partitions of a stream named `stream:x`. `ordered=True` (for `run`, with
+    partitions) adds the leases, the membership set and their commands (`ORDERED`).
+
+    Raises:
+        ValueError: a name or count that cannot be partitioned, or `ordered` without
+            partitions.
     """
+    if ordered and not partitions:
+        raise ValueError("ordered routes need partitions (order is kept per partition)")
+    if not partitions:
+        return _render(role, _allowed(role, stream, dead_letter_suffix, cluster), "")
+    check_partitioned_name(stream, partitions)
+    allowed = " ".join(
+        _allowed(role, p, dead_letter_suffix, cluster) for p in partition_names(stream, partitions)
+    )
+    extra = ""
+    if ordered and role == "run":
+        # `<partition>:lease:<group>` and `<stream>:members:<group>`, for any group
+        leases = (f"~{pattern(lease_key(p, ''))}*" for p in partition_names(stream, partitions))
+        allowed += f" {' '.join(leases)} ~{pattern(members_key(stream, ''))}*"
+        # worker.runtime.replicated asks whether the primary has replicas, then WAITs
+        extra = f"{ORDERED} {'+cluster|nodes' if cluster else '+role'}"
+    return _render(role, allowed, extra)
+
+
+def _render(role: str, allowed: str, extra: str) -> str:
+    text = f"resetkeys {allowed} resetchannels -@all {_COMMANDS[role]} {extra}"
+    return " ".join(text.split())
+
+
+_COMMANDS = {
+    "run": WORKER,
+    "status": STATUS,
+    "check": CHECK,
+    "dlq-read": DLQ_READ,
+    "dlq-replay": DLQ_REPLAY,
+    "dlq-purge": DLQ_PURGE,
+    "trim": TRIM,
+    "consumers-prune": PRUNE,
+    "publish": PUBLISH,
+}
+
+
+def _allowed(role: str, stream: str, dead_letter_suffix: str, cluster: bool) -> str:
+    """The key patterns of `role` for one Redis stream."""
     s, dlq = pattern(stream), pattern(keys.derived(stream, dead_letter_suffix, cluster))
     handover = pattern(handover_key(stream))
     # `<stream>:presence:<group>:<consumer>`, one per live worker
     presence = pattern(keys.derived(stream, ":presence:", cluster)) + "*"
-    allowed, commands = {
-        "run": (f"~{s} ~{dlq} ~{handover} ~{presence}", WORKER),
-        "status": (f"%R~{s} %R~{dlq}", STATUS),
-        "check": ("", CHECK),
-        "dlq-read": (f"%R~{dlq}", DLQ_READ),
-        "dlq-replay": (f"~{s} ~{dlq}", DLQ_REPLAY),
-        "dlq-purge": (f"~{dlq}", DLQ_PURGE),
-        "trim": (f"~{s}", TRIM),
-        "consumers-prune": (f"~{s} ~{presence}", PRUNE),
-        "publish": (f"%W~{s}", PUBLISH),
+    return {
+        "run": f"~{s} ~{dlq} ~{handover} ~{presence}",
+        "status": f"%R~{s} %R~{dlq}",
+        "check": "",
+        "dlq-read": f"%R~{dlq}",
+        "dlq-replay": f"~{s} ~{dlq}",
+        "dlq-purge": f"~{dlq}",
+        "trim": f"~{s}",
+        "consumers-prune": f"~{s} ~{presence}",
+        "publish": f"%W~{s}",
     }[role]
-    return f"resetkeys {allowed} resetchannels -@all {commands}".replace("  ", " ")
 
 
 def projection_rules(prefix: str, state_prefix: str | None = None) -> str:

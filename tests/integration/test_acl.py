@@ -3,6 +3,7 @@ it (`worker.acl`), and a missing permission fails at once with the NOPERM line."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -18,11 +19,14 @@ from handlers.projection import Projection
 from handlers.relay import Relay
 from tests.helpers import WorkerProcess, eventually, make_settings, pending_count, running
 from tests.integration.test_crash_recovery import processed, publish_many, started
-from worker import acl
+from worker import Message, Publisher, acl, handler
 from worker.cli import main
+from worker.partitions import partition_names
 from worker.publish import event_fields
+from worker.redis_cluster import SentinelServers
 from worker.redis_server import RedisServer
 from worker.runtime.claims import handover_key
+from worker.runtime.leases import lease_key, members_key
 
 pytestmark = pytest.mark.redis
 
@@ -55,19 +59,29 @@ MakeUser = Callable[[str], str]
 
 @pytest.fixture
 def user(redis_server: RedisServer) -> Iterator[MakeUser]:
-    admin = sync_redis.Redis.from_url(redis_server.url)
+    with users(redis_server.url) as make:
+        yield make
+
+
+@contextlib.contextmanager
+def users(url: str) -> Iterator[MakeUser]:
+    """Makes users on the server at `url`, and deletes them afterwards."""
+    admin = sync_redis.Redis.from_url(url)
     made: list[str] = []
+    port = admin.connection_pool.connection_kwargs["port"]
 
     def make(rules: str) -> str:
         name, password = f"u-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
         admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", *rules.split())
         made.append(name)
-        return f"redis://{name}:{password}@127.0.0.1:{redis_server.port}/0"
+        return f"redis://{name}:{password}@127.0.0.1:{port}/0"
 
-    yield make
-    for name in made:
-        admin.execute_command("ACL", "DELUSER", name)
-    admin.close()
+    try:
+        yield make
+    finally:
+        for name in made:
+            admin.execute_command("ACL", "DELUSER", name)
+        admin.close()
 
 
 def recorder_rules(stream: str) -> str:
@@ -88,6 +102,8 @@ class TestTheDocumentedRules:
         for role in ROLES:
             assert acl.rules(role, "orders") in text, role
         assert acl.projection_rules("payment:") in text
+        assert acl.rules("run", "orders", partitions=2, ordered=True) in text
+        assert acl.rules("publish", "orders", partitions=2) in text
         assert acl.relay_rules(["audit"]) in text
 
 
@@ -179,6 +195,53 @@ class TestRun:
         assert "no permissions" not in first.output() + peer.output()
 
 
+@pytest.fixture(params=["one server", "a primary with a replica"])
+def primary_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """Where an ordered worker runs: with a replica, every lease write is followed by WAIT."""
+    if request.param == "one server":
+        yield redis_server.url
+        return
+    with SentinelServers(replicas=1, sentinels=0) as group:
+        group.wait_synced()
+        yield group.primary.url
+
+
+class TestOrderedPartitionedRoute:
+    async def test_leases_and_runs_its_partitions_with_the_ordered_rules(
+        self, primary_url: str, names: dict[str, str]
+    ) -> None:
+        """A worker on an ordered route over 2 partitions, with only the rendered rules, joins
+        the group's members, leases both partitions (ROLE, and WAIT for the replica), runs
+        every entry, and gives the leases back when it stops: no Redis call refused."""
+        stream, group = names["stream"], names["group"]
+        handled: list[str] = []
+
+        @handler(stream=stream, partitions=2, ordered=True)
+        async def record(msg: Message) -> None:
+            handled.append(msg.id)
+
+        parts = partition_names(stream, 2)
+        async with Redis.from_url(primary_url) as redis:
+            publisher = Publisher(redis, partitions={stream: 2})
+            for k in range(10):
+                await publisher.publish(stream, "t", {}, key=f"k{k}")
+            assert all([await redis.xlen(p) for p in parts])  # both partitions have entries
+            with users(primary_url) as user:
+                url = user(acl.rules("run", stream, partitions=2, ordered=True))
+                settings = make_settings(url, group, consumer="solo", lease_ttl=2.0)
+                async with running(settings, [record]) as worker:
+                    await eventually(lambda: len(handled) == 10)
+                    await eventually(lambda: _none_pending(redis, parts, group))
+                    assert worker.ordered is not None
+                    assert set(worker.ordered.owned) == set(parts)
+                    for p in parts:
+                        assert await redis.get(lease_key(p, group)) == b"solo"
+                    assert await redis.zrange(members_key(stream, group), 0, -1) == [b"solo"]
+            assert await redis.exists(*(lease_key(p, group) for p in parts)) == 0  # given back
+        assert not any(worker.stats.redis_errors.values()), dict(worker.stats.redis_errors)
+        assert not any(worker.stats.task_restarts.values()), dict(worker.stats.task_restarts)
+
+
 class TestCommands:
     def test_status_trim_and_dlq_with_their_rules(
         self,
@@ -222,6 +285,41 @@ class TestCommands:
         assert as_role("consumers-prune", "consumers", "prune", "--stream", stream)[0] == 0
         assert r.xlen(stream + ":dlq") == 0
 
+    def test_publish_and_status_of_a_partitioned_stream_with_their_rules(
+        self,
+        r: sync_redis.Redis,
+        user: MakeUser,
+        names: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`publish --partitions 2` appends to a key's partition, and `status` reads both
+        partitions, each with its role's rules for the partitioned stream."""
+        stream, group = names["stream"], names["group"]
+        monkeypatch.delenv("SYNCWORKER_HANDLERS", raising=False)
+        parts = partition_names(stream, 2)
+
+        def as_role(role: str, *argv: str) -> tuple[int, str]:
+            url = user(acl.rules(role, stream, partitions=2))
+            monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
+            code = main(list(argv))
+            out = capsys.readouterr()
+            return code, out.out + out.err
+
+        for key in ("a", "b", "c", "d"):
+            argv = ["publish", stream, "--partitions", "2", "--type", "t", "--key", key]
+            code, out = as_role("publish", *argv, "--data", "{}")
+            assert code == 0, out
+            assert out.split()[1] in parts
+        assert r.xlen(parts[0]) + r.xlen(parts[1]) == 4
+        for p in parts:
+            r.xgroup_create(p, group, id="0")
+        argv = ["status", "--stream", parts[0], "--stream", parts[1], "--group", group]
+        code, out = as_role("status", *argv, "--json")
+        assert code == 0, out
+        (logical,) = json.loads(out)["logical_streams"]
+        assert (logical["partitions"], logical["length"]) == (2, 4)
+
 
 @pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[sync_redis.Redis]:
@@ -261,6 +359,10 @@ async def _length(redis: Redis, key: str, n: int) -> bool:
 
 async def _pending_is(redis: Redis, stream: str, group: str, n: int) -> bool:
     return await pending_count(redis, stream, group) == n
+
+
+async def _none_pending(redis: Redis, streams: tuple[str, ...], group: str) -> bool:
+    return all([await pending_count(redis, s, group) == 0 for s in streams])
 
 
 async def _count(items: object, n: int) -> bool:
