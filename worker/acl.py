@@ -43,6 +43,11 @@ DLQ_PURGE = f"{DLQ_READ} +xdel +xtrim"
 TRIM = f"{CONNECT} {SCRIPTS} +exists +xinfo|groups +xpending +xtrim"
 PRUNE = f"{CONNECT} {SCRIPTS} +xinfo|consumers +xgroup|delconsumer +exists"
 PUBLISH = f"{CONNECT} +xadd"
+
+CLUSTER_CLIENT = "+cluster|slots +command"
+"""What redis-py's cluster client sends before any command, for every role on a Redis Cluster:
+CLUSTER SLOTS for the slot map (refused, redis-py reports "Cluster mode is not enabled on this
+node"), and COMMAND to learn where each command's keys are."""
 ORDERED = "+get +pexpire +del +zremrangebyscore +zadd +zrem +zrange +wait"
 """Leases (`worker.runtime.leases`): SET NX PX to take one (SET is in `WORKER`), GET to see
 its owner, the renew script's GET and PEXPIRE, the release script's GET and DEL, the
@@ -83,8 +88,9 @@ def rules(
     """
     if ordered and not partitions:
         raise ValueError("ordered routes need partitions (order is kept per partition)")
+    topology = CLUSTER_CLIENT if cluster else ""
     if not partitions:
-        return _render(role, _allowed(role, stream, dead_letter_suffix, cluster), "")
+        return _render(role, _allowed(role, stream, dead_letter_suffix, cluster), topology)
     check_partitioned_name(stream, partitions)
     allowed = " ".join(
         _allowed(role, p, dead_letter_suffix, cluster) for p in partition_names(stream, partitions)
@@ -96,7 +102,7 @@ def rules(
         allowed += f" {' '.join(leases)} ~{pattern(members_key(stream, ''))}*"
         # worker.runtime.replicated asks whether the primary has replicas, then WAITs
         extra = f"{ORDERED} {'+cluster|nodes' if cluster else '+role'}"
-    return _render(role, allowed, extra)
+    return _render(role, allowed, f"{topology} {extra}")
 
 
 def _render(role: str, allowed: str, extra: str) -> str:
