@@ -223,9 +223,7 @@ async def run_once(
     Args:
         args: group, entry id, ack flag, marker TTL (RUN_ONCE's first four).
     """
-    groups: dict[int, list[tuple[Any, ...]]] = {}
-    for command in commands:
-        groups.setdefault(key_slot(str(command[1])), []).append(command)
+    groups = by_slot(commands, lambda command: str(command[1]))
     ack = args[2] == "1"
     anchors = [str(group[0][1]) for group in groups.values()] or [stream]
     inside = ack and len(anchors) == 1 and same_slot(anchors[0], stream)

@@ -8,7 +8,7 @@ import json
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -242,6 +242,19 @@ class TestOrderedPartitionedRoute:
         assert not any(worker.stats.task_restarts.values()), dict(worker.stats.task_restarts)
 
 
+def run_as(
+    url: str,
+    argv: Sequence[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str]:
+    """Run a command as the user of `url`: its exit code and what it printed."""
+    monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
 class TestCommands:
     def test_status_trim_and_dlq_with_their_rules(
         self,
@@ -260,10 +273,7 @@ class TestCommands:
         dead = [r.xadd(stream + ":dlq", {"type": "t", "dlq_stream": stream}) for _ in range(3)]
 
         def as_role(role: str, *argv: str) -> tuple[int, str]:
-            monkeypatch.setenv("SYNCWORKER_REDIS_URL", user(acl.rules(role, stream)))
-            code = main(list(argv))
-            out = capsys.readouterr()
-            return code, out.out + out.err
+            return run_as(user(acl.rules(role, stream)), argv, monkeypatch, capsys)
 
         code, out = as_role("status", "status", "--stream", stream, "--group", group, "--json")
         assert code == 0, out
@@ -301,10 +311,7 @@ class TestCommands:
 
         def as_role(role: str, *argv: str) -> tuple[int, str]:
             url = user(acl.rules(role, stream, partitions=2))
-            monkeypatch.setenv("SYNCWORKER_REDIS_URL", url)
-            code = main(list(argv))
-            out = capsys.readouterr()
-            return code, out.out + out.err
+            return run_as(url, argv, monkeypatch, capsys)
 
         for key in ("a", "b", "c", "d"):
             argv = ["publish", stream, "--partitions", "2", "--type", "t", "--key", key]
